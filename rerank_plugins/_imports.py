@@ -1,0 +1,30 @@
+"""Lazy imports of optional dependencies, each mapped to the extra that installs it."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from rerank_plugins.errors import MissingExtraError
+
+_EXTRA_OF = {
+    "torch": "torch",
+    "transformers": "torch",
+    "tokenizers": "torch",
+    "safetensors": "torch",
+    "huggingface_hub": "torch",
+    "langchain_core": "langchain",
+    "llama_index": "llama-index",
+    "httpx": "remote",
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingExtraError` naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        top = module.split(".")[0]
+        if exc.name is not None and exc.name.split(".")[0] != top:
+            raise  # a dependency of the module is broken: not a missing extra
+        raise MissingExtraError(top, _EXTRA_OF.get(top, "all")) from exc

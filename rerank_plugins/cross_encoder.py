@@ -1,0 +1,198 @@
+"""Local cross-encoder scorer: ``(query, document)`` pairs through a sequence classifier."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from rerank_plugins.checkpoint import load_tokenizer, read_json, resolve_checkpoint
+from rerank_plugins.engine.device import pick_device, pick_dtype
+from rerank_plugins.engine.packing import token_budget_batches
+from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
+from rerank_plugins.scoring import OverflowPolicy, Score, check_inputs
+from rerank_plugins.tokenization import EncodedPair, PairEncoder
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CrossEncoderScorer", "LocalWorker", "PairClassifier"]
+
+logger = logging.getLogger(__name__)
+
+Output = Literal["probability", "logit"]
+Engine = Literal["auto", "native", "transformers"]
+
+# Learned absolute positions of RoBERTa-family models start after the padding index.
+_POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"})
+
+
+class PairClassifier(Protocol):
+    """What the scorer needs from a model: logits for a batch of encoded pairs."""
+
+    padded: bool  # batches cost len(batch) * longest (True) or sum of lengths (False)
+    num_labels: int
+
+    def logits(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
+        """Float32 CPU tensor ``[len(batch), num_labels]``."""
+        ...
+
+
+class LocalWorker:
+    """One worker thread per local scorer, so ``ascore`` never blocks the event loop.
+
+    Forward passes run one at a time (they use every core anyway); the thread starts on
+    the first async call.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def model_window(directory: Path, config: dict[str, Any]) -> int:
+    """The real number of positions a checkpoint can attend to."""
+    window = int(config.get("max_position_embeddings") or 512)
+    if config.get("model_type") in _POSITION_OFFSET_TYPES:
+        window -= int(config.get("pad_token_id") or 0) + 1
+    tok_config = directory / "tokenizer_config.json"
+    if tok_config.is_file():
+        declared = read_json(tok_config).get("model_max_length")
+        if isinstance(declared, int) and 0 < declared < window:
+            window = declared
+    return window
+
+
+class CrossEncoderScorer:
+    """Scores documents with a local sequence-classification cross-encoder.
+
+    ``model`` is a hub id or a local directory. ModernBERT checkpoints run on the native
+    packed engine; other architectures run through transformers (``engine`` overrides).
+    Scores are ``sigmoid(logit)`` (``output="probability"``) or the raw logit.
+
+    Options: ``device`` ("auto", "cpu", "cuda", ...), ``dtype`` ("auto" = bf16 on CUDA,
+    fp32 on CPU), ``max_length`` (default: the model's window, clamped to it),
+    ``overflow`` ("truncate" or "error"), ``batch_tokens`` (token budget per forward).
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str | None = "auto",
+        dtype: str | None = "auto",
+        max_length: int | None = None,
+        overflow: OverflowPolicy = "truncate",
+        output: Output = "probability",
+        batch_tokens: int = 16384,
+        engine: Engine = "auto",
+        revision: str | None = None,
+        local_files_only: bool = False,
+    ) -> None:
+        if output not in ("probability", "logit"):
+            raise InvalidInputError(f"output must be 'probability' or 'logit', got {output!r}")
+        if batch_tokens <= 0:
+            raise InvalidInputError(f"batch_tokens must be positive, got {batch_tokens}")
+        self.directory = resolve_checkpoint(
+            model, revision=revision, local_files_only=local_files_only
+        )
+        self.name = str(model)
+        self.config = read_json(self.directory / "config.json")
+        self.window = model_window(self.directory, self.config)
+        if max_length is None:
+            max_length = self.window
+        elif max_length > self.window:
+            logger.warning(
+                "max_length=%d is beyond the model's window; using %d", max_length, self.window
+            )
+            max_length = self.window
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.output: Output = output
+        self.batch_tokens = batch_tokens
+        self.encoder = PairEncoder(
+            load_tokenizer(self.directory), max_length=max_length, overflow=overflow
+        )
+        self.classifier = self._load_classifier(engine)
+        if self.classifier.num_labels not in (1, 2):
+            raise UnsupportedModelError(
+                f"{self.name} has {self.classifier.num_labels} labels; a cross-encoder "
+                "reranker has 1 (relevance logit) or 2 (irrelevant, relevant)"
+            )
+        self._worker = LocalWorker("rerank-local")
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    def _load_classifier(self, engine: Engine) -> PairClassifier:
+        if engine not in ("auto", "native", "transformers"):
+            raise InvalidInputError(f"unknown engine {engine!r}")
+        pad = self.config.get("pad_token_id")
+        pad_id = int(pad) if isinstance(pad, int) else 0
+        if engine == "native":
+            raise UnsupportedModelError(f"no native engine for {self.config.get('model_type')!r}")
+        from rerank_plugins.engine.hf import TransformersPairClassifier
+
+        return TransformersPairClassifier(
+            self.directory, device=self.device, dtype=self.dtype, pad_token_id=pad_id
+        )
+
+    def score(self, query: str, documents: Sequence[str]) -> list[Score]:
+        docs = check_inputs(query, documents)
+        if not docs:
+            return []
+        pairs = self.encoder.encode(query, docs)
+        logits = self._logits(pairs)
+        return [
+            Score(
+                value=self._value(logits[i]),
+                kind=self.output,
+                tokens=len(pair.ids),
+                truncated=pair.truncated,
+            )
+            for i, pair in enumerate(pairs)
+        ]
+
+    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
+        docs = check_inputs(query, documents)
+        if not docs:
+            return []
+        result: list[Score] = await self._worker.run(self.score, query, docs)
+        return result
+
+    def _logits(self, pairs: Sequence[EncodedPair]) -> list[float]:
+        """One relevance logit per pair, in input order."""
+        batches = token_budget_batches(
+            [len(p.ids) for p in pairs], max_tokens=self.batch_tokens, padded=self.classifier.padded
+        )
+        out = [math.nan] * len(pairs)
+        for batch in batches:
+            raw = self.classifier.logits([pairs[i] for i in batch])
+            rel = raw[:, 0] if raw.shape[1] == 1 else raw[:, 1] - raw[:, 0]
+            for i, value in zip(batch, rel.tolist(), strict=True):
+                out[i] = value
+        return out
+
+    def _value(self, logit: float) -> float:
+        if self.output == "logit":
+            return logit
+        return 0.5 * (1.0 + math.tanh(0.5 * logit))  # sigmoid without exp overflow
+
+    def __repr__(self) -> str:
+        return (
+            f"CrossEncoderScorer(model={self.name!r}, device={str(self.device)!r}, "
+            f"max_length={self.max_length})"
+        )

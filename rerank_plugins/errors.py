@@ -1,0 +1,113 @@
+"""The one exception hierarchy of rerank_plugins.
+
+::
+
+    RerankError
+    ├── MissingExtraError (also ImportError)   an optional dependency is not installed
+    ├── InvalidInputError (also ValueError)    bad query, documents or options
+    │   └── InputTooLongError                  over the window with overflow="error"
+    ├── UnsupportedModelError (also ValueError) a checkpoint no scorer can run
+    └── ScoringError                           a backend could not score some documents
+        ├── InvalidScoreError                  a backend produced NaN (or another non-number)
+        └── EndpointError                      a remote endpoint failed
+            ├── EndpointStatusError            an HTTP error status (status, body excerpt)
+            ├── EndpointTimeoutError           the request timed out
+            ├── EndpointConnectionError        the server could not be reached
+            └── MalformedResponseError         the body is not what the dialect promises
+
+Every error that concerns particular documents carries ``indices``: the positions, in
+the caller's input, of the documents it affected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "EndpointConnectionError",
+    "EndpointError",
+    "EndpointStatusError",
+    "EndpointTimeoutError",
+    "InputTooLongError",
+    "InvalidInputError",
+    "InvalidScoreError",
+    "MalformedResponseError",
+    "MissingExtraError",
+    "RerankError",
+    "ScoringError",
+    "UnsupportedModelError",
+]
+
+
+class RerankError(Exception):
+    """Base class of every error raised by rerank_plugins."""
+
+
+class MissingExtraError(RerankError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"{module!r} is not installed; install it with: pip install 'rerank-plugins[{extra}]'"
+        )
+        self.module = module
+        self.extra = extra
+
+
+class InvalidInputError(RerankError, ValueError):
+    """The query, the documents or an option is not valid.
+
+    ``indices`` lists the offending documents (empty when the problem is not
+    document-specific).
+    """
+
+    def __init__(self, message: str, *, indices: Iterable[int] = ()) -> None:
+        super().__init__(message)
+        self.indices: tuple[int, ...] = tuple(indices)
+
+
+class InputTooLongError(InvalidInputError):
+    """An input exceeds the model's window and the overflow policy is ``"error"``."""
+
+
+class UnsupportedModelError(RerankError, ValueError):
+    """The checkpoint is not one that any scorer can run."""
+
+
+class ScoringError(RerankError):
+    """A backend failed to score some documents; ``indices`` says which."""
+
+    def __init__(self, message: str, *, indices: Iterable[int] = ()) -> None:
+        super().__init__(message)
+        self.indices: tuple[int, ...] = tuple(indices)
+
+
+class InvalidScoreError(ScoringError):
+    """A backend returned a score that is not a finite number (NaN)."""
+
+
+class EndpointError(ScoringError):
+    """A remote endpoint failed for the documents in ``indices``."""
+
+
+class EndpointStatusError(EndpointError):
+    """The endpoint answered with an HTTP error status."""
+
+    def __init__(
+        self, message: str, *, status_code: int, body: str = "", indices: Iterable[int] = ()
+    ) -> None:
+        super().__init__(message, indices=indices)
+        self.status_code = status_code
+        self.body = body
+
+
+class EndpointTimeoutError(EndpointError):
+    """The request timed out (after the retries allowed)."""
+
+
+class EndpointConnectionError(EndpointError):
+    """The endpoint could not be reached (after the retries allowed)."""
+
+
+class MalformedResponseError(EndpointError):
+    """The endpoint's body does not match the dialect (bad JSON, missing or repeated indices)."""

@@ -1,0 +1,54 @@
+"""``load_scorer``: one entry point from a model spec or an endpoint URL to a scorer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rerank_plugins.checkpoint import read_json, resolve_checkpoint
+from rerank_plugins.errors import UnsupportedModelError
+from rerank_plugins.scoring import Scorer
+
+__all__ = ["detect_kind", "load_scorer"]
+
+_HUB_OPTIONS = ("revision", "local_files_only")
+
+
+def detect_kind(directory: Path) -> str:
+    """Name the scorer family of a checkpoint from its own files (never from its name).
+
+    Returns ``"cross-encoder"``; raises :class:`UnsupportedModelError` otherwise.
+    """
+    config = read_json(directory / "config.json")
+    architectures = config.get("architectures") or []
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return "cross-encoder"
+    model_type = config.get("model_type", "unknown")
+    raise UnsupportedModelError(
+        f"{directory} is a {model_type!r} checkpoint with architectures {architectures}; "
+        "it is not a reranker this package can run (expected a sequence-classification "
+        "cross-encoder)"
+    )
+
+
+def load_scorer(spec: str | Path, **options: Any) -> Scorer:
+    """Build a scorer from a hub id, a local checkpoint directory or an endpoint URL.
+
+    ``http://`` and ``https://`` URLs give a :class:`~rerank_plugins.remote.RemoteScorer`;
+    anything else is resolved to a checkpoint whose own files pick the local scorer.
+    ``options`` go to the scorer's constructor (``device``, ``max_length``, ``overflow``,
+    ``api_key``, ``dialect``, ...).
+    """
+    text = str(spec)
+    if text.startswith(("http://", "https://")):
+        from rerank_plugins.remote import RemoteScorer
+
+        return RemoteScorer(text, **options)
+    hub = {k: options[k] for k in _HUB_OPTIONS if k in options}
+    directory = resolve_checkpoint(spec, **hub)
+    kind = detect_kind(directory)
+    if kind == "cross-encoder":
+        from rerank_plugins.cross_encoder import CrossEncoderScorer
+
+        return CrossEncoderScorer(directory, **options)
+    raise AssertionError(f"unhandled scorer kind {kind!r}")  # detect_kind returns known kinds

@@ -1,0 +1,76 @@
+"""The seam between the framework adapters and every backend: ``Score`` and ``Scorer``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from rerank_plugins.errors import InvalidInputError
+
+__all__ = ["OverflowPolicy", "Score", "ScoreKind", "Scorer", "check_inputs"]
+
+ScoreKind = Literal["probability", "logit", "maxsim"]
+"""What a score's value means: a probability in 0..1, a raw logit, or a MaxSim sum/mean."""
+
+OverflowPolicy = Literal["truncate", "error"]
+"""What happens to a document over the model's window: cut it (flagged) or raise."""
+
+_KINDS: frozenset[str] = frozenset(("probability", "logit", "maxsim"))
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """The relevance of one document to the query.
+
+    ``value`` is the score (higher is more relevant), ``kind`` says what it means,
+    ``tokens`` is how many tokens the model saw for this pair (``None`` when the
+    backend does not say) and ``truncated`` is true when the input was cut to fit.
+    """
+
+    value: float
+    kind: ScoreKind
+    tokens: int | None = None
+    truncated: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"Score.kind must be one of {sorted(_KINDS)}, got {self.kind!r}")
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Scores documents against a query.
+
+    Both methods return exactly one :class:`Score` per document, in input order, or raise
+    a :class:`~rerank_plugins.errors.RerankError` that names the failing documents.
+    """
+
+    def score(self, query: str, documents: Sequence[str]) -> list[Score]: ...
+
+    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]: ...
+
+
+def check_inputs(query: object, documents: object) -> list[str]:
+    """Validate a scorer's inputs and return the documents as a fresh list.
+
+    Raises :class:`InvalidInputError` for a query that is not a non-blank string, for
+    ``documents`` that is not a sequence (a bare string counts as a mistake), and for
+    documents that are not strings (their indices are listed). Empty-string documents
+    are valid: they are scored like any other text.
+    """
+    if not isinstance(query, str):
+        raise InvalidInputError(f"query must be a str, got {type(query).__name__}")
+    if not query.strip():
+        raise InvalidInputError("query is empty")
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
+        raise InvalidInputError(
+            f"documents must be a sequence of str, got {type(documents).__name__}"
+        )
+    bad = [i for i, doc in enumerate(documents) if not isinstance(doc, str)]
+    if bad:
+        kinds = sorted({type(documents[i]).__name__ for i in bad})
+        raise InvalidInputError(
+            f"documents at indices {bad} are not str ({', '.join(kinds)})", indices=bad
+        )
+    return list(documents)
