@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from rerank_plugins.checkpoint import read_json, resolve_checkpoint
-from rerank_plugins.errors import UnsupportedModelError
+from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.scoring import Scorer
 
-__all__ = ["detect_kind", "load_scorer"]
+__all__ = ["detect_kind", "load_scorer", "scorer_from"]
 
 _HUB_OPTIONS = ("revision", "local_files_only")
 
@@ -52,3 +52,25 @@ def load_scorer(spec: str | Path, **options: Any) -> Scorer:
 
         return CrossEncoderScorer(directory, **options)
     raise AssertionError(f"unhandled scorer kind {kind!r}")  # detect_kind returns known kinds
+
+
+def scorer_from(
+    scorer: Scorer | None, model: str | Path | None, model_kwargs: dict[str, Any] | None
+) -> Scorer:
+    """The scorer an adapter should use: the one given, else ``load_scorer(model)``.
+
+    With neither, the default model (:data:`rerank_plugins.DEFAULT_MODEL`) is loaded.
+    """
+    if scorer is not None:
+        if model is not None or model_kwargs:
+            raise InvalidInputError("pass either scorer= or model= (with model_kwargs), not both")
+        if not isinstance(scorer, Scorer):
+            raise InvalidInputError(
+                f"scorer must implement score() and ascore(), got {type(scorer).__name__}"
+            )
+        return scorer
+    if model is None:
+        from rerank_plugins import DEFAULT_MODEL
+
+        model = DEFAULT_MODEL
+    return load_scorer(model, **(model_kwargs or {}))

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from rerank_plugins.errors import InvalidInputError
+from rerank_plugins.errors import InvalidInputError, ScoringError
 
-__all__ = ["OverflowPolicy", "Score", "ScoreKind", "Scorer", "check_inputs"]
+__all__ = ["OverflowPolicy", "Score", "ScoreKind", "Scorer", "check_inputs", "check_scores"]
 
 ScoreKind = Literal["probability", "logit", "maxsim"]
 """What a score's value means: a probability in 0..1, a raw logit, or a MaxSim sum/mean."""
@@ -74,3 +74,21 @@ def check_inputs(query: object, documents: object) -> list[str]:
             f"documents at indices {bad} are not str ({', '.join(kinds)})", indices=bad
         )
     return list(documents)
+
+
+def check_scores(scores: object, n_documents: int) -> list[Score]:
+    """Check that a backend kept the contract: a list of ``n_documents`` :class:`Score`.
+
+    Raises :class:`ScoringError` otherwise (a scorer that drops or adds results would
+    silently lose documents further up).
+    """
+    if not isinstance(scores, list) or len(scores) != n_documents:
+        got = len(scores) if isinstance(scores, list) else type(scores).__name__
+        raise ScoringError(
+            f"the scorer returned {got} results for {n_documents} documents",
+            indices=range(n_documents),
+        )
+    bad = [i for i, s in enumerate(scores) if not isinstance(s, Score)]
+    if bad:
+        raise ScoringError(f"the scorer returned non-Score results at {bad}", indices=bad)
+    return scores

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from rerank_plugins._imports import require
+from rerank_plugins.scoring import Score, ScoreKind, check_inputs
 
 __all__ = [
     "TINY_MODERNBERT",
+    "FunctionScorer",
     "WORDS",
     "make_modernbert_checkpoint",
     "random_text",
@@ -115,4 +118,186 @@ def make_modernbert_checkpoint(
     model = classes[head](cfg)
     model.save_pretrained(str(directory), safe_serialization=True)
     save_word_tokenizer(directory, model_max_length=int(settings["max_position_embeddings"]))
+    return directory
+
+
+class FunctionScorer:
+    """A :class:`~rerank_plugins.Scorer` from a plain function ``fn(query, document) -> float``.
+
+    The in-process test double of the scoring seam (like ``httpx.MockTransport`` is for
+    transports): adapters and pipelines can be tested with scores you control. It
+    validates its input like every scorer and counts its calls in ``calls``.
+    """
+
+    def __init__(self, fn: Callable[[str, str], float], *, kind: ScoreKind = "logit") -> None:
+        self.fn = fn
+        self.kind: ScoreKind = kind
+        self.calls = 0
+
+    def score(self, query: str, documents: Sequence[str]) -> list[Score]:
+        docs = check_inputs(query, documents)
+        self.calls += 1
+        return [Score(float(self.fn(query, d)), self.kind, tokens=None) for d in docs]
+
+    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
+        return self.score(query, documents)
+
+
+# GTE "new" (gte-multilingual-reranker-base) at toy size: 3 post-norm layers, NTK RoPE on.
+TINY_GTE_NEW: dict[str, Any] = {
+    "vocab_size": 305,  # 4 specials, the 300 words, <mask>
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 8192,
+    "type_vocab_size": 1,
+    "rope_theta": 20000,
+    "rope_scaling": {"factor": 8.0, "type": "ntk"},
+    "initializer_range": 0.2,
+}
+
+_XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+# The layout of the published config.json; auto_map points at remote code we never run.
+_GTE_NEW_CONFIG: dict[str, Any] = {
+    "architectures": ["NewForSequenceClassification"],
+    "attention_probs_dropout_prob": 0.0,
+    "auto_map": {
+        "AutoConfig": "Alibaba-NLP/new-impl--configuration.NewConfig",
+        "AutoModel": "Alibaba-NLP/new-impl--modeling.NewModel",
+        "AutoModelForMaskedLM": "Alibaba-NLP/new-impl--modeling.NewForMaskedLM",
+        "AutoModelForMultipleChoice": "Alibaba-NLP/new-impl--modeling.NewForMultipleChoice",
+        "AutoModelForQuestionAnswering": "Alibaba-NLP/new-impl--modeling.NewForQuestionAnswering",
+        "AutoModelForSequenceClassification":
+            "Alibaba-NLP/new-impl--modeling.NewForSequenceClassification",
+        "AutoModelForTokenClassification": "Alibaba-NLP/new-impl--modeling.NewForTokenClassification",
+    },
+    "classifier_dropout": 0.0,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "id2label": {"0": "LABEL_0"},
+    "label2id": {"LABEL_0": 0},
+    "layer_norm_eps": 1e-12,
+    "layer_norm_type": "layer_norm",
+    "logn_attention_clip1": False,
+    "logn_attention_scale": False,
+    "model_type": "new",
+    "pack_qkv": True,
+    "pad_token_id": 1,
+    "position_embedding_type": "rope",
+    "torch_dtype": "float32",
+    "unpad_inputs": False,
+    "use_memory_efficient_attention": False,
+}
+
+
+def save_xlmr_tokenizer(directory: Path, *, model_max_length: int) -> None:
+    """Write an XLM-R style Unigram tokenizer whose pieces are ``"▁" + word`` for ``WORDS``.
+
+    ids: <s>=0 <pad>=1 </s>=2 <unk>=3, the words from 4, <mask> last. Pairs are
+    ``<s> A </s></s> B </s>``, every type id 0 (as XLM-R).
+    """
+    tokenizers = require("tokenizers")
+    pieces = [(tok, 0.0) for tok in _XLMR_SPECIALS]
+    pieces += [("\u2581" + word, -5.0) for word in WORDS]
+    pieces.append(("<mask>", 0.0))
+    tok = tokenizers.Tokenizer(tokenizers.models.Unigram(pieces, unk_id=3, byte_fallback=False))
+    tok.normalizer = tokenizers.normalizers.Replace(tokenizers.Regex(" {2,}"), " ")
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="always", split=True
+    )
+    tok.decoder = tokenizers.decoders.Metaspace(
+        replacement="\u2581", prepend_scheme="always", split=True
+    )
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    tok.add_special_tokens([*_XLMR_SPECIALS, "<mask>"])
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "XLMRobertaTokenizer",
+        "model_max_length": model_max_length,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "cls_token": "<s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "mask_token": "<mask>",
+        "clean_up_tokenization_spaces": True,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def make_gte_new_checkpoint(
+    directory: str | Path, *, config: dict[str, Any] | None = None, seed: int = 0
+) -> Path:
+    """Write a random-weight ``NewForSequenceClassification`` checkpoint (GTE "new").
+
+    ``config.json`` has the published layout (``model_type`` "new", ``auto_map`` to the
+    remote code, NTK ``rope_scaling``) with ``TINY_GTE_NEW`` + ``config`` as sizes;
+    ``model.safetensors`` names tensors as the published checkpoint does (``new.`` prefix,
+    packed ``qkv_proj`` unless ``pack_qkv`` is false, ``up_gate_proj`` = [up | gate] without
+    bias, ``classifier`` outside the prefix). Weights are normal with ``initializer_range``
+    (0.2, so documents score clearly apart), biases and LayerNorms randomised as well.
+    """
+    torch = require("torch")
+    safetensors_torch = require("safetensors.torch")
+    directory = Path(directory)
+    settings = {**_GTE_NEW_CONFIG, **TINY_GTE_NEW, **(config or {})}
+    hidden = int(settings["hidden_size"])
+    inter = int(settings["intermediate_size"])
+    std = float(settings["initializer_range"])
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal(*shape: int, scale: float = std) -> Any:
+        return torch.randn(*shape, generator=gen) * scale
+
+    def norm(prefix: str) -> dict[str, Any]:
+        return {
+            f"{prefix}.weight": 1.0 + normal(hidden, scale=0.1),
+            f"{prefix}.bias": normal(hidden, scale=0.1),
+        }
+
+    state: dict[str, Any] = {
+        "new.embeddings.word_embeddings.weight": normal(int(settings["vocab_size"]), hidden),
+        **norm("new.embeddings.LayerNorm"),
+    }
+    if int(settings["type_vocab_size"]) > 0:
+        state["new.embeddings.token_type_embeddings.weight"] = normal(
+            int(settings["type_vocab_size"]), hidden
+        )
+    for i in range(int(settings["num_hidden_layers"])):
+        p = f"new.encoder.layer.{i}"
+        if settings["pack_qkv"]:
+            state[f"{p}.attention.qkv_proj.weight"] = normal(3 * hidden, hidden)
+            state[f"{p}.attention.qkv_proj.bias"] = normal(3 * hidden)
+        else:
+            for name in ("q_proj", "k_proj", "v_proj"):
+                state[f"{p}.attention.{name}.weight"] = normal(hidden, hidden)
+                state[f"{p}.attention.{name}.bias"] = normal(hidden)
+        state[f"{p}.attention.o_proj.weight"] = normal(hidden, hidden)
+        state[f"{p}.attention.o_proj.bias"] = normal(hidden)
+        state.update(norm(f"{p}.attn_ln"))
+        state[f"{p}.mlp.up_gate_proj.weight"] = normal(2 * inter, hidden)
+        state[f"{p}.mlp.down_proj.weight"] = normal(hidden, inter)
+        state[f"{p}.mlp.down_proj.bias"] = normal(hidden)
+        state.update(norm(f"{p}.mlp_ln"))
+    num_labels = len(settings["id2label"])
+    state["new.pooler.dense.weight"] = normal(hidden, hidden)
+    state["new.pooler.dense.bias"] = normal(hidden)
+    state["classifier.weight"] = normal(num_labels, hidden)
+    state["classifier.bias"] = normal(num_labels)
+    directory.mkdir(parents=True, exist_ok=True)
+    safetensors_torch.save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(directory / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    (directory / "config.json").write_text(json.dumps(dict(sorted(settings.items())), indent=2))
+    save_xlmr_tokenizer(directory, model_max_length=int(settings["max_position_embeddings"]))
     return directory
