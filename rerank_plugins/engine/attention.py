@@ -1,0 +1,426 @@
+"""Bidirectional attention over packed variable-length batches.
+
+Sequences are packed on one token axis (``[T, heads, head_dim]``, no padding tokens) and
+described by :class:`PackedBatch`. :func:`attention` never lets a token attend across
+sequences; ``window=w`` restricts it further to keys with ``|i - j| <= w`` (inclusive, as
+ModernBERT's local layers). Backends:
+
+- ``"varlen"``: ``torch.nn.attention.varlen.varlen_attn`` (flash attention on packed
+  tokens, window ``(w, w)``), CUDA with fp16/bf16 only.
+- ``"flex"``: FlexAttention on the packed axis with a document (+ sliding window) block
+  mask; compiled on CUDA. On CPU it runs uncompiled (a reference, for tests only).
+- ``"sdpa"``: ``scaled_dot_product_attention`` anywhere (the CPU default). Global
+  attention gathers sequences into length buckets, padded with a key-padding mask of shape
+  ``[n, 1, 1, L]`` (the fused CPU/CUDA kernels broadcast it: no ``L x L`` tensor). Local
+  attention runs blocked on the packed axis: queries in blocks of ``b`` tokens attend to
+  the ``b + 2w`` keys around them, so memory is ``T * (b + 2w)``, linear in length.
+
+>>> import torch
+>>> batch = pack_sequences([[5, 6, 7], [8, 9]], torch.device("cpu"))
+>>> batch.position_ids.tolist(), batch.cu_seqlens.tolist(), batch.max_seqlen
+([0, 1, 2, 0, 1], [0, 3, 5], 3)
+>>> q = k = v = torch.randn(5, 2, 4)
+>>> attention(q, k, v, batch, window=1, backend="sdpa").shape
+torch.Size([5, 2, 4])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rerank_plugins.errors import InvalidInputError
+
+__all__ = [
+    "BACKENDS",
+    "PackedBatch",
+    "attention",
+    "choose_backend",
+    "has_flex",
+    "has_varlen",
+    "pack_sequences",
+]
+
+BACKENDS = ("varlen", "flex", "sdpa")
+
+# Padded-attention cost of a bucket may exceed its real cost (sum of L^2) by this factor
+# before a new bucket starts: fewer kernel calls against less wasted work.
+_BUCKET_SLACK = 1.3
+
+
+@dataclass(frozen=True, eq=False)
+class PackedBatch:
+    """A batch of sequences packed on one token axis of ``T = sum(lengths)`` tokens.
+
+    ``input_ids [T]`` long and ``position_ids [T]`` long (restarting at 0 for each
+    sequence), ``cu_seqlens [B+1]`` int32 (sequence ``b`` is ``cu_seqlens[b]:cu_seqlens[b+1]``),
+    all on the device; ``lengths`` and ``max_seqlen`` on the host. ``cache`` holds masks and
+    index plans that the layers of one forward share (they depend only on the batch).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
+    lengths: tuple[int, ...]
+    max_seqlen: int
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_ids(self) -> torch.Tensor:
+        """Sequence index of every token, long ``[T]`` on the device."""
+        ids = self.cache.get("seq_ids")
+        if ids is None:
+            counts = torch.tensor(self.lengths, device=self.input_ids.device)
+            ids = torch.repeat_interleave(
+                torch.arange(len(self.lengths), device=self.input_ids.device), counts
+            )
+            self.cache["seq_ids"] = ids
+        return ids
+
+    @property
+    def starts(self) -> torch.Tensor:
+        """Index of every sequence's first token (its CLS), long ``[B]`` on the device."""
+        return self.cu_seqlens[:-1].long()
+
+
+def pack_sequences(sequences: Sequence[Sequence[int]], device: torch.device) -> PackedBatch:
+    """Pack token id sequences (each non-empty) into one :class:`PackedBatch` on ``device``."""
+    lengths = tuple(len(s) for s in sequences)
+    if not lengths or min(lengths) == 0:
+        raise InvalidInputError("pack_sequences needs at least one sequence, none of them empty")
+    flat = [t for s in sequences for t in s]
+    ids = torch.tensor(flat, dtype=torch.long)
+    counts = torch.tensor(lengths, dtype=torch.long)
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    torch.cumsum(counts, 0, out=cu[1:])
+    starts = torch.repeat_interleave(cu[:-1].long(), counts)
+    positions = torch.arange(len(flat), dtype=torch.long) - starts
+    return PackedBatch(
+        input_ids=ids.to(device, non_blocking=True),
+        position_ids=positions.to(device, non_blocking=True),
+        cu_seqlens=cu.to(device, non_blocking=True),
+        lengths=lengths,
+        max_seqlen=max(lengths),
+    )
+
+
+def has_varlen() -> bool:
+    """Whether this torch ships ``torch.nn.attention.varlen.varlen_attn``."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def has_flex() -> bool:
+    """Whether this torch ships FlexAttention."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backend(
+    device: torch.device, requested: str = "auto", *, dtype: torch.dtype | None = None
+) -> str:
+    """The attention backend for ``device``: ``"varlen"``, ``"flex"`` or ``"sdpa"``.
+
+    ``"auto"``: on CUDA ``varlen`` when available and ``dtype`` is fp16/bf16 (or not
+    given), else ``flex``, else ``sdpa``; elsewhere ``sdpa``. A named backend is checked
+    and returned.
+    """
+    half = dtype is None or dtype in (torch.float16, torch.bfloat16)
+    cuda = device.type == "cuda"
+    if requested == "auto":
+        if cuda and half and has_varlen():
+            return "varlen"
+        if cuda and has_flex():
+            return "flex"
+        return "sdpa"
+    if requested not in BACKENDS:
+        raise InvalidInputError(f"unknown attention backend {requested!r}; use one of {BACKENDS}")
+    if requested == "varlen" and not (cuda and half and has_varlen()):
+        raise InvalidInputError(
+            "the 'varlen' backend needs CUDA, fp16/bf16 weights and a torch with "
+            "torch.nn.attention.varlen"
+        )
+    if requested == "flex" and not has_flex():
+        raise InvalidInputError("this torch has no FlexAttention")
+    return requested
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    *,
+    window: int | None,
+    backend: str,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of ``q, k, v [T, H, D]`` (RoPE applied) within each sequence → ``[T, H, D]``.
+
+    ``window=None`` attends to the whole sequence, ``window=w`` to keys with
+    ``|i - j| <= w``. ``scale`` defaults to ``D ** -0.5``. Softmax runs in fp32 inside
+    every backend's kernel.
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if window is not None and window + 1 >= batch.max_seqlen:
+        window = None  # the band covers every sequence: plain global attention
+    if backend == "varlen":
+        return _varlen(q, k, v, batch, window, scale)
+    if backend == "flex":
+        return _flex(q, k, v, batch, window, scale)
+    if backend == "sdpa":
+        if window is None:
+            return _sdpa_global(q, k, v, batch, scale)
+        return _sdpa_local(q, k, v, batch, window, scale)
+    raise InvalidInputError(f"unknown attention backend {backend!r}; use one of {BACKENDS}")
+
+
+# --- varlen (CUDA) -----------------------------------------------------------------------
+
+
+def _varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    window: int | None,
+    scale: float,
+) -> torch.Tensor:
+    from torch.nn.attention.varlen import varlen_attn
+
+    # Flash attention's window (left, right) keeps keys i - left <= j <= i + right.
+    size = (-1, -1) if window is None else (window, window)
+    out = varlen_attn(
+        q,
+        k,
+        v,
+        batch.cu_seqlens,
+        batch.cu_seqlens,
+        batch.max_seqlen,
+        batch.max_seqlen,
+        scale=scale,
+        window_size=size,
+    )
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
+# --- flex --------------------------------------------------------------------------------
+
+_compiled_flex: Callable[..., Any] | None = None
+
+
+def _flex_fn(device: torch.device) -> Callable[..., Any]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device.type != "cuda":
+        return flex_attention  # uncompiled: a dense reference, only sensible for small T
+    global _compiled_flex
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+    return _compiled_flex
+
+
+def _flex(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    window: int | None,
+    scale: float,
+) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = ("flex_mask", window)
+    block_mask = batch.cache.get(key)
+    if block_mask is None:
+        seq = batch.seq_ids
+
+        # On the packed axis, two tokens of one sequence are as far apart as their positions.
+        def mask_mod(b: Any, h: Any, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
+            same = seq[qi] == seq[ki]
+            if window is None:
+                return same
+            return same & ((qi - ki).abs() <= window)
+
+        t = batch.num_tokens
+        block_mask = create_block_mask(mask_mod, None, None, t, t, device=q.device)
+        batch.cache[key] = block_mask
+    out = _flex_fn(q.device)(
+        q.transpose(0, 1).unsqueeze(0),
+        k.transpose(0, 1).unsqueeze(0),
+        v.transpose(0, 1).unsqueeze(0),
+        block_mask=block_mask,
+        scale=scale,
+    )
+    return out[0].transpose(0, 1)
+
+
+# --- sdpa: bucketed global attention ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    """Sequences padded together: ``index [n, L]`` into the packed axis (0 on padding)."""
+
+    start: int  # packed start when the bucket is one sequence (no gather), else -1
+    length: int
+    index: torch.Tensor | None
+    valid: torch.Tensor | None  # bool [n * L], real tokens of the padded bucket
+    dest: torch.Tensor | None  # packed index of every real token, in bucket order
+    key_mask: torch.Tensor | None  # bool [n, 1, 1, L], None when nothing is padded
+
+
+def _bucket_lengths(lengths: Sequence[int], slack: float = _BUCKET_SLACK) -> list[list[int]]:
+    """Group sequence indices so that a bucket's padded cost ``n * max(L)^2`` stays within
+    ``slack`` times its real cost ``sum(L^2)``. Longest first.
+
+    >>> _bucket_lengths([10, 100, 12, 98, 11])
+    [[1, 3], [2, 4, 0]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        n = lengths[i]
+        if current:
+            longest = lengths[current[0]]
+            if (len(current) + 1) * longest * longest > slack * (real + n * n):
+                buckets.append(current)
+                current, real = [], 0
+        current.append(i)
+        real += n * n
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def _global_plan(batch: PackedBatch) -> list[_Bucket]:
+    plan = batch.cache.get("sdpa_global")
+    if plan is not None:
+        return plan
+    device = batch.input_ids.device
+    starts = [0]
+    for n in batch.lengths:
+        starts.append(starts[-1] + n)
+    plan = []
+    for members in _bucket_lengths(batch.lengths):
+        longest = batch.lengths[members[0]]
+        if len(members) == 1:
+            plan.append(_Bucket(starts[members[0]], longest, None, None, None, None))
+            continue
+        offsets = torch.arange(longest)
+        first = torch.tensor([starts[i] for i in members])[:, None]
+        lens = torch.tensor([batch.lengths[i] for i in members])[:, None]
+        valid = offsets[None, :] < lens
+        index = torch.where(valid, first + offsets[None, :], 0)
+        padded = not bool(valid.all())
+        plan.append(
+            _Bucket(
+                start=-1,
+                length=longest,
+                index=index.to(device),
+                valid=valid.reshape(-1).to(device),
+                dest=index[valid].to(device),
+                key_mask=valid[:, None, None, :].to(device) if padded else None,
+            )
+        )
+    batch.cache["sdpa_global"] = plan
+    return plan
+
+
+def _sdpa_global(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch, scale: float
+) -> torch.Tensor:
+    t, h, d = q.shape
+    plan = _global_plan(batch)
+    if len(plan) == 1 and plan[0].start == 0:  # one sequence: no gather, no mask
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), scale=scale
+        )
+        return out.transpose(0, 1)
+    out = q.new_empty(t, h, d)
+    for bucket in plan:
+        if bucket.index is None:
+            s, e = bucket.start, bucket.start + bucket.length
+            o = F.scaled_dot_product_attention(
+                q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1), scale=scale
+            )
+            out[s:e] = o.transpose(0, 1)
+            continue
+        assert bucket.valid is not None and bucket.dest is not None
+        qb, kb, vb = (x[bucket.index].transpose(1, 2) for x in (q, k, v))  # [n, H, L, D]
+        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bucket.key_mask, scale=scale)
+        out[bucket.dest] = o.transpose(1, 2).reshape(-1, h, d)[bucket.valid]
+    return out
+
+
+# --- sdpa: blocked local attention ------------------------------------------------------
+
+
+def local_block_size(window: int) -> int:
+    """Queries per block of the blocked local attention (keys per block: this + 2 * window)."""
+    return max(32, min(128, window))
+
+
+def _local_mask(batch: PackedBatch, window: int, block: int) -> torch.Tensor:
+    """Bool ``[n_blocks, 1, block, block + 2 * window]``: same sequence and within the band."""
+    key = ("sdpa_local", window, block)
+    mask = batch.cache.get(key)
+    if mask is not None:
+        return mask
+    t = batch.num_tokens
+    n_blocks = math.ceil(t / block)
+    tail = n_blocks * block - t
+    seq = batch.seq_ids
+    # Padding tokens get sequence id -1 on both sides, so padded query rows still see
+    # one key each (no all-masked row, no NaN); they are sliced away afterwards.
+    q_seq = F.pad(seq, (0, tail), value=-1).view(n_blocks, block)
+    k_seq = F.pad(seq, (window, tail + window), value=-1).unfold(0, block + 2 * window, block)
+    i = torch.arange(block, device=seq.device)[:, None]
+    j = torch.arange(block + 2 * window, device=seq.device)[None, :]
+    band = (j - i >= 0) & (j - i <= 2 * window)  # key j sits at i + (j - i - window)
+    mask = ((q_seq[:, :, None] == k_seq[:, None, :]) & band[None]).unsqueeze(1)
+    batch.cache[key] = mask
+    return mask
+
+
+def _sdpa_local(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    batch: PackedBatch,
+    window: int,
+    scale: float,
+) -> torch.Tensor:
+    t, h, d = q.shape
+    block = local_block_size(window)
+    mask = _local_mask(batch, window, block)
+    n_blocks = mask.shape[0]
+    tail = n_blocks * block - t
+    span = block + 2 * window
+
+    def keys(x: torch.Tensor) -> torch.Tensor:  # [T, H, D] -> [n_blocks, H, span, D]
+        padded = F.pad(x, (0, 0, 0, 0, window, tail + window))
+        return padded.unfold(0, span, block).permute(0, 1, 3, 2)
+
+    qb = F.pad(q, (0, 0, 0, 0, 0, tail)).view(n_blocks, block, h, d).transpose(1, 2)
+    out = F.scaled_dot_product_attention(qb, keys(k), keys(v), attn_mask=mask, scale=scale)
+    return out.transpose(1, 2).reshape(n_blocks * block, h, d)[:t]
