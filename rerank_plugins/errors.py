@@ -11,6 +11,7 @@
         ├── InvalidScoreError                  a backend produced NaN (or another non-number)
         └── EndpointError                      a remote endpoint failed
             ├── EndpointStatusError            an HTTP error status (status, body excerpt)
+            │   └── EndpointInputTooLongError  refused over-length input (also InputTooLongError)
             ├── EndpointTimeoutError           the request timed out
             ├── EndpointConnectionError        the server could not be reached
             └── MalformedResponseError         the body is not what the dialect promises
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 __all__ = [
     "EndpointConnectionError",
     "EndpointError",
+    "EndpointInputTooLongError",
     "EndpointStatusError",
     "EndpointTimeoutError",
     "InputTooLongError",
@@ -99,6 +101,14 @@ class EndpointStatusError(EndpointError):
         super().__init__(message, indices=indices)
         self.status_code = status_code
         self.body = body
+
+
+class EndpointInputTooLongError(EndpointStatusError, InputTooLongError):
+    """The endpoint refused documents over its window, as ``overflow="error"`` asked.
+
+    Also an :class:`InputTooLongError`, so one ``except`` covers the local and the
+    remote scorer.
+    """
 
 
 class EndpointTimeoutError(EndpointError):

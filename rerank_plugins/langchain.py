@@ -1,7 +1,9 @@
 """LangChain document compressor: rerank retrieved ``Document``s with any scorer.
 
->>> from rerank_plugins.langchain import RerankCompressor  # doctest: +SKIP
->>> compressor = RerankCompressor(model="Alibaba-NLP/gte-reranker-modernbert-base", top_n=3)
+::
+
+    from rerank_plugins.langchain import RerankCompressor
+    compressor = RerankCompressor(model="Alibaba-NLP/gte-reranker-modernbert-base", top_n=3)
 """
 
 from __future__ import annotations

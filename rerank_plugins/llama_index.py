@@ -1,7 +1,9 @@
 """LlamaIndex node postprocessor: rerank retrieved nodes with any scorer.
 
->>> from rerank_plugins.llama_index import RerankPostprocessor  # doctest: +SKIP
->>> engine = index.as_query_engine(node_postprocessors=[RerankPostprocessor(top_n=3)])
+::
+
+    from rerank_plugins.llama_index import RerankPostprocessor
+    engine = index.as_query_engine(node_postprocessors=[RerankPostprocessor(top_n=3)])
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ from rerank_plugins._imports import require
 
 require("llama_index.core")
 
-from pydantic import Field, PositiveInt, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from pydantic import Field, PositiveInt, model_validator
 
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
-from rerank_plugins.scoring import Score, Scorer, check_scores
+from rerank_plugins.scoring import Score, check_scores
 
 __all__ = ["RerankPostprocessor"]
 

@@ -1,4 +1,4 @@
-"""Query–document pair encoding with the Rust ``tokenizers`` library.
+"""Query-document pair encoding with the Rust ``tokenizers`` library.
 
 The query is encoded once, the documents in one batch call; each pair is assembled by the
 tokenizer's own post-processor (so ``[CLS] q [SEP] d [SEP]`` for ModernBERT and
@@ -28,7 +28,7 @@ _POLICIES = ("truncate", "error")
 
 @dataclass(frozen=True, slots=True)
 class EncodedPair:
-    """Token ids of one query–document pair, ready for the model."""
+    """Token ids of one query-document pair, ready for the model."""
 
     ids: list[int]
     type_ids: list[int]

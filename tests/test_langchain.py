@@ -48,16 +48,23 @@ def test_documents_come_back_sorted_with_scores_and_ids() -> None:
     assert [d.page_content for d in out] == expected
     first = out[0]
     assert first.id == "id-0" and first.metadata["source"] == "s0"
-    assert first.metadata["relevance_score"] == pytest.approx(overlap("which planet is the largest planet", PLANETS[0]))
+    assert first.metadata["relevance_score"] == pytest.approx(
+        overlap("which planet is the largest planet", PLANETS[0])
+    )
     assert first.metadata["rerank_plugins"] == {
-        "kind": "logit", "tokens": None, "truncated": False, "index": 0
+        "kind": "logit",
+        "tokens": None,
+        "truncated": False,
+        "index": 0,
     }
 
 
 def test_inputs_are_not_mutated() -> None:
     docs = make_docs()
     before = [d.model_dump() for d in docs]
-    out = RerankCompressor(scorer=FunctionScorer(overlap), top_n=2).compress_documents(docs, "planet")
+    out = RerankCompressor(scorer=FunctionScorer(overlap), top_n=2).compress_documents(
+        docs, "planet"
+    )
     assert [d.model_dump() for d in docs] == before
     assert all(o is not d for o in out for d in docs)
 
@@ -128,7 +135,9 @@ def test_scorer_and_model_together_are_rejected() -> None:
 
 
 def test_model_spec_loads_a_local_checkpoint(modernbert_dir: Path) -> None:
-    compressor = RerankCompressor(model=str(modernbert_dir), model_kwargs={"device": "cpu"}, top_n=2)
+    compressor = RerankCompressor(
+        model=str(modernbert_dir), model_kwargs={"device": "cpu"}, top_n=2
+    )
     out = compressor.compress_documents(make_docs(), "w1 w2")
     assert len(out) == 2
     assert out[0].metadata["relevance_score"] >= out[1].metadata["relevance_score"]

@@ -24,13 +24,15 @@ from tests.test_langchain import PLANETS, overlap
 
 def make_nodes() -> list[NodeWithScore]:
     return [
-        NodeWithScore(node=TextNode(text=t, id_=f"n{i}", metadata={"source": f"s{i}"}), score=0.1 * i)
+        NodeWithScore(
+            node=TextNode(text=t, id_=f"n{i}", metadata={"source": f"s{i}"}), score=0.1 * i
+        )
         for i, t in enumerate(PLANETS)
     ]
 
 
 class Recorder(BaseEventHandler):
-    events: list[BaseEvent] = []
+    events: list[BaseEvent]
 
     @classmethod
     def class_name(cls) -> str:
@@ -136,9 +138,7 @@ def test_query_engine_with_the_postprocessor_returns_reranked_nodes(
     nodes = [TextNode(text=t, id_=f"n{i}") for i, t in enumerate(PLANETS)]
     index = VectorStoreIndex(nodes, embed_model=MiniLMEmbedding())
     post = RerankPostprocessor(model=modernbert_dir, model_kwargs={"device": "cpu"}, top_n=2)
-    engine = index.as_query_engine(
-        llm=MockLLM(), similarity_top_k=4, node_postprocessors=[post]
-    )
+    engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=4, node_postprocessors=[post])
     query = "Which planet is the largest?"
     candidates = index.as_retriever(similarity_top_k=4).retrieve(QueryBundle(query))
     assert "n0" in [c.node.node_id for c in candidates]  # the real first stage found it

@@ -1,0 +1,48 @@
+"""``import rerank_plugins`` stays light; a missing extra names what to install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ["torch", "transformers", "langchain_core", "llama_index", "sentence_transformers"]
+
+
+def python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_importing_the_package_imports_no_heavy_dependency() -> None:
+    proc = python(f"import sys, rerank_plugins\nprint([m for m in {HEAVY!r} if m in sys.modules])")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("blocked", "module", "extra"),
+    [
+        ("langchain_core", "rerank_plugins.langchain", "langchain"),
+        ("llama_index", "rerank_plugins.llama_index", "llama-index"),
+        ("torch", "rerank_plugins.testing", "torch"),
+    ],
+)
+def test_missing_extra_raises_an_import_error_naming_the_extra(
+    blocked: str, module: str, extra: str
+) -> None:
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        "import importlib\n"
+        "from rerank_plugins import MissingExtraError\n"
+        "try:\n"
+        f"    m = importlib.import_module({module!r})\n"
+        "    if hasattr(m, 'make_modernbert_checkpoint'):\n"
+        "        m.make_modernbert_checkpoint('/tmp/never')\n"
+        "except MissingExtraError as e:\n"
+        "    assert isinstance(e, ImportError)\n"
+        "    print(e)\n"
+    )
+    proc = python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert f"pip install 'rerank-plugins[{extra}]'" in proc.stdout
