@@ -142,6 +142,19 @@ class CrossEncoderScorer:
             raise InvalidInputError(f"unknown engine {engine!r}")
         pad = self.config.get("pad_token_id")
         pad_id = int(pad) if isinstance(pad, int) else 0
+        if self.config.get("model_type") == "new" and engine != "transformers":
+            # GTE "new" (gte-multilingual-reranker-base) ships only remote code: always native.
+            from rerank_plugins.engine.gte import GteNewPairClassifier
+
+            return GteNewPairClassifier(
+                self.directory, device=self.device, dtype=self.dtype, config=self.config
+            )
+        if self.config.get("model_type") == "modernbert" and engine != "transformers":
+            from rerank_plugins.engine.modernbert import ModernBertPairClassifier
+
+            return ModernBertPairClassifier(
+                self.directory, device=self.device, dtype=self.dtype, config=self.config
+            )
         if engine == "native":
             raise UnsupportedModelError(f"no native engine for {self.config.get('model_type')!r}")
         from rerank_plugins.engine.hf import TransformersPairClassifier

@@ -18,12 +18,15 @@ from rerank_plugins._imports import require
 from rerank_plugins.scoring import Score, ScoreKind, check_inputs
 
 __all__ = [
+    "TINY_GTE_NEW",
     "TINY_MODERNBERT",
-    "FunctionScorer",
     "WORDS",
+    "FunctionScorer",
+    "make_gte_new_checkpoint",
     "make_modernbert_checkpoint",
     "random_text",
     "save_word_tokenizer",
+    "save_xlmr_tokenizer",
 ]
 
 # 4 layers (global at 0 and 2, local at 1 and 3), a ±4-token local window, 8K positions.
@@ -171,7 +174,8 @@ _GTE_NEW_CONFIG: dict[str, Any] = {
         "AutoModelForQuestionAnswering": "Alibaba-NLP/new-impl--modeling.NewForQuestionAnswering",
         "AutoModelForSequenceClassification":
             "Alibaba-NLP/new-impl--modeling.NewForSequenceClassification",
-        "AutoModelForTokenClassification": "Alibaba-NLP/new-impl--modeling.NewForTokenClassification",
+        "AutoModelForTokenClassification":
+            "Alibaba-NLP/new-impl--modeling.NewForTokenClassification",
     },
     "classifier_dropout": 0.0,
     "hidden_act": "gelu",
