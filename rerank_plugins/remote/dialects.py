@@ -90,12 +90,14 @@ class Dialect:
         return f"<dialect {self.name}>"
 
 
-def _results(payload: object, key: str | None, dialect: str) -> list[Any]:
+def _results(payload: object, key: str | None, dialect: str, positions: Sequence[int]) -> list[Any]:
     """The list of result objects under ``key`` (``None``: the payload is the list)."""
     items = payload.get(key) if key is not None and isinstance(payload, dict) else payload
     if not isinstance(items, list):
         where = f"a JSON object with a {key!r} list" if key else "a JSON list"
-        raise MalformedResponseError(f"{dialect}: expected {where}, got {_kind_of(payload)}")
+        raise MalformedResponseError(
+            f"{dialect}: expected {where}, got {_kind_of(payload)}", indices=positions
+        )
     return items
 
 
@@ -208,7 +210,7 @@ class Cohere(Dialect):
         return body
 
     def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, "results", self.name)
+        items = _results(payload, "results", self.name, positions)
         return collect_scores(
             items, positions, index_key="index", score_key="relevance_score", dialect=self.name
         )
@@ -231,7 +233,7 @@ class TEI(Dialect):
         }
 
     def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, None, self.name)
+        items = _results(payload, None, self.name, positions)
         return collect_scores(
             items, positions, index_key="index", score_key="score", dialect=self.name
         )
@@ -255,7 +257,7 @@ class Voyage(Dialect):
         return body
 
     def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, "data", self.name)
+        items = _results(payload, "data", self.name, positions)
         return collect_scores(
             items, positions, index_key="index", score_key="relevance_score", dialect=self.name
         )
@@ -280,7 +282,7 @@ class Mixedbread(Dialect):
         return body
 
     def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, "data", self.name)
+        items = _results(payload, "data", self.name, positions)
         return collect_scores(
             items, positions, index_key="index", score_key="score", dialect=self.name
         )
@@ -305,7 +307,7 @@ class NIM(Dialect):
         return body
 
     def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, "rankings", self.name)
+        items = _results(payload, "rankings", self.name, positions)
         return collect_scores(
             items, positions, index_key="index", score_key="logit", dialect=self.name
         )
@@ -329,7 +331,7 @@ class VLLMScore(Dialect):
         return body
 
     def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, "data", self.name)
+        items = _results(payload, "data", self.name, positions)
         return collect_scores(
             items, positions, index_key="index", score_key="score", dialect=self.name
         )
@@ -389,5 +391,5 @@ def redact(url: httpx.URL | str) -> str:
     """
     url = httpx.URL(url)
     if url.password:
-        url = url.copy_with(password="***")
+        url = url.copy_with(username=url.username, password="***")
     return str(url.copy_with(query=None, fragment=None))

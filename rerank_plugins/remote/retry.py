@@ -135,8 +135,9 @@ _LIMIT = re.compile(
     re.IGNORECASE,
 )
 _TOO_LONG = re.compile(
-    r"too long|tokens?\b.*\b(exceed|limit|maximum|less than|longer)|"
-    r"(exceed|maximum|limit|longer).*\btokens?\b|context length|max_model_len|input length",
+    r"too long|context length|max_model_len|input length|token limit"
+    r"|(exceed|maximum|limit|longer|less than|at most|more than).{0,40}\btokens?\b"
+    r"|\btokens?\b.{0,40}(exceed|limit|maximum|longer)",
     re.IGNORECASE,
 )
 

@@ -173,6 +173,11 @@ class RemoteScorer:
         self._api_key = _resolve_key(api_key, api_key_env)
         self._headers = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
         self._headers.update(headers or {})
+        if self._api_key is not None and (self._url.username or self._url.password):
+            raise InvalidInputError(
+                f"{self.url} carries credentials and an API key is set (argument or "
+                f"${api_key_env}); give one or the other"
+            )
         if self._api_key is not None:
             self._headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
             if self._url.scheme == "http" and not _is_loopback(self._url.host):
@@ -282,31 +287,26 @@ class RemoteScorer:
     def _score_batch(self, query: str, docs: list[str], positions: list[int]) -> list[float]:
         try:
             return self._post(query, [docs[p] for p in positions], positions)
-        except _Split as split:
-            chunks = _chunks(positions, split.size)
-            logger.info(
-                "%s: %s; resending %d documents in %d requests",
-                self.url,
-                split.error,
-                len(positions),
-                len(chunks),
-            )
-            return [v for c in chunks for v in self._score_batch(query, docs, c)]
+        except _Split as exc:
+            split = exc  # resend outside the handler: later errors must not chain to it
+        chunks = self._log_split(split, positions)
+        return [v for c in chunks for v in self._score_batch(query, docs, c)]
 
     async def _ascore_batch(self, query: str, docs: list[str], positions: list[int]) -> list[float]:
         try:
             return await self._apost(query, [docs[p] for p in positions], positions)
-        except _Split as split:
-            chunks = _chunks(positions, split.size)
-            logger.info(
-                "%s: %s; resending %d documents in %d requests",
-                self.url,
-                split.error,
-                len(positions),
-                len(chunks),
-            )
-            parts = await _gather_all([self._ascore_batch(query, docs, c) for c in chunks])
-            return [v for part in parts for v in part]
+        except _Split as exc:
+            split = exc
+        chunks = self._log_split(split, positions)
+        parts = await _gather_all([self._ascore_batch(query, docs, c) for c in chunks])
+        return [v for part in parts for v in part]
+
+    def _log_split(self, split: _Split, positions: list[int]) -> list[list[int]]:
+        chunks = _chunks(positions, split.size)
+        logger.info(
+            "%s; resending %d documents in %d requests", split.error, len(positions), len(chunks)
+        )
+        return chunks
 
     # -- one request, with retries ------------------------------------------------------
 
