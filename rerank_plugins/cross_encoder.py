@@ -149,6 +149,12 @@ class CrossEncoderScorer:
             return GteNewPairClassifier(
                 self.directory, device=self.device, dtype=self.dtype, config=self.config
             )
+        if self.config.get("model_type") == "modernbert" and engine != "transformers":
+            from rerank_plugins.engine.modernbert import ModernBertPairClassifier
+
+            return ModernBertPairClassifier(
+                self.directory, device=self.device, dtype=self.dtype, config=self.config
+            )
         if engine == "native":
             raise UnsupportedModelError(f"no native engine for {self.config.get('model_type')!r}")
         from rerank_plugins.engine.hf import TransformersPairClassifier

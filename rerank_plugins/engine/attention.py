@@ -346,24 +346,28 @@ def _global_plan(batch: PackedBatch) -> list[_Bucket]:
     return plan
 
 
+def _one_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Unmasked attention over one whole sequence ``[L, H, D]``.
+
+    The inputs must be 4-D ``[1, H, L, D]``: with 3-D ones torch's CPU SDPA takes the math
+    path, which materialises the ``L x L`` scores (16 GiB at 32K tokens, 2 heads).
+    """
+    q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+    return F.scaled_dot_product_attention(q4, k4, v4, scale=scale)[0].transpose(0, 1)
+
+
 def _sdpa_global(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch, scale: float
 ) -> torch.Tensor:
     t, h, d = q.shape
     plan = _global_plan(batch)
     if len(plan) == 1 and plan[0].start == 0:  # one sequence: no gather, no mask
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), scale=scale
-        )
-        return out.transpose(0, 1)
+        return _one_sequence(q, k, v, scale)
     out = q.new_empty(t, h, d)
     for bucket in plan:
         if bucket.index is None:
             s, e = bucket.start, bucket.start + bucket.length
-            o = F.scaled_dot_product_attention(
-                q[s:e].transpose(0, 1), k[s:e].transpose(0, 1), v[s:e].transpose(0, 1), scale=scale
-            )
-            out[s:e] = o.transpose(0, 1)
+            out[s:e] = _one_sequence(q[s:e], k[s:e], v[s:e], scale)
             continue
         assert bucket.valid is not None and bucket.dest is not None
         qb, kb, vb = (x[bucket.index].transpose(1, 2) for x in (q, k, v))  # [n, H, L, D]

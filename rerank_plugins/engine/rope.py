@@ -47,9 +47,10 @@ def rotary_cos_sin(
 
     Computed in fp32 whatever the model dtype (bf16 positions beyond 256 are not exact).
     """
-    freqs = position_ids.to(torch.float32)[:, None] * inv_freq.to(
-        device=position_ids.device, dtype=torch.float32
-    )[None, :]
+    freqs = (
+        position_ids.to(torch.float32)[:, None]
+        * inv_freq.to(device=position_ids.device, dtype=torch.float32)[None, :]
+    )
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
 

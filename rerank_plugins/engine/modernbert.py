@@ -1,0 +1,501 @@
+"""Native ModernBERT: the trunk, its heads and a packed cross-encoder classifier.
+
+Loads Hugging Face ModernBERT checkpoints straight from safetensors, in any of the three
+layouts (``ModernBertForSequenceClassification``, ``ModernBertForMaskedLM`` with
+``model.``-prefixed keys, bare ``ModernBertModel`` without), and reproduces transformers'
+forward on packed variable-length batches (:class:`~rerank_plugins.engine.attention.PackedBatch`):
+
+- pre-norm layers without biases (unless the config asks for them), LayerNorm eps
+  ``norm_eps``; layer 0 has no ``attn_norm``;
+- ``attn.Wqkv`` packs ``[q | k | v]``; ``mlp.Wi`` packs ``[input | gate]`` and the MLP
+  computes ``Wo(act(input) * gate)``;
+- layer ``i`` is global when ``i % global_attn_every_n_layers == 0`` (or as
+  ``layer_types`` says), else local with keys ``|i - j| <= local_attention // 2``;
+- RoPE with ``global_rope_theta`` on global and ``local_rope_theta`` on local layers,
+  positions restarting at 0 for each sequence;
+- ``final_norm`` after the last layer run; pooling ``mean`` (over every real token,
+  CLS and SEP included) or ``cls``; head ``dense → act → norm`` then ``classifier`` (or
+  the tied ``decoder`` with its bias for masked LM).
+
+Precision: the trunk runs in the load dtype (bf16 by default on CUDA, fp32 on CPU) with
+fp32 RoPE tables and fp32 softmax inside the attention kernels; pooling and the heads run
+in fp32.
+
+Reuse: :meth:`ModernBertTrunk.encode` returns token-level hidden states ``[T, hidden]``
+(a ColBERT scorer projects them), and ``num_layers=L`` runs only the first ``L`` layers
+(a real early exit, for Matryoshka rerankers that put heads on intermediate layers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rerank_plugins.checkpoint import load_state_dict, read_json
+from rerank_plugins.engine.attention import PackedBatch, attention, choose_backend, pack_sequences
+from rerank_plugins.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
+from rerank_plugins.errors import UnsupportedModelError
+from rerank_plugins.tokenization import EncodedPair
+
+__all__ = [
+    "ModernBert",
+    "ModernBertPairClassifier",
+    "ModernBertSpec",
+    "ModernBertTrunk",
+    "activation",
+    "cls_pool",
+    "load_modernbert",
+    "mean_pool",
+]
+
+logger = logging.getLogger(__name__)
+
+Layout = Literal["seq-cls", "mlm", "bare"]
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,  # exact (erf) GELU, as transformers' "gelu"
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "swish": F.silu,
+    "relu": F.relu,
+}
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation function a config names (``"gelu"`` is the exact erf form)."""
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise UnsupportedModelError(
+            f"activation {name!r} is not supported; use one of {sorted(_ACTIVATIONS)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ModernBertSpec:
+    """The shape of a ModernBERT checkpoint, read from its ``config.json``.
+
+    ``windows[i]`` is ``None`` for a global layer and the half-window ``w`` (keys with
+    ``|i - j| <= w``) for a local one; ``thetas[i]`` is layer ``i``'s RoPE base.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    windows: tuple[int | None, ...]
+    thetas: tuple[float, ...]
+    norm_eps: float = 1e-5
+    norm_bias: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_activation: str = "gelu"
+    classifier_activation: str = "gelu"
+    classifier_pooling: str = "cls"
+    classifier_bias: bool = False
+    decoder_bias: bool = True
+    max_position_embeddings: int = 8192
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.windows)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ModernBertSpec:
+        """Read both config styles: transformers 4.x (``global_attn_every_n_layers``,
+        ``global_rope_theta``, ``local_rope_theta``) and 5.x (``layer_types``,
+        ``rope_parameters``)."""
+        if config.get("model_type", "modernbert") != "modernbert":
+            raise UnsupportedModelError(f"not a ModernBERT config: {config.get('model_type')!r}")
+        hidden = int(config.get("hidden_size", 768))
+        heads = int(config.get("num_attention_heads", 12))
+        if hidden % heads:
+            raise UnsupportedModelError(f"hidden_size {hidden} is not a multiple of {heads} heads")
+        n_layers = int(config.get("num_hidden_layers", 22))
+        types = config.get("layer_types")
+        if types is None:
+            every = int(config.get("global_attn_every_n_layers", 3))
+            types = [
+                "full_attention" if i % every == 0 else "sliding_attention" for i in range(n_layers)
+            ]
+        if len(types) != n_layers or not set(types) <= {"full_attention", "sliding_attention"}:
+            raise UnsupportedModelError(f"unexpected layer_types {types!r}")
+        if config.get("rope_scaling"):
+            raise UnsupportedModelError("ModernBERT with rope_scaling is not supported natively")
+        params = config.get("rope_parameters") or {}
+        theta = {
+            "full_attention": float(config.get("global_rope_theta", 160_000.0)),
+            "sliding_attention": float(config.get("local_rope_theta", 10_000.0)),
+        }
+        for kind in theta:
+            p = params.get(kind) or {}
+            if p.get("rope_type", "default") != "default":
+                raise UnsupportedModelError(f"ModernBERT {kind} RoPE type {p['rope_type']!r}")
+            theta[kind] = float(p.get("rope_theta", theta[kind]))
+        half = int(config.get("local_attention", 128)) // 2
+        pooling = str(config.get("classifier_pooling", "cls"))
+        if pooling not in ("cls", "mean"):
+            raise UnsupportedModelError(f"classifier_pooling {pooling!r} is not 'cls' or 'mean'")
+        spec = cls(
+            vocab_size=int(config.get("vocab_size", 50368)),
+            hidden_size=hidden,
+            intermediate_size=int(config.get("intermediate_size", 1152)),
+            num_heads=heads,
+            windows=tuple(None if t == "full_attention" else half for t in types),
+            thetas=tuple(theta[t] for t in types),
+            norm_eps=float(config.get("norm_eps", 1e-5)),
+            norm_bias=bool(config.get("norm_bias", False)),
+            attention_bias=bool(config.get("attention_bias", False)),
+            mlp_bias=bool(config.get("mlp_bias", False)),
+            hidden_activation=str(config.get("hidden_activation", "gelu")),
+            classifier_activation=str(config.get("classifier_activation", "gelu")),
+            classifier_pooling=pooling,
+            classifier_bias=bool(config.get("classifier_bias", False)),
+            decoder_bias=bool(config.get("decoder_bias", True)),
+            max_position_embeddings=int(config.get("max_position_embeddings", 8192)),
+        )
+        activation(spec.hidden_activation)  # fail at load time, not at the first forward
+        activation(spec.classifier_activation)
+        return spec
+
+
+# --- modules (parameter names follow the checkpoint keys) ----------------------------
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, spec: ModernBertSpec) -> None:
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.norm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, bias=spec.norm_bias)
+
+
+class _Attention(nn.Module):
+    def __init__(self, spec: ModernBertSpec) -> None:
+        super().__init__()
+        self.Wqkv = nn.Linear(spec.hidden_size, 3 * spec.hidden_size, bias=spec.attention_bias)
+        self.Wo = nn.Linear(spec.hidden_size, spec.hidden_size, bias=spec.attention_bias)
+
+
+class _MLP(nn.Module):
+    def __init__(self, spec: ModernBertSpec) -> None:
+        super().__init__()
+        self.Wi = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=spec.mlp_bias)
+        self.Wo = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=spec.mlp_bias)
+
+
+class _Layer(nn.Module):
+    def __init__(self, spec: ModernBertSpec, index: int) -> None:
+        super().__init__()
+        ln = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, bias=spec.norm_bias)
+        # Layer 0 reads the (already normalised) embeddings: it has no attn_norm.
+        self.attn_norm: nn.LayerNorm | None = ln if index > 0 else None
+        self.attn = _Attention(spec)
+        self.mlp_norm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, bias=spec.norm_bias)
+        self.mlp = _MLP(spec)
+
+
+class ModernBertTrunk(nn.Module):
+    """The ModernBERT encoder (``ModernBertModel``) on packed batches.
+
+    Parameters are named as the checkpoint keys without the ``model.`` prefix. ``backend``
+    is the attention backend (see :func:`~rerank_plugins.engine.attention.choose_backend`).
+    """
+
+    def __init__(self, spec: ModernBertSpec, *, backend: str = "sdpa") -> None:
+        super().__init__()
+        self.spec = spec
+        self.backend = backend
+        self.embeddings = _Embeddings(spec)
+        self.layers = nn.ModuleList(_Layer(spec, i) for i in range(spec.num_layers))
+        self.final_norm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, bias=spec.norm_bias)
+        self._act = activation(spec.hidden_activation)
+        self._inv_freq = {t: default_inv_freq(spec.head_dim, t) for t in set(spec.thetas)}
+
+    def encode(
+        self,
+        batch: PackedBatch,
+        *,
+        num_layers: int | None = None,
+        final_norm: bool = True,
+        backend: str | None = None,
+    ) -> torch.Tensor:
+        """Token hidden states ``[T, hidden]`` after the first ``num_layers`` layers (all by
+        default), with ``final_norm`` applied unless ``final_norm=False``. Layers past
+        ``num_layers`` are not run."""
+        return self.encode_exits(
+            batch,
+            [self.spec.num_layers if num_layers is None else num_layers],
+            final_norm=final_norm,
+            backend=backend,
+        )[0]
+
+    def encode_exits(
+        self,
+        batch: PackedBatch,
+        exits: Sequence[int],
+        *,
+        final_norm: bool = True,
+        backend: str | None = None,
+    ) -> list[torch.Tensor]:
+        """Hidden states ``[T, hidden]`` after each depth in ``exits`` (1..num_layers), from
+        one pass that stops at the deepest exit."""
+        if not exits or min(exits) < 1 or max(exits) > self.spec.num_layers:
+            raise ValueError(f"exits must lie in 1..{self.spec.num_layers}, got {list(exits)}")
+        backend = backend or self.backend
+        spec = self.spec
+        t = batch.num_tokens
+        heads, head_dim = spec.num_heads, spec.head_dim
+        x = self.embeddings.norm(self.embeddings.tok_embeddings(batch.input_ids))
+        tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+        wanted = set(exits)
+        found: dict[int, torch.Tensor] = {}
+        for i in range(max(exits)):
+            layer: Any = self.layers[i]
+            theta, window = spec.thetas[i], spec.windows[i]
+            if theta not in tables:
+                tables[theta] = rotary_cos_sin(self._inv_freq[theta], batch.position_ids)
+            cos, sin = tables[theta]
+            h = x if layer.attn_norm is None else layer.attn_norm(x)
+            q, k, v = layer.attn.Wqkv(h).view(t, 3, heads, head_dim).unbind(1)
+            a = attention(
+                apply_rotary(q, cos, sin),
+                apply_rotary(k, cos, sin),
+                v.contiguous(),
+                batch,
+                window=window,
+                backend=backend,
+                scale=head_dim**-0.5,
+            )
+            x = x + layer.attn.Wo(a.reshape(t, spec.hidden_size))
+            gate_in, gate = layer.mlp.Wi(layer.mlp_norm(x)).chunk(2, dim=-1)
+            x = x + layer.mlp.Wo(self._act(gate_in) * gate)
+            if i + 1 in wanted:
+                found[i + 1] = self.final_norm(x) if final_norm else x
+        return [found[e] for e in exits]
+
+
+class PredictionHead(nn.Module):
+    """``head``: dense → activation → LayerNorm, shared by the classifier and the MLM head."""
+
+    def __init__(self, spec: ModernBertSpec) -> None:
+        super().__init__()
+        self.dense = nn.Linear(spec.hidden_size, spec.hidden_size, bias=spec.classifier_bias)
+        self.norm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, bias=spec.norm_bias)
+        self._act = activation(spec.classifier_activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self._act(self.dense(x)))
+
+
+# --- pooling (pure) -------------------------------------------------------------------
+
+
+def mean_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Mean over every token of each sequence: ``[T, H]`` → fp32 ``[B, H]``.
+
+    >>> b = pack_sequences([[1, 2], [3]], torch.device("cpu"))
+    >>> mean_pool(torch.tensor([[1.0], [3.0], [5.0]]), b).tolist()
+    [[2.0], [5.0]]
+    """
+    sums = torch.zeros(
+        len(batch.lengths), hidden.shape[1], dtype=torch.float32, device=hidden.device
+    )
+    sums.index_add_(0, batch.seq_ids, hidden.float())
+    counts = torch.tensor(batch.lengths, dtype=torch.float32, device=hidden.device)
+    return sums / counts[:, None]
+
+
+def cls_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Each sequence's first token: ``[T, H]`` → fp32 ``[B, H]``.
+
+    >>> b = pack_sequences([[1, 2], [3]], torch.device("cpu"))
+    >>> cls_pool(torch.tensor([[1.0], [3.0], [5.0]]), b).tolist()
+    [[1.0], [5.0]]
+    """
+    return hidden[batch.starts].float()
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+@dataclass
+class ModernBert:
+    """A loaded checkpoint: the trunk and whichever heads the checkpoint has.
+
+    ``layout`` is ``"seq-cls"`` (``head`` + ``classifier``), ``"mlm"`` (``head`` +
+    ``decoder``, tied to the token embeddings when the checkpoint does not store it) or
+    ``"bare"`` (no heads). Heads are fp32 on the trunk's device.
+    """
+
+    spec: ModernBertSpec
+    trunk: ModernBertTrunk
+    layout: Layout
+    head: PredictionHead | None = None
+    classifier: nn.Linear | None = None
+    decoder: nn.Linear | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.trunk.final_norm.weight.device
+
+    def pool(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """The checkpoint's ``classifier_pooling`` over ``hidden [T, H]`` → fp32 ``[B, H]``."""
+        if self.spec.classifier_pooling == "mean":
+            return mean_pool(hidden, batch)
+        return cls_pool(hidden, batch)
+
+    def classify(self, batch: PackedBatch) -> torch.Tensor:
+        """Sequence-classification logits, fp32 ``[B, num_labels]``."""
+        if self.head is None or self.classifier is None:
+            raise UnsupportedModelError("this ModernBERT checkpoint has no classification head")
+        pooled = self.pool(self.trunk.encode(batch), batch)
+        result: torch.Tensor = self.classifier(self.head(pooled))
+        return result
+
+    def masked_lm_logits(self, batch: PackedBatch, positions: torch.Tensor) -> torch.Tensor:
+        """Masked-LM logits at the packed token indices ``positions [N]`` only → fp32 ``[N, V]``."""
+        if self.head is None or self.decoder is None:
+            raise UnsupportedModelError("this ModernBERT checkpoint has no masked-LM head")
+        hidden = self.trunk.encode(batch)[positions.to(self.device)]
+        result: torch.Tensor = self.decoder(self.head(hidden.float()))
+        return result
+
+
+def _split_keys(
+    state: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(trunk keys without ``model.``, head keys) of a checkpoint in any of the layouts."""
+    prefixed = any(k.startswith("model.") for k in state)
+    trunk: dict[str, torch.Tensor] = {}
+    heads: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if prefixed:
+            if key.startswith("model."):
+                trunk[key.removeprefix("model.")] = value
+            else:
+                heads[key] = value
+        elif key.startswith(("embeddings.", "layers.", "final_norm.")):
+            trunk[key] = value
+        else:
+            heads[key] = value
+    return trunk, heads
+
+
+def _load_module(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    expected = set(module.state_dict())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing:
+        raise UnsupportedModelError(f"the checkpoint's {what} lacks {missing[:5]}")
+    if unexpected:
+        logger.debug("ignoring %d unexpected %s keys: %s", len(unexpected), what, unexpected[:5])
+    try:
+        module.load_state_dict({k: state[k] for k in expected}, strict=True, assign=True)
+    except RuntimeError as exc:  # shape mismatches between config.json and the weights
+        raise UnsupportedModelError(
+            f"the checkpoint's {what} does not match config.json: {exc}"
+        ) from exc
+
+
+def load_modernbert(
+    directory: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+    config: Mapping[str, Any] | None = None,
+) -> ModernBert:
+    """Load a ModernBERT checkpoint directory (``config.json`` + ``*.safetensors``).
+
+    Works for the seq-cls, masked-LM and bare layouts, with or without the ``model.``
+    prefix. The trunk gets ``dtype`` (bf16 on GPU, fp32 on CPU), the heads fp32. ``backend``
+    is the attention backend (``"auto"`` picks it for ``device`` and ``dtype``).
+    """
+    directory = Path(directory)
+    device = torch.device(device)
+    cfg = dict(config) if config is not None else read_json(directory / "config.json")
+    spec = ModernBertSpec.from_config(cfg)
+    trunk_state, head_state = _split_keys(load_state_dict(directory))
+    with torch.device("meta"):
+        trunk = ModernBertTrunk(spec, backend=choose_backend(device, backend, dtype=dtype))
+    _load_module(trunk, trunk_state, "encoder")
+    trunk = trunk.to(device=device, dtype=dtype).eval()
+    trunk._inv_freq = {t: default_inv_freq(spec.head_dim, t) for t in set(spec.thetas)}
+
+    model = ModernBert(spec=spec, trunk=trunk, layout="bare")
+    if "head.dense.weight" not in head_state:
+        return model
+    with torch.device("meta"):
+        head = PredictionHead(spec)
+    _load_module(head, {k.removeprefix("head."): v for k, v in head_state.items()}, "head")
+    model.head = head.to(device=device, dtype=torch.float32).eval()
+    if "classifier.weight" in head_state:
+        weight = head_state["classifier.weight"]
+        classifier = nn.Linear(spec.hidden_size, weight.shape[0], device=device)
+        _load_module(
+            classifier, {"weight": weight, "bias": head_state["classifier.bias"]}, "classifier"
+        )
+        model.classifier = classifier.to(device=device, dtype=torch.float32).eval()
+        model.layout = "seq-cls"
+    elif "decoder.weight" in head_state or "decoder.bias" in head_state:
+        tied = trunk_state["embeddings.tok_embeddings.weight"]
+        weights = {"weight": head_state.get("decoder.weight", tied)}
+        if spec.decoder_bias:
+            weights["bias"] = head_state["decoder.bias"]
+        with torch.device("meta"):
+            decoder = nn.Linear(spec.hidden_size, spec.vocab_size, bias=spec.decoder_bias)
+        _load_module(decoder, weights, "decoder")
+        model.decoder = decoder.to(device=device, dtype=torch.float32).eval()
+        model.layout = "mlm"
+    return model
+
+
+# --- the cross-encoder classifier ----------------------------------------------------
+
+
+class ModernBertPairClassifier:
+    """A :class:`~rerank_plugins.cross_encoder.PairClassifier` on the native engine.
+
+    Pairs are packed on one token axis (no padding tokens in the linear layers on any
+    device; on CPU only global attention pads, within length buckets), so a batch costs
+    the sum of its lengths: ``padded = False``.
+    """
+
+    padded = False
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        backend: str = "auto",
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model = load_modernbert(
+            directory, device=device, dtype=dtype, backend=backend, config=config
+        )
+        if self.model.classifier is None:
+            raise UnsupportedModelError(
+                f"{directory} is a ModernBERT {self.model.layout} checkpoint without a "
+                "classification head; a cross-encoder needs ModernBertForSequenceClassification"
+            )
+        self.device = device
+        self.num_labels = int(self.model.classifier.out_features)
+
+    def logits(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
+        packed = pack_sequences([p.ids for p in batch], self.device)
+        with torch.inference_mode():
+            return self.model.classify(packed).float().cpu()

@@ -1,0 +1,119 @@
+"""Fill-mask with a ModernBERT masked-LM checkpoint (e.g. answerdotai/ModernBERT-base).
+
+Runs the native engine and computes the vocabulary logits only at the ``[MASK]``
+positions (the decoder is the largest matrix of the model; the other tokens never reach it).
+Needs the ``torch`` extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rerank_plugins._imports import require
+from rerank_plugins.checkpoint import load_tokenizer, read_json, resolve_checkpoint
+from rerank_plugins.engine.device import pick_device, pick_dtype
+from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
+
+__all__ = ["FillMask", "MaskPrediction"]
+
+
+@dataclass(frozen=True, slots=True)
+class MaskPrediction:
+    """One candidate for a masked position: the decoded token, its id and its probability."""
+
+    token: str
+    token_id: int
+    score: float
+
+
+def _mask_token(directory: Path) -> str:
+    path = directory / "tokenizer_config.json"
+    declared: Any = read_json(path).get("mask_token") if path.is_file() else None
+    if isinstance(declared, dict):
+        declared = declared.get("content")
+    return declared if isinstance(declared, str) else "[MASK]"
+
+
+class FillMask:
+    """Predicts the tokens behind ``[MASK]`` with a ModernBERT masked-LM checkpoint.
+
+    ``model`` is a hub id or a local directory holding a ``ModernBertForMaskedLM``
+    checkpoint. ``device``/``dtype`` as for the cross-encoder (bf16 on CUDA, fp32 on CPU).
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        device: str | None = "auto",
+        dtype: str | None = "auto",
+        revision: str | None = None,
+        local_files_only: bool = False,
+    ) -> None:
+        from rerank_plugins.engine.modernbert import load_modernbert
+
+        self.directory = resolve_checkpoint(
+            model, revision=revision, local_files_only=local_files_only
+        )
+        self.device = pick_device(device)
+        self.model = load_modernbert(
+            self.directory, device=self.device, dtype=pick_dtype(dtype, self.device)
+        )
+        if self.model.decoder is None:
+            raise UnsupportedModelError(
+                f"{model} is a ModernBERT {self.model.layout} checkpoint without a masked-LM head"
+            )
+        self.tokenizer = load_tokenizer(self.directory)
+        self.mask_token = _mask_token(self.directory)
+        mask_id = self.tokenizer.token_to_id(self.mask_token)
+        if mask_id is None:
+            raise UnsupportedModelError(f"the tokenizer has no mask token {self.mask_token!r}")
+        self.mask_id: int = mask_id
+        self.window = self.model.spec.max_position_embeddings
+
+    def predict(self, text: str, *, top_k: int = 5) -> list[list[MaskPrediction]]:
+        """For each mask token in ``text``, in order: the ``top_k`` most likely tokens."""
+        return self.predict_batch([text], top_k=top_k)[0]
+
+    def predict_batch(
+        self, texts: Sequence[str], *, top_k: int = 5
+    ) -> list[list[list[MaskPrediction]]]:
+        """:meth:`predict` for many texts, in one packed forward; results in input order."""
+        torch = require("torch")
+        from rerank_plugins.engine.attention import pack_sequences
+
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InvalidInputError("texts must be a sequence of strings")
+        if top_k < 1:
+            raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
+        if not texts:
+            return []
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        ids = [e.ids for e in encodings]
+        no_mask = [i for i, seq in enumerate(ids) if self.mask_id not in seq]
+        if no_mask:
+            raise InvalidInputError(f"texts {no_mask} hold no {self.mask_token}", indices=no_mask)
+        too_long = [i for i, seq in enumerate(ids) if len(seq) > self.window]
+        if too_long:
+            raise InputTooLongError(
+                f"texts {too_long} exceed the {self.window}-token window", indices=too_long
+            )
+        batch = pack_sequences(ids, self.device)
+        positions = (batch.input_ids == self.mask_id).nonzero().flatten()
+        with torch.inference_mode():
+            probs = self.model.masked_lm_logits(batch, positions).float().softmax(-1)
+            top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        values, indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
+        owners = batch.seq_ids[positions].cpu().tolist()
+        out: list[list[list[MaskPrediction]]] = [[] for _ in texts]
+        for owner, vals, idx in zip(owners, values, indices, strict=True):
+            out[owner].append(
+                [
+                    MaskPrediction(self.tokenizer.decode([t]), t, v)
+                    for t, v in zip(idx, vals, strict=True)
+                ]
+            )
+        return out
