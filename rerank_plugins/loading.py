@@ -17,9 +17,15 @@ _HUB_OPTIONS = ("revision", "local_files_only")
 def detect_kind(directory: Path) -> str:
     """Name the scorer family of a checkpoint from its own files (never from its name).
 
-    Returns ``"cross-encoder"``; raises :class:`UnsupportedModelError` otherwise.
+    Returns ``"matryoshka"`` for a 2D-Matryoshka reranker (``matryoshka_config.json`` and
+    ``classification_heads.pt`` beside a bare encoder) or ``"cross-encoder"``; raises
+    :class:`UnsupportedModelError` otherwise.
     """
     config = read_json(directory / "config.json")
+    if (directory / "matryoshka_config.json").is_file() and (
+        directory / "classification_heads.pt"
+    ).is_file():
+        return "matryoshka"
     architectures = config.get("architectures") or []
     if any(str(a).endswith("ForSequenceClassification") for a in architectures):
         return "cross-encoder"
@@ -47,6 +53,10 @@ def load_scorer(spec: str | Path, **options: Any) -> Scorer:
     hub = {k: options[k] for k in _HUB_OPTIONS if k in options}
     directory = resolve_checkpoint(spec, **hub)
     kind = detect_kind(directory)
+    if kind == "matryoshka":
+        from rerank_plugins.matryoshka import MatryoshkaScorer
+
+        return MatryoshkaScorer(directory, **options)
     if kind == "cross-encoder":
         from rerank_plugins.cross_encoder import CrossEncoderScorer
 

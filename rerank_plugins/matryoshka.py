@@ -1,0 +1,333 @@
+"""2D-Matryoshka cross-encoder (mmbert-rerank-32k-2d-matryoshka) with a real early exit.
+
+The published artifact is a bare ModernBERT encoder plus two files:
+
+- ``matryoshka_config.json``: ``layer_indices`` (exit depths, e.g. [3, 6, 11, 22]),
+  ``dim_indices`` (head widths, e.g. [768, 512, 256, 128, 64]), the pooling (``"cls"``) and
+  ``has_final_norm``;
+- ``classification_heads.pt``: one head per (layer, dim), keys ``"{layer}.{dim}.0.*"``
+  (``Linear(d, d // 2)``) and ``"{layer}.{dim}.3.*"`` (``Linear(d // 2, 1)``) with an exact
+  GELU between (index 2 was a dropout). Read with ``torch.load(weights_only=True)`` only.
+
+The score at exit ``(L, d)`` runs the first ``L`` layers and nothing else, pools the first
+token, applies ``final_norm`` when ``L`` is below the last layer, keeps the first ``d``
+values and applies the ``(L, d)`` head: one relevance logit.
+
+The last layer reads the *raw* (pre-``final_norm``) hidden state. That is what the heads
+were trained on: the reference trainer (vllm-project/semantic-router,
+``Matryoshka2DReranker``, transformers 4.x) takes ``hidden_states[L]`` and normalises it
+only when ``L < num_layers``, and in transformers 4.x ``hidden_states[-1]`` is the output of
+the last layer before ``final_norm``. (transformers 5 returns the normalised output there;
+the reference project re-captures the raw exit for these heads.)
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rerank_plugins.checkpoint import read_json
+from rerank_plugins.cross_encoder import CrossEncoderScorer, Output
+from rerank_plugins.engine.attention import PackedBatch, pack_sequences
+from rerank_plugins.engine.modernbert import ModernBert, cls_pool, load_modernbert, mean_pool
+from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
+from rerank_plugins.scoring import OverflowPolicy
+from rerank_plugins.tokenization import EncodedPair
+
+__all__ = [
+    "CONFIG_FILE",
+    "HEADS_FILE",
+    "MatryoshkaConfig",
+    "MatryoshkaHead",
+    "MatryoshkaPairClassifier",
+    "MatryoshkaScorer",
+    "exit_features",
+    "load_heads",
+]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "matryoshka_config.json"
+HEADS_FILE = "classification_heads.pt"
+_POOLINGS = ("cls", "mean", "last")
+
+
+@dataclass(frozen=True)
+class MatryoshkaConfig:
+    """The exit grid of a 2D-Matryoshka checkpoint (``matryoshka_config.json``).
+
+    ``layer_indices`` are depths in ``1..num_layers`` (ascending), ``dim_indices`` head
+    widths (descending); ``pooling`` is ``"cls"``, ``"mean"`` or ``"last"``.
+    """
+
+    layer_indices: tuple[int, ...]
+    dim_indices: tuple[int, ...]
+    pooling: str = "cls"
+    has_final_norm: bool = True
+
+    @classmethod
+    def from_json(
+        cls, data: Mapping[str, Any], *, num_layers: int, hidden_size: int
+    ) -> MatryoshkaConfig:
+        """Read and check the file against the encoder's ``config.json``.
+
+        >>> grid = MatryoshkaConfig.from_json(
+        ...     {"layer_indices": [6, 3], "dim_indices": [64, 128], "pooling": "cls"},
+        ...     num_layers=6, hidden_size=128,
+        ... )
+        >>> grid.layer_indices, grid.dim_indices, grid.pooling, grid.has_final_norm
+        ((3, 6), (128, 64), 'cls', True)
+        """
+        try:
+            layers = tuple(sorted(int(i) for i in data["layer_indices"]))
+            dims = tuple(sorted((int(d) for d in data["dim_indices"]), reverse=True))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UnsupportedModelError(
+                f"{CONFIG_FILE} needs integer lists layer_indices and dim_indices: {exc}"
+            ) from exc
+        if not layers or layers[0] < 1 or layers[-1] > num_layers:
+            raise UnsupportedModelError(
+                f"{CONFIG_FILE} layer_indices {list(layers)} must lie in 1..{num_layers}"
+            )
+        if not dims or dims[-1] < 2 or dims[0] > hidden_size:
+            raise UnsupportedModelError(
+                f"{CONFIG_FILE} dim_indices {list(dims)} must lie in 2..{hidden_size}"
+            )
+        for key, expected in (("num_layers", num_layers), ("hidden_size", hidden_size)):
+            if key in data and int(data[key]) != expected:
+                raise UnsupportedModelError(
+                    f"{CONFIG_FILE} says {key}={data[key]} but config.json has {expected}"
+                )
+        # The trainer writes "pooling_strategy"; accept the short name too.
+        pooling = str(data.get("pooling_strategy", data.get("pooling", "cls")))
+        if pooling not in _POOLINGS:
+            raise UnsupportedModelError(f"{CONFIG_FILE} pooling {pooling!r} not in {_POOLINGS}")
+        return cls(layers, dims, pooling, bool(data.get("has_final_norm", True)))
+
+    def check(self, layer: int, dim: int) -> None:
+        """Raise :class:`InvalidInputError` unless ``(layer, dim)`` is on the grid."""
+        if layer not in self.layer_indices:
+            raise InvalidInputError(
+                f"layer={layer} is not an exit of this model; use one of {list(self.layer_indices)}"
+            )
+        if dim not in self.dim_indices:
+            raise InvalidInputError(
+                f"dim={dim} is not a head width of this model; use one of {list(self.dim_indices)}"
+            )
+
+
+class MatryoshkaHead(nn.Module):
+    """``Linear(d, d // 2) → GELU → Linear(d // 2, 1)`` on the first ``d`` values.
+
+    Submodules are numbered as in the heads file (``0`` and ``3``; ``2`` was a dropout), so
+    the file's ``"{layer}.{dim}."`` entries load as they are. ``forward``: fp32 ``[B, H]``
+    → fp32 ``[B]`` logits.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.layers = nn.Sequential(
+            nn.Linear(dim, dim // 2), nn.GELU(), nn.Identity(), nn.Linear(dim // 2, 1)
+        )
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.layers(pooled[:, : self.dim])
+        return out[:, 0]
+
+
+def load_heads(path: Path) -> dict[str, torch.Tensor]:
+    """Read ``classification_heads.pt`` as a flat ``{key: tensor}`` dict on the CPU.
+
+    Only ``torch.load(weights_only=True)`` is used: a file that needs arbitrary pickled
+    objects (code) is refused with :class:`UnsupportedModelError`, never executed.
+    """
+    if not path.is_file():
+        raise UnsupportedModelError(f"{path} is missing")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise UnsupportedModelError(
+            f"{path} is not a plain tensor file loadable with weights_only=True "
+            f"(refusing to unpickle arbitrary objects): {exc}"
+        ) from exc
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise UnsupportedModelError(f"{path} does not hold a dict of tensors")
+    return dict(state)
+
+
+def _build_head(state: Mapping[str, torch.Tensor], layer: int, dim: int) -> MatryoshkaHead:
+    prefix = f"{layer}.{dim}."
+    names = ("0.weight", "0.bias", "3.weight", "3.bias")
+    missing = [prefix + n for n in names if prefix + n not in state]
+    if missing:
+        raise UnsupportedModelError(f"{HEADS_FILE} lacks {missing}")
+    head = MatryoshkaHead(dim)
+    try:
+        head.layers.load_state_dict({n: state[prefix + n].float() for n in names}, strict=True)
+    except RuntimeError as exc:
+        raise UnsupportedModelError(
+            f"{HEADS_FILE} head {layer}.{dim} has wrong shapes: {exc}"
+        ) from exc
+    return head.eval()
+
+
+def exit_features(
+    hidden: torch.Tensor,
+    batch: PackedBatch,
+    pooling: str,
+    norm: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
+    """Pool hidden states ``[T, H]`` of one exit to fp32 ``[B, H]``, normalising per token.
+
+    ``norm`` (a per-token LayerNorm, or ``None``) is applied before pooling; for ``"cls"``
+    and ``"last"`` only the pooled rows are normalised, which is the same thing.
+
+    >>> b = pack_sequences([[1, 2], [3]], torch.device("cpu"))
+    >>> h = torch.tensor([[1.0], [3.0], [5.0]])
+    >>> exit_features(h, b, "cls", None).tolist(), exit_features(h, b, "last", None).tolist()
+    ([[1.0], [5.0]], [[3.0], [5.0]])
+    >>> exit_features(h, b, "mean", lambda x: 2 * x).tolist()
+    [[4.0], [10.0]]
+    """
+    if pooling == "mean":
+        return mean_pool(hidden if norm is None else norm(hidden.float()), batch)
+    if pooling == "cls":
+        rows = cls_pool(hidden, batch)
+    elif pooling == "last":
+        rows = hidden[batch.cu_seqlens[1:].long() - 1].float()
+    else:
+        raise InvalidInputError(f"pooling {pooling!r} is not one of {_POOLINGS}")
+    return rows if norm is None else norm(rows)
+
+
+class MatryoshkaPairClassifier:
+    """A :class:`~rerank_plugins.cross_encoder.PairClassifier` for one exit ``(layer, dim)``.
+
+    Runs the native packed ModernBERT trunk for the first ``layer`` layers only (the later
+    layers are never executed), then the ``(layer, dim)`` head; ``logits`` gives fp32 CPU
+    ``[B, 1]``. ``layer``/``dim`` default to the full model (deepest exit, widest head).
+    """
+
+    padded = False
+    num_labels = 1
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        layer: int | None = None,
+        dim: int | None = None,
+        backend: str = "auto",
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        directory = Path(directory)
+        self.model: ModernBert = load_modernbert(
+            directory, device=device, dtype=dtype, backend=backend, config=config
+        )
+        spec = self.model.spec
+        self.grid = MatryoshkaConfig.from_json(
+            read_json(directory / CONFIG_FILE),
+            num_layers=spec.num_layers,
+            hidden_size=spec.hidden_size,
+        )
+        self.layer = self.grid.layer_indices[-1] if layer is None else int(layer)
+        self.dim = self.grid.dim_indices[0] if dim is None else int(dim)
+        self.grid.check(self.layer, self.dim)
+        self.device = device
+        heads = load_heads(directory / HEADS_FILE)
+        self.head = _build_head(heads, self.layer, self.dim).to(device)
+        # final_norm before the heads of layers below the last; the last reads the raw
+        # state (module docstring). has_final_norm=false: no normalisation anywhere.
+        self.normalised = self.grid.has_final_norm and self.layer < spec.num_layers
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's ``final_norm`` computed in fp32 (its weights may be bf16)."""
+        ln = self.model.trunk.final_norm
+        bias = None if ln.bias is None else ln.bias.float()
+        return F.layer_norm(x.float(), ln.normalized_shape, ln.weight.float(), bias, ln.eps)
+
+    def exit_logits(self, batch: PackedBatch) -> torch.Tensor:
+        """Relevance logits fp32 ``[B]`` (on the model's device) for a packed batch."""
+        hidden = self.model.trunk.encode(batch, num_layers=self.layer, final_norm=False)
+        norm = self._final_norm if self.normalised else None
+        result: torch.Tensor = self.head(exit_features(hidden, batch, self.grid.pooling, norm))
+        return result
+
+    def logits(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
+        packed = pack_sequences([p.ids for p in batch], self.device)
+        with torch.inference_mode():
+            return self.exit_logits(packed)[:, None].float().cpu()
+
+
+class MatryoshkaScorer(CrossEncoderScorer):
+    """Scores documents with a 2D-Matryoshka reranker at one exit ``(layer, dim)``.
+
+    ``layer`` must be one of the checkpoint's ``layer_indices`` (default: the last layer)
+    and ``dim`` one of its ``dim_indices`` (default: the full width). With ``layer=L`` only
+    the first ``L`` encoder layers run, so cost falls about in proportion to ``L``; ``dim``
+    only picks a smaller head. Scores are ``sigmoid(logit)`` (``output="probability"``) or
+    the raw logit; the window is the encoder's (32768 tokens for the published model).
+    Other options as :class:`~rerank_plugins.cross_encoder.CrossEncoderScorer`.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        layer: int | None = None,
+        dim: int | None = None,
+        device: str | None = "auto",
+        dtype: str | None = "auto",
+        max_length: int | None = None,
+        overflow: OverflowPolicy = "truncate",
+        output: Output = "probability",
+        batch_tokens: int = 16384,
+        revision: str | None = None,
+        local_files_only: bool = False,
+    ) -> None:
+        self._exit = (layer, dim)
+        super().__init__(
+            model,
+            device=device,
+            dtype=dtype,
+            max_length=max_length,
+            overflow=overflow,
+            output=output,
+            batch_tokens=batch_tokens,
+            engine="native",
+            revision=revision,
+            local_files_only=local_files_only,
+        )
+        assert isinstance(self.classifier, MatryoshkaPairClassifier)
+        self.layer = self.classifier.layer
+        self.dim = self.classifier.dim
+
+    def _load_classifier(self, engine: str) -> MatryoshkaPairClassifier:
+        layer, dim = self._exit
+        return MatryoshkaPairClassifier(
+            self.directory,
+            device=self.device,
+            dtype=self.dtype,
+            layer=layer,
+            dim=dim,
+            config=self.config,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"MatryoshkaScorer(model={self.name!r}, layer={self.layer}, dim={self.dim}, "
+            f"device={str(self.device)!r}, max_length={self.max_length})"
+        )
