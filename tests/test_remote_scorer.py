@@ -707,3 +707,18 @@ async def test_llama_index_postprocessor_over_a_remote_endpoint() -> None:
     assert [n.node.node_id for n in out] == [
         str(i) for i in sorted(range(6), key=lambda i: -truth[i])[:3]
     ]
+
+
+def test_the_package_exports_remote_scorer_lazily() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rerank_plugins\n"
+        "assert 'httpx' not in sys.modules and 'rerank_plugins.remote' not in sys.modules\n"
+        "from rerank_plugins import RemoteScorer\n"
+        "from rerank_plugins.remote import RemoteScorer as Same\n"
+        "assert RemoteScorer is Same\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
