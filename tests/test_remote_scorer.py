@@ -519,7 +519,22 @@ def test_overflow_error_names_exactly_the_over_length_documents(
         scorer.score(QUERY, documents)
     assert isinstance(info.value, InputTooLongError)  # one except for local and remote
     assert info.value.indices in ((2,), (7,))
+    with pytest.raises(EndpointInputTooLongError) as async_info:
+        asyncio.run(scorer.ascore(QUERY, documents))
+    assert set(async_info.value.indices) <= {2, 7}
     assert sleeps.waits == []
+
+
+def test_a_length_refusal_under_the_cohere_dialect_points_to_vllms_switch(
+    sleeps: Sleeps,
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        message = "This model's maximum context length is 512 tokens. However, you requested 900"
+        return httpx.Response(400, json={"object": "error", "message": message})
+
+    with pytest.raises(EndpointInputTooLongError, match="truncate_prompt_tokens") as info:
+        make(handler, sleeps).score(QUERY, ["w1 " * 900])
+    assert info.value.indices == (0,) and info.value.status_code == 400
 
 
 @pytest.mark.parametrize("dialect", ["tei", "vllm-score", "nim", "voyage", "cohere"])

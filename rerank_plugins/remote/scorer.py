@@ -409,8 +409,14 @@ class RemoteScorer:
             return _Retry(self.retry.delay(retry, wait_for), error)
         text = response.text
         if status in (400, 413, 422) and says_too_long(text):
+            advice = (
+                "; vLLM truncates with extra_body={'truncate_prompt_tokens': -1}"
+                if self.dialect == "cohere"
+                else ""
+            )
             error = EndpointInputTooLongError(
-                f"{message} (the server refused over-length input; overflow={self.overflow!r})",
+                f"{message} (the server refused over-length input; "
+                f"overflow={self.overflow!r}{advice})",
                 status_code=status,
                 body=excerpt,
                 indices=positions,
