@@ -37,7 +37,13 @@ from torch import nn
 from rerank_plugins.checkpoint import read_json
 from rerank_plugins.cross_encoder import CrossEncoderScorer, Output
 from rerank_plugins.engine.attention import PackedBatch, pack_sequences
-from rerank_plugins.engine.modernbert import ModernBert, cls_pool, load_modernbert, mean_pool
+from rerank_plugins.engine.modernbert import (
+    ModernBert,
+    ModernBertSpec,
+    cls_pool,
+    load_modernbert,
+    mean_pool,
+)
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.scoring import OverflowPolicy
 from rerank_plugins.tokenization import EncodedPair
@@ -234,10 +240,9 @@ class MatryoshkaPairClassifier:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         directory = Path(directory)
-        self.model: ModernBert = load_modernbert(
-            directory, device=device, dtype=dtype, backend=backend, config=config
-        )
-        spec = self.model.spec
+        cfg = dict(config) if config is not None else read_json(directory / "config.json")
+        spec = ModernBertSpec.from_config(cfg)
+        # The exit and the heads are checked before the (large) encoder weights are read.
         self.grid = MatryoshkaConfig.from_json(
             read_json(directory / CONFIG_FILE),
             num_layers=spec.num_layers,
@@ -247,8 +252,10 @@ class MatryoshkaPairClassifier:
         self.dim = self.grid.dim_indices[0] if dim is None else int(dim)
         self.grid.check(self.layer, self.dim)
         self.device = device
-        heads = load_heads(directory / HEADS_FILE)
-        self.head = _build_head(heads, self.layer, self.dim).to(device)
+        self.head = _build_head(load_heads(directory / HEADS_FILE), self.layer, self.dim).to(device)
+        self.model: ModernBert = load_modernbert(
+            directory, device=device, dtype=dtype, backend=backend, config=cfg
+        )
         # final_norm before the heads of layers below the last; the last reads the raw
         # state (module docstring). has_final_norm=false: no normalisation anywhere.
         self.normalised = self.grid.has_final_norm and self.layer < spec.num_layers
