@@ -47,6 +47,7 @@ same candidates for many queries then encodes each document once.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import string
 import threading
@@ -68,6 +69,7 @@ from rerank_plugins.engine.modernbert import ModernBertTrunk, activation, load_m
 from rerank_plugins.engine.packing import token_budget_batches
 from rerank_plugins.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
+from rerank_plugins.loading import is_colbert_checkpoint
 from rerank_plugins.maxsim import Reduce, maxsim_many
 from rerank_plugins.scoring import OverflowPolicy, Score, check_inputs
 
@@ -78,7 +80,6 @@ __all__ = [
     "DenseProjection",
     "DocumentVectorCache",
     "TokenVectors",
-    "is_colbert_checkpoint",
     "load_projection",
 ]
 
@@ -108,29 +109,7 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def is_colbert_checkpoint(directory: Path) -> bool:
-    """Whether ``directory`` holds a PyLate late-interaction checkpoint (from its own files:
-    a ``modules.json`` with a PyLate module, or a MaxSim ``config_sentence_transformers.json``)."""
-    modules = directory / "modules.json"
-    if modules.is_file():
-        try:
-            entries = _read_modules(directory)
-        except UnsupportedModelError:
-            return False
-        if any(str(e.get("type", "")).startswith("pylate.") for e in entries):
-            return True
-    st_config = directory / "config_sentence_transformers.json"
-    if st_config.is_file():
-        try:
-            return read_json(st_config).get("similarity_fn_name") == "MaxSim"
-        except UnsupportedModelError:
-            return False
-    return False
-
-
 def _read_modules(directory: Path) -> list[dict[str, Any]]:
-    import json
-
     path = directory / "modules.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -631,7 +610,7 @@ class ColBERTScorer:
         todo: dict[str, list[int]] = {}  # duplicates are encoded once
         length = self.settings.document_length
         for i, text in enumerate(docs):
-            hit = self.cache.get((self._model_key, length, text)) if self.cache else None
+            hit = None if self.cache is None else self.cache.get((self._model_key, length, text))
             if hit is not None:
                 out[i] = hit
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ from rerank_plugins.checkpoint import read_json, resolve_checkpoint
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.scoring import Scorer
 
-__all__ = ["detect_kind", "load_scorer", "scorer_from"]
+__all__ = ["detect_kind", "is_colbert_checkpoint", "load_scorer", "scorer_from"]
 
 _HUB_OPTIONS = ("revision", "local_files_only")
 
@@ -17,11 +18,14 @@ _HUB_OPTIONS = ("revision", "local_files_only")
 def detect_kind(directory: Path) -> str:
     """Name the scorer family of a checkpoint from its own files (never from its name).
 
-    Returns ``"matryoshka"`` for a 2D-Matryoshka reranker (``matryoshka_config.json`` and
-    ``classification_heads.pt`` beside a bare encoder) or ``"cross-encoder"``; raises
-    :class:`UnsupportedModelError` otherwise.
+    Returns ``"colbert"`` for a PyLate late-interaction checkpoint (see
+    :func:`is_colbert_checkpoint`), ``"matryoshka"`` for a 2D-Matryoshka reranker
+    (``matryoshka_config.json`` and ``classification_heads.pt`` beside a bare encoder) or
+    ``"cross-encoder"``; raises :class:`UnsupportedModelError` otherwise.
     """
     config = read_json(directory / "config.json")
+    if is_colbert_checkpoint(directory):
+        return "colbert"
     if (directory / "matryoshka_config.json").is_file() and (
         directory / "classification_heads.pt"
     ).is_file():
@@ -35,6 +39,30 @@ def detect_kind(directory: Path) -> str:
         "it is not a reranker this package can run (expected a sequence-classification "
         "cross-encoder)"
     )
+
+
+def is_colbert_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a PyLate late-interaction (ColBERT) checkpoint.
+
+    Read from its own files: a ``modules.json`` listing a ``pylate.`` module (PyLate's
+    ``Dense`` in ``1_Dense/``), or a ``config_sentence_transformers.json`` whose
+    ``similarity_fn_name`` is ``"MaxSim"``.
+    """
+    try:
+        modules = json.loads((directory / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        modules = None
+    if isinstance(modules, list) and any(
+        isinstance(m, dict) and str(m.get("type", "")).startswith("pylate.") for m in modules
+    ):
+        return True
+    try:
+        st_config = json.loads(
+            (directory / "config_sentence_transformers.json").read_text(encoding="utf-8")
+        )
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(st_config, dict) and st_config.get("similarity_fn_name") == "MaxSim"
 
 
 def load_scorer(spec: str | Path, **options: Any) -> Scorer:
@@ -53,6 +81,10 @@ def load_scorer(spec: str | Path, **options: Any) -> Scorer:
     hub = {k: options[k] for k in _HUB_OPTIONS if k in options}
     directory = resolve_checkpoint(spec, **hub)
     kind = detect_kind(directory)
+    if kind == "colbert":
+        from rerank_plugins.colbert import ColBERTScorer
+
+        return ColBERTScorer(directory, **options)
     if kind == "matryoshka":
         from rerank_plugins.matryoshka import MatryoshkaScorer
 
