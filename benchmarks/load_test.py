@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import random
@@ -277,6 +278,47 @@ def sync_phases(args: argparse.Namespace, work: list[tuple[str, list[str]]]) -> 
     return phases
 
 
+async def in_process_overhead(docs: int, calls: int = 2000) -> tuple[float, float]:
+    """CPU µs per call of raw httpx and of RemoteScorer.ascore against one canned answer
+    through ``httpx.MockTransport``: the client's own cost, without server or network.
+    Best of three alternating rounds."""
+    documents = [f"w{i} w{i + 1}" for i in range(docs)]
+    payload = json.dumps(
+        {"results": [{"index": i, "relevance_score": 0.5} for i in range(docs)]}
+    ).encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=payload, headers={"content-type": "application/json"})
+
+    transport = httpx.MockTransport(handler)
+    client = httpx.AsyncClient(transport=transport)
+    scorer = RemoteScorer(
+        "http://127.0.0.1:1/v1", async_client=httpx.AsyncClient(transport=transport)
+    )
+
+    async def raw() -> None:
+        response = await client.post(
+            "http://127.0.0.1:1/v1/rerank", json={"query": "w1", "documents": documents}
+        )
+        response.raise_for_status()
+        values = [0.0] * docs
+        for r in response.json()["results"]:
+            values[r["index"]] = r["relevance_score"]
+
+    async def ours() -> None:
+        await scorer.ascore("w1", documents)
+
+    best = {"raw": float("inf"), "ours": float("inf")}
+    for _ in range(3):
+        for name, fn in (("raw", raw), ("ours", ours)):
+            began = time.process_time()
+            for _ in range(calls):
+                await fn()
+            best[name] = min(best[name], (time.process_time() - began) / calls * 1e6)
+    await client.aclose()
+    return best["raw"], best["ours"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--callers", type=int, default=16, help="concurrent callers")
@@ -299,7 +341,7 @@ def main() -> None:
         f"{args.callers} callers x {args.seconds:g} s per phase, {args.docs} documents per "
         f"call (1-{args.words} words), fake server in a child process on loopback; "
         f"python {platform.python_version()}, httpx {httpx.__version__}, "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
     )
     print(HEADER)
     for phase in phases:
@@ -313,6 +355,12 @@ def main() -> None:
             f"\nclient overhead vs raw httpx: {overhead_cpu:+,.0f} µs CPU per call, "
             f"{overhead_p50:+.2f} ms p50 latency"
         )
+    raw_cpu, ours_cpu = asyncio.run(in_process_overhead(args.docs))
+    print(
+        f"in-process (MockTransport, no network): raw httpx {raw_cpu:,.0f} µs CPU per call, "
+        f"RemoteScorer.ascore {ours_cpu:,.0f} µs: overhead {ours_cpu - raw_cpu:+,.0f} µs "
+        f"({ours_cpu / raw_cpu - 1:+.0%})"
+    )
     lost = sum(p.lost for p in phases)
     print(f"documents lost across all phases: {lost}")
     if lost:

@@ -268,6 +268,7 @@ def serve(server: FakeRerankServer, host: str = "127.0.0.1", port: int = 0) -> T
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like a real server
+        disable_nagle_algorithm = True  # headers and body leave in separate writes
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
