@@ -149,6 +149,7 @@ def test_the_key_never_shows_in_repr_logs_or_errors(
         assert KEY not in text
     assert "Bearer ***" in info.value.body
     assert "SecretStr('**********')" in repr(scorer)
+    assert KEY not in repr(vars(scorer))  # not even in a plain attribute
 
 
 def test_passwords_and_query_strings_of_the_url_are_not_shown() -> None:

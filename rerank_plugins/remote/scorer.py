@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -68,6 +68,21 @@ T = TypeVar("T")
 class _Retry:
     delay: float
     error: EndpointError
+
+
+class _BearerAuth(httpx.Auth):
+    """``Authorization: Bearer`` from a ``SecretStr``, set on each request as it leaves:
+    the key is in no plain attribute, dict or repr of the scorer."""
+
+    def __init__(self, key: SecretStr) -> None:
+        self._key = key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._key.get_secret_value()}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(SecretStr('**********'))"
 
 
 class _Split(Exception):
@@ -178,8 +193,9 @@ class RemoteScorer:
                 f"{self.url} carries credentials and an API key is set (argument or "
                 f"${api_key_env}); give one or the other"
             )
+        self._auth: httpx.Auth | Any = httpx.USE_CLIENT_DEFAULT
         if self._api_key is not None:
-            self._headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+            self._auth = _BearerAuth(self._api_key)
             if self._url.scheme == "http" and not _is_loopback(self._url.host):
                 logger.warning(
                     "sending an API key over unencrypted http to %s; use https", self._url.host
@@ -323,7 +339,11 @@ class RemoteScorer:
             try:
                 with self._slots:
                     response = client.post(
-                        self._url, json=body, headers=self._headers, timeout=timeout
+                        self._url,
+                        json=body,
+                        headers=self._headers,
+                        auth=self._auth,
+                        timeout=timeout,
                     )
             except httpx.TransportError as exc:
                 step = self._after_transport_error(exc, retry, positions)
@@ -346,7 +366,11 @@ class RemoteScorer:
             try:
                 async with slots:
                     response = await client.post(
-                        self._url, json=body, headers=self._headers, timeout=timeout
+                        self._url,
+                        json=body,
+                        headers=self._headers,
+                        auth=self._auth,
+                        timeout=timeout,
                     )
             except httpx.TransportError as exc:
                 step = self._after_transport_error(exc, retry, positions)
