@@ -1,9 +1,10 @@
 """PyLate's own encoding and scoring of a checkpoint: the reference for the parity tests.
 
 Runs in PyLate's virtualenv (``integration_tests/setup_pylate.sh``), never imported by the
-project's tests: ``python pylate_reference.py JOB.json OUT_DIR``. ``JOB.json`` holds
-``checkpoint``, ``options`` (keyword arguments of ``pylate.models.ColBERT``, e.g.
-``document_length``), ``queries`` and ``documents``. ``OUT_DIR`` receives:
+project's tests: ``python pylate_reference.py JOBS.json OUT_DIR``. ``JOBS.json`` is a list
+of jobs, each with ``checkpoint``, ``options`` (keyword arguments of
+``pylate.models.ColBERT``, e.g. ``document_length``), ``queries`` and ``documents``. Job
+``i`` writes into ``OUT_DIR/i/``:
 
 - ``vectors.safetensors``: ``query.{i}`` and ``document.{j}`` token vectors as PyLate's
   ``encode`` returns them (fp32, normalised, skiplist and padding removed);
@@ -23,14 +24,19 @@ import torch
 from safetensors.torch import save_file
 
 
-def main(job_path: str, out_dir: str) -> None:
+def main(jobs_path: str, out_dir: str) -> None:
+    jobs = json.loads(Path(jobs_path).read_text())
+    for i, job in enumerate(jobs):
+        run(job, Path(out_dir) / str(i))
+
+
+def run(job: dict, out: Path) -> None:
     import pylate
     import sentence_transformers
     import transformers
     from pylate import models, rank, scores
 
     torch.manual_seed(0)
-    job = json.loads(Path(job_path).read_text())
     options = dict(job.get("options", {}))
     # The real config.json says "torch_dtype": "float16", which sentence-transformers 5
     # honours: without this the reference would run in fp16 on the CPU.
@@ -54,7 +60,6 @@ def main(job_path: str, out_dir: str) -> None:
         by_id = {int(r["id"]): float(r["score"]) for r in ranked}
         results.append({"exact": exact, "rerank": [by_id[i] for i in ids]})
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "vectors.safetensors"))
     (out / "scores.json").write_text(
