@@ -96,32 +96,51 @@ def maxsim_many(
     documents: Sequence[torch.Tensor],
     *,
     reduce: Reduce = "sum",
-    chunk_tokens: int = 16384,
+    chunk_tokens: int = 131072,
+    padded: bool | None = None,
 ) -> torch.Tensor:
     """MaxSim of one query against many unpadded documents.
 
     ``query [Lq, D]``, ``documents``: ``B`` tensors ``[L_b, D]`` → fp32 ``[B]`` in input
-    order. Documents are taken in length order and padded in chunks of about
-    ``chunk_tokens`` padded positions each (similar lengths, little padding, a similarity
-    tensor that stays small), each chunk through :func:`maxsim` with its mask.
+    order. Two strategies, same result: each document alone (``padded=False``, the default
+    on the CPU, where it avoids copying the vectors and the similarity tensor stays in
+    cache), or (``padded=True``, the default elsewhere: few kernel launches) documents in
+    length order, padded in chunks of about ``chunk_tokens`` positions through
+    :func:`maxsim` with their mask.
 
     >>> q = torch.tensor([[1.0, 0.0]])
-    >>> maxsim_many(q, [torch.tensor([[0.5, 0.0]]), torch.tensor([[-1.0, 0.0], [0.2, 0.0]])])
+    >>> docs = [torch.tensor([[0.5, 0.0]]), torch.tensor([[-1.0, 0.0], [0.2, 0.0]])]
+    >>> maxsim_many(q, docs)
     tensor([0.5000, 0.2000])
+    >>> torch.equal(maxsim_many(q, docs, padded=True), maxsim_many(q, docs, padded=False))
+    True
     """
     if chunk_tokens <= 0:
         raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
     out = torch.empty(len(documents), dtype=torch.float32, device=query.device)
     if not documents:
         return out
+    if padded is None:
+        padded = query.device.type != "cpu"
+    if not padded:
+        q_t = query.T
+        empty = query.new_tensor(float("-inf"), dtype=torch.float32)
+        alone = [
+            torch.matmul(d, q_t.to(d.dtype)).float().amax(dim=0).sum() if d.shape[0] else empty
+            for d in documents
+        ]
+        out = torch.stack(alone)
+        return out / query.shape[0] if reduce == "mean" else out
     order = sorted(range(len(documents)), key=lambda i: -int(documents[i].shape[0]))
     start = 0
     while start < len(order):
         longest = max(int(documents[order[start]].shape[0]), 1)
         size = max(1, chunk_tokens // longest)
         members = order[start : start + size]
-        padded, mask = pad_vectors([documents[i] for i in members])
+        vectors, mask = pad_vectors([documents[i] for i in members])
         index = torch.tensor(members, device=out.device)
-        out[index] = maxsim(query, padded, mask, reduce=reduce).to(out.device)
+        out[index] = maxsim(query, vectors, mask, reduce=reduce).to(out.device)
         start += size
     return out

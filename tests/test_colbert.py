@@ -259,10 +259,13 @@ def test_maxsim_many_equals_maxsim_of_each_document_alone() -> None:
     query = torch.randn(7, 16, generator=gen)
     docs = [torch.randn(n, 16, generator=gen) for n in (1, 50, 3, 17, 200, 9)]
     alone = torch.stack([maxsim(query, d[None])[0] for d in docs])
+    assert torch.allclose(maxsim_many(query, docs, padded=False), alone, atol=1e-5)
     for chunk in (1, 64, 100_000):
-        assert torch.allclose(maxsim_many(query, docs, chunk_tokens=chunk), alone, atol=1e-5)
-    mean = maxsim_many(query, docs, reduce="mean")
-    assert torch.allclose(mean, alone / 7, atol=1e-6)
+        chunked = maxsim_many(query, docs, chunk_tokens=chunk, padded=True)
+        assert torch.allclose(chunked, alone, atol=1e-5)
+    for padded in (False, True):
+        mean = maxsim_many(query, docs, reduce="mean", padded=padded)
+        assert torch.allclose(mean, alone / 7, atol=1e-6)
 
 
 def test_reduce_mean_is_the_sum_over_query_tokens(colbert_dir: Path, docs: list[str]) -> None:
