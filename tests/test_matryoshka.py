@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -152,17 +151,22 @@ def test_without_final_norm_every_head_reads_the_raw_state(tmp_path: Path, docs:
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_early_exit_runs_only_the_first_layers(mm_dir: Path, docs: list[str], layer: int) -> None:
+    """The layers past the exit are moved to the meta device (no data): any op that
+    touched them would fail, so scoring proves they never run."""
     scorer = MatryoshkaScorer(mm_dir, layer=layer, device="cpu")
     classifier = scorer.classifier
     assert isinstance(classifier, MatryoshkaPairClassifier)
-    calls: list[tuple[int, str]] = []
-    for i, block in enumerate(classifier.model.trunk.layers):
-        layer_module: Any = block
-        # The first and the last linear map of each layer.
-        for name, module in (("Wqkv", layer_module.attn.Wqkv), ("Wo", layer_module.mlp.Wo)):
-            module.register_forward_hook(lambda m, a, o, i=i, name=name: calls.append((i, name)))
-    scorer.score(QUERY, docs)
-    assert set(calls) == {(i, name) for i in range(layer) for name in ("Wqkv", "Wo")}
+    expected = scorer.score(QUERY, docs)
+    layers = classifier.model.trunk.layers
+    for block in layers[layer:]:
+        block.to("meta")
+    assert scorer.score(QUERY, docs) == expected
+    if layer < len(layers):  # the poison bites: running one layer more fails
+        deeper = MatryoshkaScorer(mm_dir, layer=LAYERS[LAYERS.index(layer) + 1], device="cpu")
+        assert isinstance(deeper.classifier, MatryoshkaPairClassifier)
+        deeper.classifier.model.trunk.layers[layer].to("meta")
+        with pytest.raises(RuntimeError, match="meta"):
+            deeper.score(QUERY, docs)
 
 
 def test_default_exit_is_the_full_model(mm_dir: Path) -> None:
