@@ -1,0 +1,279 @@
+"""2D-Matryoshka early exit: docs/s at every (layer, dim) of an mmBERT-shaped reranker.
+
+One process, one random-weight checkpoint in the published
+mmbert-rerank-32k-2d-matryoshka layout (bare ModernBERT encoder, ``matryoshka_config.json``,
+``classification_heads.pt``), one long-tailed workload (1 query x N documents, log-normal
+lengths, the longest at ``--longest`` tokens). For each exit ``(layer, dim)`` the native
+``MatryoshkaScorer`` runs only the first ``layer`` encoder layers; the table gives docs/s,
+tokens/s, the speed relative to the full model (last layer, full width) and the speed the
+FLOP count predicts for running only that many layers (:func:`bench_cross_encoder.pair_flops`).
+Exits are timed round-robin (every round times every exit once; best of the rounds), so
+background load on a shared machine spreads over all of them.
+
+Baseline (``--reference``, on by default): the published implementation's way, i.e.
+transformers' ``ModernBertModel`` with ``output_hidden_states=True`` on padded batches (fp32,
+sdpa), which runs every layer whatever exit is asked for, then the same heads. Its logits
+give max |Δ| per exit.
+
+CPU (22 layers as mmBERT, hidden 64; a few minutes on 2 cores)::
+
+    .venv/bin/python benchmarks/bench_matryoshka.py
+
+GPU (the full mmBERT shape, bf16; untested here)::
+
+    python benchmarks/bench_matryoshka.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from bench_cross_encoder import Shape, long_tailed_lengths, pair_flops
+
+from rerank_plugins.engine.packing import token_budget_batches
+from rerank_plugins.matryoshka import MatryoshkaScorer
+from rerank_plugins.testing import make_matryoshka_checkpoint, random_text
+
+QUERY_WORDS = 9
+SPECIALS = 3  # <bos> q <eos> d <eos>
+
+
+def make_docs(rng: random.Random, n: int, median: int, longest: int) -> tuple[str, list[str]]:
+    query = random_text(rng, QUERY_WORDS)
+    lengths = long_tailed_lengths(rng, n, median=median, longest=longest - QUERY_WORDS - SPECIALS)
+    return query, [random_text(rng, k) for k in lengths]
+
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_round_robin(
+    scorers: dict[tuple[int, int], MatryoshkaScorer],
+    query: str,
+    docs: list[str],
+    rounds: int,
+    clock: Callable[[], float],
+) -> dict[tuple[int, int], float]:
+    """Best seconds (on ``clock``) of one ``score`` call per exit over ``rounds`` rounds.
+
+    Every round times every exit once, so that background load (a shared machine) spreads
+    over all exits instead of biasing the ones measured during it.
+    """
+    best = dict.fromkeys(scorers, math.inf)
+    for _ in range(rounds):
+        for key, scorer in scorers.items():
+            start = clock()
+            scorer.score(query, docs)
+            if scorer.device.type == "cuda":
+                torch.cuda.synchronize()
+            best[key] = min(best[key], clock() - start)
+    return best
+
+
+def reference_logits(
+    directory: Path,
+    pairs: list[list[int]],
+    exits: list[tuple[int, int]],
+    device: torch.device,
+    batch_tokens: int,
+    clock: Callable[[], float],
+) -> tuple[dict[tuple[int, int], list[float]], float]:
+    """The published implementation's rule on transformers' padded forward (fp32, sdpa):
+    every layer runs, ``hidden_states[L]`` is read (raw at the last layer, as transformers
+    4.x returned it), ``final_norm`` applied below the last layer, CLS, the head.
+    Returns the logits per exit and the seconds of the forward passes."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    model = transformers.ModernBertModel.from_pretrained(
+        str(directory), attn_implementation="sdpa", dtype=torch.float32
+    ).to(device)
+    model.eval()
+    heads = torch.load(str(directory / "classification_heads.pt"), weights_only=True)
+    heads = {k: v.to(device) for k, v in heads.items()}
+    n_layers = model.config.num_hidden_layers
+    out: dict[tuple[int, int], list[float]] = {e: [math.nan] * len(pairs) for e in exits}
+    seconds = 0.0
+    raw: list[torch.Tensor] = []  # final_norm's input: the raw last-layer state
+    model.final_norm.register_forward_pre_hook(lambda m, a: raw.append(a[0]))
+    for batch in token_budget_batches(
+        [len(p) for p in pairs], max_tokens=batch_tokens, padded=True
+    ):
+        longest = max(len(pairs[i]) for i in batch)
+        ids = torch.zeros(len(batch), longest, dtype=torch.long)
+        mask = torch.zeros(len(batch), longest, dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, : len(pairs[i])] = torch.tensor(pairs[i])
+            mask[row, : len(pairs[i])] = 1
+        raw.clear()
+        start = clock()
+        with torch.inference_mode():
+            hs = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True
+            ).hidden_states
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        seconds += clock() - start
+        with torch.inference_mode():
+            for layer, dim in exits:
+                h = raw[0] if layer == n_layers else model.final_norm(hs[layer])
+                cls = h[:, 0, :dim]
+                p = f"{layer}.{dim}."
+                x = F.gelu(F.linear(cls, heads[p + "0.weight"], heads[p + "0.bias"]))
+                logits = F.linear(x, heads[p + "3.weight"], heads[p + "3.bias"])[:, 0]
+                for i, value in zip(batch, logits.tolist(), strict=True):
+                    out[layer, dim][i] = value
+    return out, seconds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--docs", type=int, default=64, help="documents in the workload")
+    p.add_argument("--median", type=int, default=256, help="median document length (tokens)")
+    p.add_argument("--longest", type=int, default=4096, help="longest pair (tokens)")
+    p.add_argument("--hidden", type=int, help="hidden size (CPU default 64, CUDA 768)")
+    p.add_argument("--batch-tokens", type=int, default=16384)
+    p.add_argument("--repeats", type=int, default=3, help="rounds; best of N per exit")
+    p.add_argument("--no-reference", dest="reference", action="store_false")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine,\n"
+        "with --threads 1 it is single-core time)",
+    )
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = CLOCKS["wall" if cuda else args.clock]
+    hidden = args.hidden or (768 if cuda else 64)
+    # mmBERT-base: 22 layers, global every 3rd, local window 128, intermediate 1.5 x hidden.
+    heads = hidden // 64 if hidden >= 256 else 4  # head_dim 64 as mmBERT, 16 when small
+    shape = Shape(layers=22, hidden=hidden, heads=heads, intermediate=hidden * 3 // 2, vocab=305)
+    dtype = "bfloat16" if cuda else "float32"
+    window = 32768
+
+    print(f"# bench_matryoshka  {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(
+        f"# machine: {platform.node()} {platform.machine()} cpus={os.cpu_count()} "
+        f"torch={torch.__version__} threads={torch.get_num_threads()}"
+    )
+    if cuda:
+        print(f"# gpu: {torch.cuda.get_device_name(device)}")
+    print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(
+        f"# model: mmBERT-shaped 2D-Matryoshka reranker, random weights, {shape.layers} layers, "
+        f"hidden {shape.hidden}, {shape.heads} heads, intermediate {shape.intermediate}, "
+        f"local window {shape.local_attention}, global every {shape.global_every}, RoPE theta "
+        f"160000; {dtype}; window {window}"
+    )
+    rng = random.Random(args.seed)
+    query, docs = make_docs(rng, args.docs, args.median, args.longest)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {**shape.config(window), "initializer_range": 0.2}
+        directory = make_matryoshka_checkpoint(Path(tmp) / "ckpt", config=config, seed=args.seed)
+        grid = json.loads((directory / "matryoshka_config.json").read_text())
+        layers, dims = grid["layer_indices"], grid["dim_indices"]
+        print(f"# exits: layers {layers} x dims {dims}")
+
+        def scorer(layer: int, dim: int) -> MatryoshkaScorer:
+            return MatryoshkaScorer(
+                directory,
+                layer=layer,
+                dim=dim,
+                device=str(device),
+                dtype=dtype,
+                output="logit",
+                batch_tokens=args.batch_tokens,
+            )
+
+        scorers = {(layer, dim): scorer(layer, dim) for layer in layers for dim in dims}
+        full = scorers[layers[-1], dims[0]]
+        pairs = [pair.ids for pair in full.encoder.encode(query, docs)]
+        lengths = sorted(len(x) for x in pairs)
+        tokens = sum(lengths)
+        n = len(docs)
+        print(
+            f"# workload: 1 query x {n} docs, {tokens:,} pair tokens "
+            f"(median {lengths[n // 2]}, max {lengths[-1]}), batch_tokens {args.batch_tokens}, "
+            f"best of {args.repeats} rounds on the {'wall' if cuda else args.clock} clock"
+        )
+
+        reference: dict[tuple[int, int], list[float]] = {}
+        if args.reference:
+            exits = [(layer, dim) for layer in layers for dim in dims]
+            reference, ref_seconds = reference_logits(
+                directory, pairs, exits, device, args.batch_tokens, clock
+            )
+            print(
+                f"# reference (transformers padded sdpa fp32, all {shape.layers} layers for "
+                f"every exit): {n / ref_seconds:.2f} docs/s at any exit"
+            )
+
+        for each in scorers.values():  # load kernels, allocate pools
+            each.score(query, docs[:4])
+        seconds = time_round_robin(scorers, query, docs, args.repeats, clock)
+        if clock is not CLOCKS["wall"]:
+            print("# docs/s and tokens/s below are per CPU-second of this process")
+        full_flops = sum(pair_flops(shape, k) for k in lengths)
+        base = seconds[layers[-1], dims[0]]
+        print(
+            f"\n{'layer':>5s} {'dim':>5s} {'docs/s':>9s} {'tokens/s':>10s} {'speed':>7s} "
+            f"{'FLOP-pred':>9s} {'max|Δ|':>9s}"
+        )
+        for layer in reversed(layers):
+            part = Shape(**{**shape.__dict__, "layers": layer})
+            predicted = full_flops / sum(pair_flops(part, k) for k in lengths)
+            for dim in dims:
+                t = seconds[layer, dim]
+                delta = math.nan
+                if reference:
+                    ours = [x.value for x in scorers[layer, dim].score(query, docs)]
+                    ref = reference[layer, dim]
+                    delta = max(abs(a - b) for a, b in zip(ours, ref, strict=True))
+                print(
+                    f"{layer:5d} {dim:5d} {n / t:9.2f} {tokens / t:10,.0f} "
+                    f"{base / t:6.2f}x {predicted:8.2f}x "
+                    + (f"{delta:9.2e}" if reference else f"{'-':>9s}")
+                )
+                results.append(
+                    {
+                        "layer": layer,
+                        "dim": dim,
+                        "seconds": t,
+                        "docs_per_s": n / t,
+                        "tokens_per_s": tokens / t,
+                        "speed_vs_full": base / t,
+                        "flop_predicted_speed": predicted,
+                        "max_abs_delta": delta,
+                    }
+                )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
