@@ -141,19 +141,21 @@ def choose_backend(
     and returned.
     """
     half = dtype is None or dtype in (torch.float16, torch.bfloat16)
+    # varlen_attn runs flash attention kernels: Ampere (sm80) or newer.
     cuda = device.type == "cuda"
+    flash = cuda and torch.cuda.get_device_capability(device) >= (8, 0)
     if requested == "auto":
-        if cuda and half and has_varlen():
+        if flash and half and has_varlen():
             return "varlen"
         if cuda and has_flex():
             return "flex"
         return "sdpa"
     if requested not in BACKENDS:
         raise InvalidInputError(f"unknown attention backend {requested!r}; use one of {BACKENDS}")
-    if requested == "varlen" and not (cuda and half and has_varlen()):
+    if requested == "varlen" and not (flash and half and has_varlen()):
         raise InvalidInputError(
-            "the 'varlen' backend needs CUDA, fp16/bf16 weights and a torch with "
-            "torch.nn.attention.varlen"
+            "the 'varlen' backend needs a CUDA GPU of compute capability 8.0 or newer, "
+            "fp16/bf16 weights and a torch with torch.nn.attention.varlen"
         )
     if requested == "flex" and not has_flex():
         raise InvalidInputError("this torch has no FlexAttention")
@@ -207,9 +209,9 @@ def _varlen(
     # Flash attention's window (left, right) keeps keys i - left <= j <= i + right.
     size = (-1, -1) if window is None else (window, window)
     out = varlen_attn(
-        q,
-        k,
-        v,
+        q.contiguous(),  # q and k arrive as strided views of one rotated [T, 2H, D] tensor
+        k.contiguous(),
+        v.contiguous(),
         batch.cu_seqlens,
         batch.cu_seqlens,
         batch.max_seqlen,

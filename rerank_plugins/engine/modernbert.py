@@ -221,7 +221,8 @@ class ModernBertTrunk(nn.Module):
         self.layers = nn.ModuleList(_Layer(spec, i) for i in range(spec.num_layers))
         self.final_norm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, bias=spec.norm_bias)
         self._act = activation(spec.hidden_activation)
-        self._inv_freq = {t: default_inv_freq(spec.head_dim, t) for t in set(spec.thetas)}
+        with torch.device("cpu"):  # fp32 host tables, even when the modules are built on "meta"
+            self._inv_freq = {t: default_inv_freq(spec.head_dim, t) for t in set(spec.thetas)}
 
     def encode(
         self,
@@ -268,22 +269,31 @@ class ModernBertTrunk(nn.Module):
                 tables[theta] = rotary_cos_sin(self._inv_freq[theta], batch.position_ids)
             cos, sin = tables[theta]
             h = x if layer.attn_norm is None else layer.attn_norm(x)
-            q, k, v = layer.attn.Wqkv(h).view(t, 3, heads, head_dim).unbind(1)
+            qkv = layer.attn.Wqkv(h).view(t, 3, heads, head_dim)
+            # q and k rotate in one pass: [T, 2, H, D] viewed as [T, 2H, D].
+            qk = apply_rotary(qkv[:, :2].reshape(t, 2 * heads, head_dim), cos, sin)
             a = attention(
-                apply_rotary(q, cos, sin),
-                apply_rotary(k, cos, sin),
-                v.contiguous(),
+                qk[:, :heads],
+                qk[:, heads:],
+                qkv[:, 2].contiguous(),
                 batch,
                 window=window,
                 backend=backend,
                 scale=head_dim**-0.5,
             )
-            x = x + layer.attn.Wo(a.reshape(t, spec.hidden_size))
+            x = _add_linear(x, a.reshape(t, spec.hidden_size), layer.attn.Wo)
             gate_in, gate = layer.mlp.Wi(layer.mlp_norm(x)).chunk(2, dim=-1)
-            x = x + layer.mlp.Wo(self._act(gate_in) * gate)
+            x = _add_linear(x, self._act(gate_in) * gate, layer.mlp.Wo)
             if i + 1 in wanted:
                 found[i + 1] = self.final_norm(x) if final_norm else x
         return [found[e] for e in exits]
+
+
+def _add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``residual + linear(x)``, the add fused into the matmul when there is no bias."""
+    if linear.bias is None:
+        return torch.addmm(residual, x, linear.weight.t())
+    return residual + linear(x)
 
 
 class PredictionHead(nn.Module):
@@ -309,10 +319,8 @@ def mean_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     >>> mean_pool(torch.tensor([[1.0], [3.0], [5.0]]), b).tolist()
     [[2.0], [5.0]]
     """
-    sums = torch.zeros(
-        len(batch.lengths), hidden.shape[1], dtype=torch.float32, device=hidden.device
-    )
-    sums.index_add_(0, batch.seq_ids, hidden.float())
+    # Sequences are contiguous on the packed axis: one reduction per sequence.
+    sums = torch.stack([part.sum(0, dtype=torch.float32) for part in hidden.split(batch.lengths)])
     counts = torch.tensor(batch.lengths, dtype=torch.float32, device=hidden.device)
     return sums / counts[:, None]
 
@@ -432,7 +440,6 @@ def load_modernbert(
         trunk = ModernBertTrunk(spec, backend=choose_backend(device, backend, dtype=dtype))
     _load_module(trunk, trunk_state, "encoder")
     trunk = trunk.to(device=device, dtype=dtype).eval()
-    trunk._inv_freq = {t: default_inv_freq(spec.head_dim, t) for t in set(spec.thetas)}
 
     model = ModernBert(spec=spec, trunk=trunk, layout="bare")
     if "head.dense.weight" not in head_state:
@@ -442,18 +449,16 @@ def load_modernbert(
     _load_module(head, {k.removeprefix("head."): v for k, v in head_state.items()}, "head")
     model.head = head.to(device=device, dtype=torch.float32).eval()
     if "classifier.weight" in head_state:
-        weight = head_state["classifier.weight"]
-        classifier = nn.Linear(spec.hidden_size, weight.shape[0], device=device)
-        _load_module(
-            classifier, {"weight": weight, "bias": head_state["classifier.bias"]}, "classifier"
-        )
+        with torch.device("meta"):
+            classifier = nn.Linear(spec.hidden_size, head_state["classifier.weight"].shape[0])
+        parts = {k.removeprefix("classifier."): v for k, v in head_state.items()}
+        _load_module(classifier, parts, "classifier")
         model.classifier = classifier.to(device=device, dtype=torch.float32).eval()
         model.layout = "seq-cls"
     elif "decoder.weight" in head_state or "decoder.bias" in head_state:
         tied = trunk_state["embeddings.tok_embeddings.weight"]
-        weights = {"weight": head_state.get("decoder.weight", tied)}
-        if spec.decoder_bias:
-            weights["bias"] = head_state["decoder.bias"]
+        weights = {k.removeprefix("decoder."): v for k, v in head_state.items()}
+        weights.setdefault("weight", tied)  # tied to the token embeddings, often not stored
         with torch.device("meta"):
             decoder = nn.Linear(spec.hidden_size, spec.vocab_size, bias=spec.decoder_bias)
         _load_module(decoder, weights, "decoder")

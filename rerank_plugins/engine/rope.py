@@ -56,9 +56,17 @@ def rotary_cos_sin(
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [T, H, D]`` by the tables ``cos, sin [T, D]``; math in fp32, returns x.dtype."""
+    """Rotate ``x [T, H, D]`` by the tables ``cos, sin [T, D]``; math in fp32, returns x.dtype.
+
+    ``x`` may be a strided view (e.g. the q and k parts of a packed qkv projection).
+    """
+    half = x.shape[-1] // 2
     xf = x.float()
-    half = xf.shape[-1] // 2
-    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
-    out = xf * cos[:, None, :] + rotated * sin[:, None, :]
+    x1, x2 = xf[..., :half], xf[..., half:]
+    # The tables repeat the frequencies over both halves: the first half is enough.
+    c, s = cos[:, None, :half], sin[:, None, :half]
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    first, second = out[..., :half], out[..., half:]
+    torch.mul(x1, c, out=first).addcmul_(x2, s, value=-1.0)  # x1 cos - x2 sin
+    torch.mul(x2, c, out=second).addcmul_(x1, s)  # x2 cos + x1 sin
     return out.to(x.dtype)
