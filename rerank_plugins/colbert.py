@@ -159,9 +159,9 @@ class ColBERTSettings:
             skiplist_words=tuple(str(w) for w in pick("skiplist_words", d.skiplist_words)),
             do_lower_case=bool(sbert.get("do_lower_case", False)),
         )
-        if settings.query_length < 3 or settings.document_length < 3:
+        if settings.query_length < 4 or settings.document_length < 4:
             raise UnsupportedModelError(
-                f"{st_path}: query_length and document_length must be at least 3"
+                f"{st_path}: query_length and document_length must be at least 4"
             )
         return settings
 
@@ -445,8 +445,8 @@ class ColBERTScorer:
     def _clamp(self, what: str, value: int | None, default: int) -> int:
         if value is None:
             return default
-        if value < 3:
-            raise InvalidInputError(f"{what} must be at least 3, got {value}")
+        if value < 4:  # [CLS] prefix [SEP] and room for one token
+            raise InvalidInputError(f"{what} must be at least 4, got {value}")
         if value > self.window:
             logger.warning("%s=%d is beyond the model's window; using %d", what, value, self.window)
             return self.window
