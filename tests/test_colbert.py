@@ -12,6 +12,7 @@ import json
 import logging
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ import transformers
 from rerank_plugins import InputTooLongError, InvalidInputError, Score, load_scorer
 from rerank_plugins.colbert import (
     ColBERTScorer,
+    DenseProjection,
     DocumentVectorCache,
     TokenVectors,
     encode_keys_limited,
@@ -63,6 +65,12 @@ def expansion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def scorer(colbert_dir: Path) -> ColBERTScorer:
     return ColBERTScorer(colbert_dir, device="cpu")
+
+
+def first_dense(scorer: ColBERTScorer) -> DenseProjection:
+    dense = scorer.projection[0]
+    assert isinstance(dense, DenseProjection)
+    return dense
 
 
 def words(n: int, seed: int = 0) -> str:
@@ -114,7 +122,7 @@ def test_settings_come_from_the_checkpoint(scorer: ColBERTScorer) -> None:
     assert (s.query_length, s.document_length) == (48, 300)
     assert not s.do_query_expansion and not s.attend_to_expansion_tokens
     assert scorer.trunk.spec.num_layers == 4
-    assert scorer.projection[0].out_features == 128
+    assert first_dense(scorer).out_features == 128
 
 
 @needs_fixtures
@@ -142,7 +150,8 @@ def test_dense_activation_and_bias_are_applied(tmp_path: Path) -> None:
         dense={"activation_function": "torch.nn.modules.activation.Tanh", "bias": True},
     )
     scorer = ColBERTScorer(directory, device="cpu")
-    dense = scorer.projection[0]
+    dense = first_dense(scorer)
+    assert dense.linear.bias is not None
     x = torch.randn(3, 32)
     expected = torch.tanh(x @ dense.linear.weight.T + dense.linear.bias)
     assert torch.allclose(dense(x), expected, atol=1e-6)
@@ -187,7 +196,9 @@ def test_attend_to_expansion_tokens_lets_every_token_see_the_padding(tmp_path: P
     scorer = ColBERTScorer(make_colbert_checkpoint(tmp_path / "c", settings=settings), device="cpu")
     encoded = scorer._encode_query_ids("w3 w4")
     with torch.inference_mode():
-        everything = scorer._project(scorer.trunk.encode(pack_sequences([encoded.ids], "cpu")))
+        everything = scorer._project(
+            scorer.trunk.encode(pack_sequences([encoded.ids], scorer.device))
+        )
     assert torch.allclose(scorer.encode_query("w3 w4").vectors, everything, atol=1e-6)
 
 
@@ -226,7 +237,7 @@ def test_vectors_match_transformers_modernbert_forward(
     longest = max(len(e.ids) for e in encoded)
     ids = torch.tensor([e.ids + [MASK] * (longest - len(e.ids)) for e in encoded])
     mask = torch.tensor([[1] * len(e.ids) + [0] * (longest - len(e.ids)) for e in encoded])
-    weight = scorer.projection[0].linear.weight
+    weight = first_dense(scorer).linear.weight
     with torch.inference_mode():
         hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
         reference = F.normalize(hidden @ weight.T, dim=-1)
@@ -319,9 +330,12 @@ def test_warm_cache_runs_no_document_forward(
     scorer.score(QUERY, docs)
     calls = []
     original = scorer.trunk.encode
-    monkeypatch.setattr(
-        scorer.trunk, "encode", lambda *a, **k: calls.append(1) or original(*a, **k)
-    )
+
+    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scorer.trunk, "encode", counting)
     scorer.score("w7 w8 w9", docs)
     assert len(calls) == 1  # the query only
 
