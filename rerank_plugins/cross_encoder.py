@@ -62,16 +62,13 @@ class LocalWorker:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
 
-def model_window(directory: Path, config: dict[str, Any]) -> int:
+def model_window(config: dict[str, Any]) -> int:
     """The real number of positions a checkpoint can attend to."""
+    # The positions the model has, not the tokenizer's model_max_length: tokenizer configs
+    # often carry a 512 inherited from a base model (the silent cut this package avoids).
     window = int(config.get("max_position_embeddings") or 512)
     if config.get("model_type") in _POSITION_OFFSET_TYPES:
         window -= int(config.get("pad_token_id") or 0) + 1
-    tok_config = directory / "tokenizer_config.json"
-    if tok_config.is_file():
-        declared = read_json(tok_config).get("model_max_length")
-        if isinstance(declared, int) and 0 < declared < window:
-            window = declared
     return window
 
 
@@ -110,7 +107,7 @@ class CrossEncoderScorer:
         )
         self.name = str(model)
         self.config = read_json(self.directory / "config.json")
-        self.window = model_window(self.directory, self.config)
+        self.window = model_window(self.config)
         if max_length is None:
             max_length = self.window
         elif max_length > self.window:

@@ -105,3 +105,17 @@ def test_query_longer_than_the_window_raises(modernbert_dir: Path) -> None:
     scorer = CrossEncoderScorer(modernbert_dir, device="cpu", max_length=16)
     with pytest.raises(InputTooLongError, match="query"):
         scorer.score(random_text(random.Random(7), 20), ["w1"])
+
+
+def test_window_comes_from_the_model_not_the_tokenizer_config(
+    modernbert_dir: Path, tmp_path: Path
+) -> None:
+    # Tokenizer configs often inherit a 512 model_max_length; the model has 8192 positions.
+    import json
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(modernbert_dir, copy)
+    tok_config = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps({**tok_config, "model_max_length": 512}))
+    assert CrossEncoderScorer(copy, device="cpu").max_length == 8192
