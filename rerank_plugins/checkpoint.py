@@ -27,8 +27,8 @@ _ALLOW_PATTERNS = [
     "*.txt",
     "*.model",
     "classification_heads.pt",
-    "1_Dense/*.json",
-    "1_Dense/*.safetensors",
+    "*_Dense/*.json",  # PyLate projection modules (1_Dense/, 2_Dense/, ...)
+    "*_Dense/*.safetensors",
 ]
 
 

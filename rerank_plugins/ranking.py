@@ -15,7 +15,7 @@ __all__ = ["Ranked", "rank"]
 class Ranked(NamedTuple):
     """A document's position in the caller's input and its score."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index(); the field is the API
     score: Score
 
 
