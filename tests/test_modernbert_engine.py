@@ -26,7 +26,7 @@ from rerank_plugins.engine.modernbert import (
     ModernBertSpec,
     load_modernbert,
 )
-from rerank_plugins.errors import UnsupportedModelError
+from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.fill_mask import FillMask
 from rerank_plugins.testing import make_modernbert_checkpoint, random_text
 from tests.conftest import FIXTURES
@@ -171,7 +171,9 @@ def test_early_exit_matches_intermediate_layer_and_skips_the_rest(bare_dir: Path
     def boom(*args: object) -> None:
         raise AssertionError("a layer past the exit ran")
 
-    ours.trunk.layers[depth].mlp_norm.register_forward_hook(boom)
+    for layer in list(ours.trunk.layers)[depth:]:
+        for module in layer.modules():
+            module.register_forward_pre_hook(boom)
     batch = pack_sequences(seqs, CPU)
     with torch.inference_mode():
         raw = ours.trunk.encode(batch, num_layers=depth, final_norm=False)
@@ -399,9 +401,43 @@ def test_fill_mask_top_k_matches_transformers(mlm_dir: Path) -> None:
 
 
 def test_fill_mask_needs_a_mask(mlm_dir: Path) -> None:
-    from rerank_plugins.errors import InvalidInputError
-
     fill = FillMask(mlm_dir, device="cpu")
     with pytest.raises(InvalidInputError) as info:
         fill.predict_batch(["w1 [MASK]", "w2 w3"])
     assert info.value.indices == (1,)
+
+
+# --- CUDA (skipped without a GPU) ------------------------------------------------------
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda_only
+@pytest.mark.parametrize("backend", ["varlen", "flex", "sdpa"])
+def test_cuda_backends_match_the_cpu_engine(seqcls_dir: Path, backend: str) -> None:
+    seqs = random_ids(random.Random(4), LENGTHS)
+    cuda = torch.device("cuda")
+    cpu_model = load_modernbert(seqcls_dir)
+    try:
+        gpu_model = load_modernbert(seqcls_dir, device=cuda, dtype=torch.bfloat16, backend=backend)
+    except InvalidInputError:
+        pytest.skip(f"backend {backend!r} is not available on this GPU")
+    with torch.inference_mode():
+        want = cpu_model.classify(pack_sequences(seqs, CPU))[:, 0]
+        got = gpu_model.classify(pack_sequences(seqs, cuda))[:, 0].cpu()
+    assert max_abs(got, want) <= 2e-2  # bf16 trunk against the fp32 reference
+    # Same ranking, except between documents the reference itself puts within bf16 noise.
+    g, w = got.tolist(), want.tolist()
+    pairs = [(i, j) for i in range(len(w)) for j in range(len(w)) if w[i] - w[j] > 4e-2]
+    assert all(g[i] > g[j] for i, j in pairs)
+
+
+@cuda_only
+def test_cuda_scorer_defaults_to_bf16_and_matches_fp32(seqcls_dir: Path, docs: list[str]) -> None:
+    gpu = CrossEncoderScorer(seqcls_dir, device="cuda", output="logit")
+    assert isinstance(gpu.classifier, ModernBertPairClassifier)
+    assert gpu.dtype == torch.bfloat16
+    cpu = CrossEncoderScorer(seqcls_dir, device="cpu", output="logit")
+    got = [s.value for s in gpu.score(QUERY, docs)]
+    want = [s.value for s in cpu.score(QUERY, docs)]
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 2e-2
