@@ -327,11 +327,10 @@ def test_32k_document_runs_on_cpu_without_a_length_squared_allocation(tmp_path: 
 # --- the real tokenizer ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (RERANKER_FIXTURE / "config.json").is_file():
-        pytest.skip(f"{RERANKER_FIXTURE} is absent")
-    real = json.loads((RERANKER_FIXTURE / "config.json").read_text())
+def scaled_real_checkpoint(source: Path, directory: Path, model_class: Any) -> Path:
+    """Random weights for ``source``'s real config.json (layers and width scaled down),
+    keeping that config.json's own (transformers 4.x) style and the real tokenizer files."""
+    real = json.loads((source / "config.json").read_text())
     scaled = {
         **real,
         "hidden_size": 64,
@@ -341,16 +340,24 @@ def real_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "local_attention": 16,
         "initializer_range": 0.2,
     }
-    directory = tmp_path_factory.mktemp("real") / "gte-reranker-small"
     keep = {k: v for k, v in scaled.items() if not k.startswith(("_", "transformers_version"))}
-    cfg = transformers.ModernBertConfig(**keep)
     torch.manual_seed(0)
-    transformers.ModernBertForSequenceClassification(cfg).save_pretrained(str(directory))
-    # The checkpoint keeps the real (transformers 4.x style) config.json, scaled down.
+    model_class(transformers.ModernBertConfig(**keep)).save_pretrained(str(directory))
     (directory / "config.json").write_text(json.dumps(scaled, indent=2))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(RERANKER_FIXTURE / name, directory / name)
+        shutil.copy(source / name, directory / name)
     return directory
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (RERANKER_FIXTURE / "config.json").is_file():
+        pytest.skip(f"{RERANKER_FIXTURE} is absent")
+    return scaled_real_checkpoint(
+        RERANKER_FIXTURE,
+        tmp_path_factory.mktemp("real") / "gte-reranker-small",
+        transformers.ModernBertForSequenceClassification,
+    )
 
 
 def test_real_tokenizer_pair_template_and_parity(real_tokenizer_dir: Path) -> None:
@@ -441,3 +448,26 @@ def test_cuda_scorer_defaults_to_bf16_and_matches_fp32(seqcls_dir: Path, docs: l
     got = [s.value for s in gpu.score(QUERY, docs)]
     want = [s.value for s in cpu.score(QUERY, docs)]
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 2e-2
+
+
+def test_fill_mask_with_the_real_modernbert_base_tokenizer(tmp_path: Path) -> None:
+    source = FIXTURES / "answerdotai__ModernBERT-base"
+    if not (source / "tokenizer.json").is_file():
+        pytest.skip(f"{source} is absent")
+    directory = scaled_real_checkpoint(
+        source, tmp_path / "modernbert-base-small", transformers.ModernBertForMaskedLM
+    )
+    text = "The capital of France is [MASK]."
+    fill = FillMask(directory, device="cpu")
+    (predictions,) = fill.predict(text, top_k=5)
+    tok = transformers.AutoTokenizer.from_pretrained(str(directory))
+    ref = transformers.AutoModelForMaskedLM.from_pretrained(
+        str(directory), attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    enc = tok(text, return_tensors="pt")
+    (where,) = (enc["input_ids"][0] == tok.mask_token_id).nonzero().flatten().tolist()
+    with torch.inference_mode():
+        top = ref(**enc).logits[0, where].softmax(-1).topk(5)
+    assert fill.mask_id == tok.mask_token_id == 50284
+    assert [p.token_id for p in predictions] == top.indices.tolist()
+    assert [p.score for p in predictions] == pytest.approx(top.values.tolist(), abs=1e-5)
