@@ -65,35 +65,65 @@ def random_text(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n_words))
 
 
+def _write_word_tokenizer(
+    directory: Path,
+    *,
+    specials: list[str],
+    first: str,
+    sep: str,
+    token_config: dict[str, str],
+    model_max_length: int,
+) -> None:
+    """A word-level tokenizer over ``specials + WORDS`` (ids in that order) whose pairs are
+    ``first A sep B sep``, with its ``tokenizer_config.json``."""
+    tokenizers = require("tokenizers")
+    vocab = {tok: i for i, tok in enumerate(specials + WORDS)}
+    unk = token_config["unk_token"]
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=unk))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single=f"{first} $A {sep}",
+        pair=f"{first} $A {sep} $B {sep}",
+        special_tokens=[(first, vocab[first]), (sep, vocab[sep])],
+    )
+    tok.add_special_tokens(specials)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    _write_tokenizer_config(directory, "PreTrainedTokenizerFast", model_max_length, token_config)
+
+
+def _write_tokenizer_config(
+    directory: Path, cls: str, model_max_length: int, token_config: dict[str, str]
+) -> None:
+    config: dict[str, Any] = {
+        "tokenizer_class": cls,
+        "model_max_length": model_max_length,
+        **token_config,
+        "clean_up_tokenization_spaces": cls != "PreTrainedTokenizerFast",
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
 def save_word_tokenizer(directory: Path, *, model_max_length: int) -> None:
     """Write a word-level tokenizer with ModernBERT's special tokens and pair template.
 
     ids: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, then the words. Pairs are
     ``[CLS] A [SEP] B [SEP]``.
     """
-    tokenizers = require("tokenizers")
-    vocab = {tok: i for i, tok in enumerate(_SPECIALS + WORDS)}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = tokenizers.processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    _write_word_tokenizer(
+        directory,
+        specials=_SPECIALS,
+        first="[CLS]",
+        sep="[SEP]",
+        token_config={
+            "pad_token": "[PAD]",
+            "unk_token": "[UNK]",
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "mask_token": "[MASK]",
+        },
+        model_max_length=model_max_length,
     )
-    tok.add_special_tokens(_SPECIALS)
-    directory.mkdir(parents=True, exist_ok=True)
-    tok.save(str(directory / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": model_max_length,
-        "pad_token": "[PAD]",
-        "unk_token": "[UNK]",
-        "cls_token": "[CLS]",
-        "sep_token": "[SEP]",
-        "mask_token": "[MASK]",
-        "clean_up_tokenization_spaces": False,
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
 def make_modernbert_checkpoint(
@@ -174,16 +204,20 @@ _XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 _GTE_NEW_CONFIG: dict[str, Any] = {
     "architectures": ["NewForSequenceClassification"],
     "attention_probs_dropout_prob": 0.0,
+    # The real config points at remote code; we never run it (no trust_remote_code).
     "auto_map": {
         "AutoConfig": "Alibaba-NLP/new-impl--configuration.NewConfig",
-        "AutoModel": "Alibaba-NLP/new-impl--modeling.NewModel",
-        "AutoModelForMaskedLM": "Alibaba-NLP/new-impl--modeling.NewForMaskedLM",
-        "AutoModelForMultipleChoice": "Alibaba-NLP/new-impl--modeling.NewForMultipleChoice",
-        "AutoModelForQuestionAnswering": "Alibaba-NLP/new-impl--modeling.NewForQuestionAnswering",
-        "AutoModelForSequenceClassification":
-            "Alibaba-NLP/new-impl--modeling.NewForSequenceClassification",
-        "AutoModelForTokenClassification":
-            "Alibaba-NLP/new-impl--modeling.NewForTokenClassification",
+        **{
+            f"AutoModel{task}": f"Alibaba-NLP/new-impl--modeling.New{task or 'Model'}"
+            for task in (
+                "",
+                "ForMaskedLM",
+                "ForMultipleChoice",
+                "ForQuestionAnswering",
+                "ForSequenceClassification",
+                "ForTokenClassification",
+            )
+        },
     },
     "classifier_dropout": 0.0,
     "hidden_act": "gelu",
@@ -230,9 +264,7 @@ def save_xlmr_tokenizer(directory: Path, *, model_max_length: int) -> None:
     tok.add_special_tokens([*_XLMR_SPECIALS, "<mask>"])
     directory.mkdir(parents=True, exist_ok=True)
     tok.save(str(directory / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "XLMRobertaTokenizer",
-        "model_max_length": model_max_length,
+    tokens = {
         "bos_token": "<s>",
         "eos_token": "</s>",
         "sep_token": "</s>",
@@ -240,9 +272,8 @@ def save_xlmr_tokenizer(directory: Path, *, model_max_length: int) -> None:
         "unk_token": "<unk>",
         "pad_token": "<pad>",
         "mask_token": "<mask>",
-        "clean_up_tokenization_spaces": True,
     }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    _write_tokenizer_config(directory, "XLMRobertaTokenizer", model_max_length, tokens)
 
 
 def make_gte_new_checkpoint(
@@ -374,31 +405,22 @@ def save_mmbert_word_tokenizer(directory: Path, *, model_max_length: int) -> Non
     ids: <pad>=0 <eos>=1 <bos>=2 <unk>=3 <mask>=4, then ``WORDS``. Pairs are
     ``<bos> A <eos> B <eos>``; the scorer pools whatever token comes first.
     """
-    tokenizers = require("tokenizers")
-    vocab = {tok: i for i, tok in enumerate(_MMBERT_SPECIALS + WORDS)}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = tokenizers.processors.TemplateProcessing(
-        single="<bos> $A <eos>",
-        pair="<bos> $A <eos> $B <eos>",
-        special_tokens=[("<bos>", 2), ("<eos>", 1)],
+    _write_word_tokenizer(
+        directory,
+        specials=_MMBERT_SPECIALS,
+        first="<bos>",
+        sep="<eos>",
+        token_config={
+            "pad_token": "<pad>",
+            "eos_token": "<eos>",
+            "bos_token": "<bos>",
+            "unk_token": "<unk>",
+            "mask_token": "<mask>",
+            "cls_token": "<bos>",
+            "sep_token": "<eos>",
+        },
+        model_max_length=model_max_length,
     )
-    tok.add_special_tokens(_MMBERT_SPECIALS)
-    directory.mkdir(parents=True, exist_ok=True)
-    tok.save(str(directory / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": model_max_length,
-        "pad_token": "<pad>",
-        "eos_token": "<eos>",
-        "bos_token": "<bos>",
-        "unk_token": "<unk>",
-        "mask_token": "<mask>",
-        "cls_token": "<bos>",
-        "sep_token": "<eos>",
-        "clean_up_tokenization_spaces": False,
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
 def _scaled_exits(num_layers: int, hidden: int) -> tuple[list[int], list[int]]:
