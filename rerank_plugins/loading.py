@@ -34,6 +34,12 @@ def detect_kind(directory: Path) -> str:
     if any(str(a).endswith("ForSequenceClassification") for a in architectures):
         return "cross-encoder"
     model_type = config.get("model_type", "unknown")
+    if any(str(a).endswith("ForMaskedLM") for a in architectures):
+        raise UnsupportedModelError(
+            f"{directory} is a masked-language model ({architectures}), not a reranker; "
+            "use rerank_plugins.fill_mask.FillMask to run it, or fine-tune it into a "
+            "sequence-classification cross-encoder"
+        )
     raise UnsupportedModelError(
         f"{directory} is a {model_type!r} checkpoint with architectures {architectures}; "
         "it is not a reranker this package can run (expected a sequence-classification "
