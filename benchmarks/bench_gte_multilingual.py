@@ -1,0 +1,451 @@
+"""gte-multilingual-reranker-base (GTE "new") throughput: the native engine against transformers.
+
+One process, one random-weight checkpoint in the published gte-multilingual-reranker-base
+layout (``model_type: "new"``, ``NewForSequenceClassification``, ``new.`` tensor names,
+NTK RoPE, XLM-R tokenizer; written by :func:`rerank_plugins.testing.make_gte_new_checkpoint`),
+the same documents for every engine:
+
+- ``native``: ``CrossEncoderScorer`` on that directory (native GTE "new" trunk, packed
+  tokens, every layer global attention within each pair), ``--batch-tokens`` per forward;
+- ``transformers``: transformers' own ``GteForSequenceClassification`` with sdpa on padded
+  batches (``CrossEncoderScorer(engine="transformers")``: length-sorted, batched by a padded
+  token budget). transformers rejects the "new" config (NTK ``rope_scaling``), so it loads
+  the *same* safetensors from a second directory whose ``config.json`` is the native ``gte``
+  one, with the NTK RoPE written as exactly the same frequencies in transformers' "linear"
+  RoPE (:func:`gte_reference_config`);
+- ``sentence-transformers``: ``CrossEncoder`` (sdpa, ``max_length`` = the 8,192 window,
+  batches of ``--st-batch-size`` pairs padded to their longest). It cannot load the "new"
+  directory without ``trust_remote_code`` (the script tries and prints why), so it runs on
+  the transformers reference directory.
+
+Workloads: (a) 1 query x 100 documents of 512 tokens; (b) 1 query x 100 documents with
+long-tailed lengths (log-normal, median ~300, the longest at the 8,192 window).
+
+Printed per engine: docs/s and tokens/s (wall clock), docs per process-CPU-second (robust
+when other jobs share the machine), our speed ratio to it on both clocks, max |Δ logit|
+to the fp32 reference (transformers, padded sdpa, fp32; on CPU that is the timed
+transformers run itself) and peak memory (CUDA: peak allocated; CPU: peak RSS growth).
+On CUDA also the fraction of the bf16 dense roofline. Engines are timed round-robin,
+``--repeats`` rounds, best kept; sentence-transformers, by far the slowest on (b), only in
+the first ``--st-repeats`` rounds (helpers from ``bench_cross_encoder.py``). On a shared
+machine, ``--threads 1`` and the CPU-time columns are the steadier figures (two intra-op
+threads on two cores that other jobs also use wait on each other).
+
+CPU (scaled-down shape: 6 layers, hidden 384, 6 heads, intermediate 1536, vocab 250,002;
+fp32; about 10 minutes on 2 cores, ``--workloads b`` alone about 6)::
+
+    .venv/bin/python benchmarks/bench_gte_multilingual.py --threads 1
+
+GPU (the full shape: 12 layers, hidden 768, 12 heads, intermediate 3072, vocab 250,002;
+bf16)::
+
+    python benchmarks/bench_gte_multilingual.py --device cuda --full
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_cross_encoder import (
+    Run,
+    Shape,
+    Workload,
+    fmt_bytes,
+    long_tailed_lengths,
+    pair_flops,
+    peak_flops,
+    time_round_robin,
+)
+
+from rerank_plugins.cross_encoder import CrossEncoderScorer
+from rerank_plugins.testing import make_gte_new_checkpoint, random_text
+
+QUERY_WORDS = 9
+SPECIALS = 4  # <s> q </s></s> d </s>
+WINDOW = 8192
+
+ENGINE_NAMES = {
+    "native": "native",
+    "st": "sentence-transformers",
+    "transformers": "transformers (padded sdpa)",
+}
+
+
+def gte_new_config(
+    shape: Shape, *, rope_theta: float, rope_factor: float, init_std: float
+) -> dict[str, Any]:
+    """Sizes for :func:`make_gte_new_checkpoint` (the rest of the published layout is its)."""
+    return {
+        "vocab_size": shape.vocab,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "max_position_embeddings": WINDOW,
+        "type_vocab_size": 1,
+        "rope_theta": rope_theta,
+        "rope_scaling": {"factor": rope_factor, "type": "ntk"},
+        "initializer_range": init_std,
+    }
+
+
+def gte_reference_config(new: dict[str, Any]) -> dict[str, Any]:
+    """transformers' native ``gte`` config for the weights of a GTE "new" ``config.json``.
+
+    The "new" code's NTK RoPE, ``inv_freq_i = (theta * f) ** (-2i / d) / f ** (2 / d)``, is
+    transformers' "linear" RoPE (``inv_freq_i = theta' ** (-2i / d) / factor'``) with
+    ``theta' = theta * f`` and ``factor' = f ** (2 / d)``; ``d`` is the head dimension.
+    Without ``rope_scaling`` (or factor <= 1) it is plain RoPE with ``theta``.
+    """
+    head_dim = new["hidden_size"] // new["num_attention_heads"]
+    theta = float(new.get("rope_theta", 10000.0))
+    scaling = new.get("rope_scaling") or {}
+    factor = float(scaling.get("factor", 1.0))
+    if factor > 1.0:
+        rope = {
+            "rope_type": "linear",
+            "rope_theta": theta * factor,
+            "factor": factor ** (2 / head_dim),
+        }
+    else:
+        rope = {"rope_type": "default", "rope_theta": theta}
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+        "id2label",
+        "label2id",
+    )
+    return {
+        "model_type": "gte",
+        "architectures": ["GteForSequenceClassification"],
+        **{k: new[k] for k in keys if k in new},
+        "rope_parameters": rope,
+    }
+
+
+def make_reference_dir(directory: Path, target: Path) -> Path:
+    """``target`` holds the same safetensors and tokenizer under a native ``gte`` config."""
+    new = json.loads((directory / "config.json").read_text())
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.json").write_text(json.dumps(gte_reference_config(new), indent=2))
+    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(directory / name, target / name)
+    return target
+
+
+def make_workloads(names: str, seed: int) -> list[Workload]:
+    """The workloads named in ``names``, each from its own seed (the same documents as
+    ``bench_cross_encoder.py`` draws for the same seed, one word shorter: the XLM-R pair
+    template has 4 special tokens, ModernBERT's 3)."""
+    query = random_text(random.Random(seed), QUERY_WORDS)
+    room = lambda total: total - QUERY_WORDS - SPECIALS  # noqa: E731
+    out = []
+    if "a" in names:
+        rng = random.Random(seed + 1)
+        out.append(
+            Workload("a: 100 x 512", query, [random_text(rng, room(512)) for _ in range(100)])
+        )
+    if "b" in names:
+        rng = random.Random(seed + 2)
+        lengths = long_tailed_lengths(rng, 100, median=300, longest=room(WINDOW))
+        out.append(Workload("b: 100 x long-tail", query, [random_text(rng, n) for n in lengths]))
+    for w in out:
+        w.pair_lengths = [len(d.split()) + QUERY_WORDS + SPECIALS for d in w.docs]
+    return out
+
+
+def build_engines(
+    directory: Path,
+    reference: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Callable[[str, list[str]], list[float]]], str]:
+    """The engines to time, and a note on how sentence-transformers was loaded."""
+    wanted = args.engines.split(",")
+    dtype_name = str(dtype).removeprefix("torch.")
+    engines: dict[str, Callable[[str, list[str]], list[float]]] = {}
+    if "native" in wanted:
+        native = CrossEncoderScorer(
+            directory,
+            device=str(device),
+            dtype=dtype_name,
+            output="logit",
+            engine="native",
+            batch_tokens=args.batch_tokens,
+        )
+        engines[ENGINE_NAMES["native"]] = lambda q, d: [s.value for s in native.score(q, d)]
+    note = "not run"
+    if "st" in wanted:
+        from sentence_transformers import CrossEncoder
+
+        kwargs: dict[str, Any] = {
+            "device": str(device),
+            "max_length": WINDOW,
+            "model_kwargs": {"attn_implementation": "sdpa", "dtype": dtype},
+        }
+        try:
+            st = CrossEncoder(str(directory), **kwargs)
+            note = "loaded the GTE 'new' directory itself"
+        except Exception as exc:  # the "new" layout needs remote code
+            first = str(exc).strip().splitlines()[-1][:160]
+            note = (
+                f"refused the GTE 'new' directory ({type(exc).__name__}: {first}); "
+                "runs on the transformers 'gte' directory"
+            )
+            st = CrossEncoder(str(reference), **kwargs)
+        identity = torch.nn.Identity()
+
+        def run_st(query: str, docs: list[str]) -> list[float]:
+            out = st.predict(
+                [(query, d) for d in docs],
+                batch_size=args.st_batch_size,
+                activation_fn=identity,
+                convert_to_tensor=True,
+                show_progress_bar=False,
+            )
+            return [float(x) for x in out.float().flatten().cpu()]
+
+        engines[ENGINE_NAMES["st"]] = run_st
+    if "transformers" in wanted:
+        padded = CrossEncoderScorer(
+            reference,
+            device=str(device),
+            dtype=dtype_name,
+            output="logit",
+            engine="transformers",
+            batch_tokens=args.batch_tokens,
+        )
+        model = padded.classifier.model  # type: ignore[attr-defined]
+        assert type(model).__name__ == "GteForSequenceClassification", type(model)
+        engines[ENGINE_NAMES["transformers"]] = lambda q, d: [s.value for s in padded.score(q, d)]
+    return engines, note
+
+
+def time_rounds(
+    engines: dict[str, Callable[[str, list[str]], list[float]]],
+    device: torch.device,
+    workload: Workload,
+    rounds: int,
+    st_rounds: int,
+) -> list[Run]:
+    """``bench_cross_encoder.time_round_robin`` one round at a time, sentence-transformers
+    only in the first ``st_rounds`` rounds; per engine the fastest run is kept (with the
+    highest peak memory seen), a failed engine is not run again."""
+    best: dict[str, Run] = {}
+    for r in range(rounds):
+        chosen = {
+            name: fn
+            for name, fn in engines.items()
+            if (name != ENGINE_NAMES["st"] or r < st_rounds)
+            and not (name in best and best[name].error)
+        }
+        for run in time_round_robin(chosen, device, workload, 1):
+            previous = best.get(run.engine)
+            if previous is None or run.error or run.seconds < previous.seconds:
+                if previous is not None and not run.error:
+                    run.peak_bytes = max(run.peak_bytes, previous.peak_bytes)
+                best[run.engine] = run
+            else:
+                previous.peak_bytes = max(previous.peak_bytes, run.peak_bytes)
+    return [best[name] for name in engines if name in best]
+
+
+def reference_logits(reference: Path, workload: Workload, args: argparse.Namespace) -> list[float]:
+    """fp32 transformers ``GteForSequenceClassification`` (padded sdpa) on the device."""
+    ref = CrossEncoderScorer(
+        reference,
+        device=args.device,
+        dtype="float32",
+        output="logit",
+        engine="transformers",
+        batch_tokens=args.batch_tokens,
+    )
+    return [s.value for s in ref.score(workload.query, workload.docs)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--full", action="store_true", help="the full shape (12 x 768, vocab 250002): for a GPU"
+    )
+    p.add_argument("--workloads", default="ab", help="any of a, b")
+    p.add_argument("--layers", type=int)
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--intermediate", type=int)
+    p.add_argument("--rope-theta", type=float, default=160000.0)
+    p.add_argument("--rope-factor", type=float, default=8.0)
+    p.add_argument(
+        "--init-std",
+        type=float,
+        default=0.05,
+        help="weight std; at BERT's 0.02 the random 6x384 trunk scores all documents within "
+        "~0.02 logit, at 0.05 they spread over ~1 logit (max |Δ| is read against that)",
+    )
+    p.add_argument("--batch-tokens", type=int, default=16384)
+    p.add_argument("--st-batch-size", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=2, help="rounds; each engine's best is kept")
+    p.add_argument(
+        "--st-repeats",
+        type=int,
+        default=1,
+        help="rounds that include sentence-transformers (the slowest engine on (b))",
+    )
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--peak-tflops", type=float, help="bf16 dense peak, for the roofline")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--engines", default="native,st,transformers", help="comma-separated subset to time"
+    )
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    # Every GTE "new" layer is global: Shape(global_every=1) makes pair_flops count
+    # full attention on all of them; its 3*h*I MLP term is the [up|gate] GLU's as well.
+    if args.full:
+        shape = Shape(layers=12, hidden=768, heads=12, intermediate=3072, vocab=250002)
+    else:
+        shape = Shape(layers=6, hidden=384, heads=6, intermediate=1536, vocab=250002)
+    shape.global_every = 1
+    shape.layers = args.layers or shape.layers
+    shape.hidden = args.hidden or shape.hidden
+    shape.heads = args.heads or shape.heads
+    shape.intermediate = args.intermediate or shape.intermediate
+    dtype = torch.bfloat16 if cuda else torch.float32
+
+    print(f"# bench_gte_multilingual  {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(
+        f"# machine: {platform.node()} {platform.machine()} cpus={os.cpu_count()} "
+        f"torch={torch.__version__} threads={torch.get_num_threads()}"
+    )
+    if cuda:
+        print(f"# gpu: {torch.cuda.get_device_name(device)}")
+    print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(
+        f"# model: GTE 'new' random weights, {shape.layers} layers, hidden {shape.hidden}, "
+        f"{shape.heads} heads, intermediate {shape.intermediate} (GLU), vocab {shape.vocab}, "
+        f"NTK RoPE theta {args.rope_theta:g} factor {args.rope_factor:g}, init std "
+        f"{args.init_std:g}; {dtype}; "
+        f"window {WINDOW}"
+    )
+
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = make_gte_new_checkpoint(
+            Path(tmp) / "gte-new",
+            config=gte_new_config(
+                shape,
+                rope_theta=args.rope_theta,
+                rope_factor=args.rope_factor,
+                init_std=args.init_std,
+            ),
+            seed=args.seed,
+        )
+        reference = make_reference_dir(directory, Path(tmp) / "gte-transformers")
+        engines, st_note = build_engines(directory, reference, device, dtype, args)
+        print(f"# sentence-transformers: {st_note}")
+        warm = make_workloads("a", args.seed + 100)[0]
+        for fn in engines.values():  # load kernels, allocate pools
+            fn(warm.query, warm.docs[:4])
+        for workload in make_workloads(args.workloads, args.seed):
+            tokens = sum(workload.pair_lengths)
+            n = len(workload.docs)
+            lengths = sorted(workload.pair_lengths)
+            print(
+                f"\n## workload {workload.name}: {n} docs, {tokens:,} pair tokens "
+                f"(median {lengths[n // 2]}, max {lengths[-1]})"
+            )
+            runs = time_rounds(engines, device, workload, args.repeats, args.st_repeats)
+            ref_run = next((r for r in runs if r.engine.startswith("transformers")), None)
+            if ref_run is not None and not ref_run.error and not cuda:
+                ref = ref_run.logits  # already fp32 on CPU
+            else:
+                ref = reference_logits(reference, workload, args)
+            ours = next((r for r in runs if r.engine == "native" and not r.error), None)
+            flops = sum(pair_flops(shape, length) for length in workload.pair_lengths)
+            peak = peak_flops(device, args.peak_tflops)
+            print(
+                f"{'engine':28s} {'docs/s':>8s} {'tokens/s':>9s} {'ours/x':>7s} "
+                f"{'docs/cpu-s':>10s} {'ours/x':>7s} {'max|Δ|':>9s} {'peak mem':>10s}"
+                + ("  roofline" if peak else "")
+            )
+            for run in runs:
+                if run.error:
+                    print(f"{run.engine:28s} failed: {run.error}")
+                    results.append(
+                        {"workload": workload.name, "engine": run.engine, "error": run.error}
+                    )
+                    continue
+                delta = max(abs(a - b) for a, b in zip(run.logits, ref, strict=True))
+                ratio = run.seconds / ours.seconds if ours else math.nan
+                cpu_ratio = run.cpu_seconds / ours.cpu_seconds if ours else math.nan
+                line = (
+                    f"{run.engine:28s} {n / run.seconds:8.2f} {tokens / run.seconds:9,.0f} "
+                    f"{ratio:7.2f} {n / run.cpu_seconds:10.2f} {cpu_ratio:7.2f} "
+                    f"{delta:9.2e} {fmt_bytes(run.peak_bytes):>10s}"
+                )
+                row = {
+                    "workload": workload.name,
+                    "engine": run.engine,
+                    "seconds": run.seconds,
+                    "cpu_seconds": run.cpu_seconds,
+                    "docs_per_s": n / run.seconds,
+                    "tokens_per_s": tokens / run.seconds,
+                    "ours_over_this": ratio,
+                    "ours_over_this_cpu": cpu_ratio,
+                    "max_abs_delta": delta,
+                    "peak_bytes": run.peak_bytes,
+                    "gflop": flops / 1e9,
+                }
+                if peak:
+                    frac = flops / run.seconds / peak
+                    line += f"  {frac:8.1%}"
+                    row["roofline"] = frac
+                print(line)
+                results.append(row)
+            # max |Δ| means something only next to how far apart the documents score.
+            print(
+                f"(reference logits: range {max(ref) - min(ref):.3e}, "
+                f"stdev {statistics.pstdev(ref):.3e})"
+            )
+            rate = f"; native {flops / ours.seconds / 1e9:,.1f} GFLOP/s" if ours else ""
+            print(
+                f"(useful work {flops / 1e9:,.0f} GFLOP = {flops / tokens / 1e9:.3f} "
+                f"GFLOP/token{rate})"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
