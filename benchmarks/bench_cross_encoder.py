@@ -332,6 +332,68 @@ def fmt_bytes(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+def print_table(
+    workload: Workload,
+    runs: Sequence[Run],
+    reference: Sequence[float] | None,
+    flops: float,
+    device: torch.device,
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+) -> Run | None:
+    """Print one workload's table and append its rows to ``results``.
+
+    Columns: docs/s and tokens/s (wall clock), our ratio to each engine, docs per
+    CPU-second and its ratio, max |Δ| to ``reference`` and peak memory; with a known
+    device peak, the roofline fraction of ``flops``. Returns our (``native``) run.
+    """
+    ours = next((r for r in runs if r.engine == "native" and not r.error), None)
+    peak = peak_flops(device, args.peak_tflops)
+    n, tokens = len(workload.docs), sum(workload.pair_lengths)
+    print(
+        f"{'engine':28s} {'docs/s':>8s} {'tokens/s':>9s} {'ours/x':>7s} "
+        f"{'docs/cpu-s':>10s} {'ours/x':>7s} {'max|Δ|':>9s} {'peak mem':>10s}"
+        + ("  roofline" if peak else "")
+    )
+    for run in runs:
+        if run.error:
+            print(f"{run.engine:28s} failed: {run.error}")
+            results.append({"workload": workload.name, "engine": run.engine, "error": run.error})
+            continue
+        delta = (
+            max(abs(a - b) for a, b in zip(run.logits, reference, strict=True))
+            if reference is not None
+            else math.nan
+        )
+        ratio = run.seconds / ours.seconds if ours else math.nan
+        cpu_ratio = run.cpu_seconds / ours.cpu_seconds if ours else math.nan
+        line = (
+            f"{run.engine:28s} {n / run.seconds:8.2f} {tokens / run.seconds:9,.0f} "
+            f"{ratio:7.2f} {n / run.cpu_seconds:10.2f} {cpu_ratio:7.2f} "
+            f"{delta:9.2e} {fmt_bytes(run.peak_bytes):>10s}"
+        )
+        row = {
+            "workload": workload.name,
+            "engine": run.engine,
+            "seconds": run.seconds,
+            "cpu_seconds": run.cpu_seconds,
+            "docs_per_s": n / run.seconds,
+            "tokens_per_s": tokens / run.seconds,
+            "ours_over_this": ratio,
+            "ours_over_this_cpu": cpu_ratio,
+            "max_abs_delta": delta,
+            "peak_bytes": run.peak_bytes,
+            "gflop": flops / 1e9,
+        }
+        if peak:
+            frac = flops / run.seconds / peak
+            line += f"  {frac:8.1%}"
+            row["roofline"] = frac
+        print(line)
+        results.append(row)
+    return ours
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -420,52 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif cuda or not workload.name.startswith("c"):
                 # On CPU the dense fp32 reference over 32K tokens takes many minutes: skipped.
                 reference = reference_logits(directory, workload, args)
-            ours = next((r for r in runs if r.engine == "native" and not r.error), None)
             flops = sum(pair_flops(shape, length) for length in workload.pair_lengths)
-            peak = peak_flops(device, args.peak_tflops)
-            print(
-                f"{'engine':28s} {'docs/s':>8s} {'tokens/s':>9s} {'ours/x':>7s} "
-                f"{'docs/cpu-s':>10s} {'ours/x':>7s} {'max|Δ|':>9s} {'peak mem':>10s}"
-                + ("  roofline" if peak else "")
-            )
-            for run in runs:
-                if run.error:
-                    print(f"{run.engine:28s} failed: {run.error}")
-                    results.append(
-                        {"workload": workload.name, "engine": run.engine, "error": run.error}
-                    )
-                    continue
-                delta = (
-                    max(abs(a - b) for a, b in zip(run.logits, reference, strict=True))
-                    if reference is not None
-                    else math.nan
-                )
-                ratio = run.seconds / ours.seconds if ours else math.nan
-                cpu_ratio = run.cpu_seconds / ours.cpu_seconds if ours else math.nan
-                line = (
-                    f"{run.engine:28s} {n / run.seconds:8.2f} {tokens / run.seconds:9,.0f} "
-                    f"{ratio:7.2f} {n / run.cpu_seconds:10.2f} {cpu_ratio:7.2f} "
-                    f"{delta:9.2e} {fmt_bytes(run.peak_bytes):>10s}"
-                )
-                row = {
-                    "workload": workload.name,
-                    "engine": run.engine,
-                    "seconds": run.seconds,
-                    "cpu_seconds": run.cpu_seconds,
-                    "docs_per_s": n / run.seconds,
-                    "tokens_per_s": tokens / run.seconds,
-                    "ours_over_this": ratio,
-                    "ours_over_this_cpu": cpu_ratio,
-                    "max_abs_delta": delta,
-                    "peak_bytes": run.peak_bytes,
-                    "gflop": flops / 1e9,
-                }
-                if peak:
-                    frac = flops / run.seconds / peak
-                    line += f"  {frac:8.1%}"
-                    row["roofline"] = frac
-                print(line)
-                results.append(row)
+            ours = print_table(workload, runs, reference, flops, device, args, results)
             rate = f"; native {flops / ours.seconds / 1e9:,.1f} GFLOP/s" if ours else ""
             print(
                 f"(useful work {flops / 1e9:,.0f} GFLOP = {flops / tokens / 1e9:.3f} "

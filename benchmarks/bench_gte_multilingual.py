@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import random
@@ -64,10 +63,9 @@ from bench_cross_encoder import (
     Run,
     Shape,
     Workload,
-    fmt_bytes,
     long_tailed_lengths,
     pair_flops,
-    peak_flops,
+    print_table,
     time_round_robin,
 )
 
@@ -390,48 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ref = ref_run.logits  # already fp32 on CPU
             else:
                 ref = reference_logits(reference, workload, args)
-            ours = next((r for r in runs if r.engine == "native" and not r.error), None)
             flops = sum(pair_flops(shape, length) for length in workload.pair_lengths)
-            peak = peak_flops(device, args.peak_tflops)
-            print(
-                f"{'engine':28s} {'docs/s':>8s} {'tokens/s':>9s} {'ours/x':>7s} "
-                f"{'docs/cpu-s':>10s} {'ours/x':>7s} {'max|Δ|':>9s} {'peak mem':>10s}"
-                + ("  roofline" if peak else "")
-            )
-            for run in runs:
-                if run.error:
-                    print(f"{run.engine:28s} failed: {run.error}")
-                    results.append(
-                        {"workload": workload.name, "engine": run.engine, "error": run.error}
-                    )
-                    continue
-                delta = max(abs(a - b) for a, b in zip(run.logits, ref, strict=True))
-                ratio = run.seconds / ours.seconds if ours else math.nan
-                cpu_ratio = run.cpu_seconds / ours.cpu_seconds if ours else math.nan
-                line = (
-                    f"{run.engine:28s} {n / run.seconds:8.2f} {tokens / run.seconds:9,.0f} "
-                    f"{ratio:7.2f} {n / run.cpu_seconds:10.2f} {cpu_ratio:7.2f} "
-                    f"{delta:9.2e} {fmt_bytes(run.peak_bytes):>10s}"
-                )
-                row = {
-                    "workload": workload.name,
-                    "engine": run.engine,
-                    "seconds": run.seconds,
-                    "cpu_seconds": run.cpu_seconds,
-                    "docs_per_s": n / run.seconds,
-                    "tokens_per_s": tokens / run.seconds,
-                    "ours_over_this": ratio,
-                    "ours_over_this_cpu": cpu_ratio,
-                    "max_abs_delta": delta,
-                    "peak_bytes": run.peak_bytes,
-                    "gflop": flops / 1e9,
-                }
-                if peak:
-                    frac = flops / run.seconds / peak
-                    line += f"  {frac:8.1%}"
-                    row["roofline"] = frac
-                print(line)
-                results.append(row)
+            ours = print_table(workload, runs, ref, flops, device, args, results)
             # max |Δ| means something only next to how far apart the documents score.
             print(
                 f"(reference logits: range {max(ref) - min(ref):.3e}, "
