@@ -12,7 +12,7 @@ the same documents for every engine:
   token budget). transformers rejects the "new" config (NTK ``rope_scaling``), so it loads
   the *same* safetensors from a second directory whose ``config.json`` is the native ``gte``
   one, with the NTK RoPE written as exactly the same frequencies in transformers' "linear"
-  RoPE (:func:`gte_reference_config`);
+  RoPE (:func:`rerank_plugins.testing.gte_reference_config`);
 - ``sentence-transformers``: ``CrossEncoder`` (sdpa, ``max_length`` = the 8,192 window,
   batches of ``--st-batch-size`` pairs padded to their longest). It cannot load the "new"
   directory without ``trust_remote_code`` (the script tries and prints why), so it runs on
@@ -50,7 +50,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -70,7 +69,11 @@ from bench_cross_encoder import (
 )
 
 from rerank_plugins.cross_encoder import CrossEncoderScorer
-from rerank_plugins.testing import make_gte_new_checkpoint, random_text
+from rerank_plugins.testing import (
+    make_gte_new_checkpoint,
+    make_gte_reference_checkpoint,
+    random_text,
+)
 
 QUERY_WORDS = 9
 SPECIALS = 4  # <s> q </s></s> d </s>
@@ -99,58 +102,6 @@ def gte_new_config(
         "rope_scaling": {"factor": rope_factor, "type": "ntk"},
         "initializer_range": init_std,
     }
-
-
-def gte_reference_config(new: dict[str, Any]) -> dict[str, Any]:
-    """transformers' native ``gte`` config for the weights of a GTE "new" ``config.json``.
-
-    The "new" code's NTK RoPE, ``inv_freq_i = (theta * f) ** (-2i / d) / f ** (2 / d)``, is
-    transformers' "linear" RoPE (``inv_freq_i = theta' ** (-2i / d) / factor'``) with
-    ``theta' = theta * f`` and ``factor' = f ** (2 / d)``; ``d`` is the head dimension.
-    Without ``rope_scaling`` (or factor <= 1) it is plain RoPE with ``theta``.
-    """
-    head_dim = new["hidden_size"] // new["num_attention_heads"]
-    theta = float(new.get("rope_theta", 10000.0))
-    scaling = new.get("rope_scaling") or {}
-    factor = float(scaling.get("factor", 1.0))
-    if factor > 1.0:
-        rope = {
-            "rope_type": "linear",
-            "rope_theta": theta * factor,
-            "factor": factor ** (2 / head_dim),
-        }
-    else:
-        rope = {"rope_type": "default", "rope_theta": theta}
-    keys = (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "hidden_act",
-        "max_position_embeddings",
-        "type_vocab_size",
-        "layer_norm_eps",
-        "pad_token_id",
-        "id2label",
-        "label2id",
-    )
-    return {
-        "model_type": "gte",
-        "architectures": ["GteForSequenceClassification"],
-        **{k: new[k] for k in keys if k in new},
-        "rope_parameters": rope,
-    }
-
-
-def make_reference_dir(directory: Path, target: Path) -> Path:
-    """``target`` holds the same safetensors and tokenizer under a native ``gte`` config."""
-    new = json.loads((directory / "config.json").read_text())
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "config.json").write_text(json.dumps(gte_reference_config(new), indent=2))
-    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(directory / name, target / name)
-    return target
 
 
 def make_workloads(names: str, seed: int) -> list[Workload]:
@@ -368,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             seed=args.seed,
         )
-        reference = make_reference_dir(directory, Path(tmp) / "gte-transformers")
+        reference = make_gte_reference_checkpoint(directory, Path(tmp) / "gte-transformers")
         engines, st_note = build_engines(directory, reference, device, dtype, args)
         print(f"# sentence-transformers: {st_note}")
         warm = make_workloads("a", args.seed + 100)[0]

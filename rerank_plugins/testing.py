@@ -26,8 +26,10 @@ __all__ = [
     "TINY_MODERNBERT",
     "WORDS",
     "FunctionScorer",
+    "gte_reference_config",
     "make_colbert_checkpoint",
     "make_gte_new_checkpoint",
+    "make_gte_reference_checkpoint",
     "make_matryoshka_checkpoint",
     "make_modernbert_checkpoint",
     "random_text",
@@ -348,8 +350,63 @@ def make_gte_new_checkpoint(
 
 # --- mmbert-rerank-32k-2d-matryoshka at toy size ------------------------------------------
 
+
 # 8 layers (global at 0, 3, 6), a ±4-token local window, 32K positions, RoPE theta 160000 on
 # both layer types; exits and dims scale the published [3, 6, 11, 22] x [768 .. 64] grid.
+def gte_reference_config(new: dict[str, Any]) -> dict[str, Any]:
+    """transformers' native ``gte`` config for the weights of a GTE "new" ``config.json``.
+
+    The "new" code's NTK RoPE, ``inv_freq_i = (theta * f) ** (-2i / d) / f ** (2 / d)``, is
+    transformers' "linear" RoPE (``inv_freq_i = theta' ** (-2i / d) / factor'``) with
+    ``theta' = theta * f`` and ``factor' = f ** (2 / d)``; ``d`` is the head dimension.
+    Without ``rope_scaling`` (or factor <= 1) it is plain RoPE with ``theta``.
+    """
+    head_dim = new["hidden_size"] // new["num_attention_heads"]
+    theta = float(new.get("rope_theta", 10000.0))
+    scaling = new.get("rope_scaling") or {}
+    factor = float(scaling.get("factor", 1.0))
+    if factor > 1.0:
+        rope = {
+            "rope_type": "linear",
+            "rope_theta": theta * factor,
+            "factor": factor ** (2 / head_dim),
+        }
+    else:
+        rope = {"rope_type": "default", "rope_theta": theta}
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "layer_norm_eps",
+        "pad_token_id",
+        "id2label",
+        "label2id",
+    )
+    return {
+        "model_type": "gte",
+        "architectures": ["GteForSequenceClassification"],
+        **{k: new[k] for k in keys if k in new},
+        "rope_parameters": rope,
+    }
+
+
+def make_gte_reference_checkpoint(directory: Path, target: Path) -> Path:
+    """Write to ``target`` the GTE "new" checkpoint ``directory``'s safetensors and tokenizer
+    under transformers' native ``gte`` config: the reference our native engine is checked
+    against (transformers rejects the "new" config's NTK rope_scaling)."""
+    new = json.loads((directory / "config.json").read_text())
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.json").write_text(json.dumps(gte_reference_config(new), indent=2))
+    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(directory / name, target / name)
+    return target
+
+
 TINY_MATRYOSHKA: dict[str, Any] = {
     "vocab_size": 305,  # 5 specials + the 300 words
     "hidden_size": 64,

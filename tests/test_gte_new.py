@@ -24,7 +24,11 @@ from safetensors.torch import load_file, save_file
 from rerank_plugins import InputTooLongError, Score, UnsupportedModelError, load_scorer
 from rerank_plugins.cross_encoder import CrossEncoderScorer
 from rerank_plugins.engine.gte import GteNewConfig, GteNewPairClassifier, gte_new_inv_freq
-from rerank_plugins.testing import make_gte_new_checkpoint, random_text
+from rerank_plugins.testing import (
+    make_gte_new_checkpoint,
+    make_gte_reference_checkpoint,
+    random_text,
+)
 from tests.contract import QUERY, ScorerContract
 
 
@@ -32,44 +36,6 @@ from tests.contract import QUERY, ScorerContract
 def gte_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 post-norm layers, hidden 32, 4 heads, NTK RoPE (theta 20000, factor 8)."""
     return make_gte_new_checkpoint(tmp_path_factory.mktemp("ckpt") / "gte-new")
-
-
-def reference_dir(directory: Path, target: Path) -> Path:
-    """The same weights under a transformers ``gte`` config (NTK as exact linear RoPE)."""
-    new = json.loads((directory / "config.json").read_text())
-    head_dim = new["hidden_size"] // new["num_attention_heads"]
-    factor = float(new["rope_scaling"]["factor"])
-    config = {
-        "model_type": "gte",
-        "architectures": ["GteForSequenceClassification"],
-        **{
-            k: new[k]
-            for k in (
-                "vocab_size",
-                "hidden_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-                "intermediate_size",
-                "hidden_act",
-                "max_position_embeddings",
-                "type_vocab_size",
-                "layer_norm_eps",
-                "pad_token_id",
-                "id2label",
-                "label2id",
-            )
-        },
-        "rope_parameters": {
-            "rope_type": "linear",
-            "rope_theta": float(new["rope_theta"]) * factor,
-            "factor": factor ** (2 / head_dim),
-        },
-    }
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "config.json").write_text(json.dumps(config))
-    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(directory / name, target / name)
-    return target
 
 
 def reference_logits(
@@ -109,8 +75,9 @@ def test_logits_match_transformers_gte_reference(
     )
     assert isinstance(scorer.classifier, GteNewPairClassifier)
     ours = [s.value for s in scorer.score(QUERY, docs)]
-    ref = reference_logits(reference_dir(gte_dir, tmp_path / "ref"), QUERY, docs,
-                           max_length=max_length)
+    ref = reference_logits(
+        make_gte_reference_checkpoint(gte_dir, tmp_path / "ref"), QUERY, docs, max_length=max_length
+    )
     assert max(abs(a - b) for a, b in zip(ours, ref, strict=True)) <= 1e-4
     assert order(ours) == order(ref)
     assert max(ours) - min(ours) > 0.1  # the check is not vacuous
@@ -118,8 +85,13 @@ def test_logits_match_transformers_gte_reference(
 
 def test_ntk_frequencies_follow_the_published_formula() -> None:
     config = GteNewConfig.from_dict(
-        {"model_type": "new", "hidden_size": 64, "num_attention_heads": 4,
-         "rope_theta": 20000, "rope_scaling": {"type": "ntk", "factor": 8.0}}
+        {
+            "model_type": "new",
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "rope_theta": 20000,
+            "rope_scaling": {"type": "ntk", "factor": 8.0},
+        }
     )
     d, theta, f = 16, 20000.0, 8.0
     expected = [(theta * f) ** (-2 * i / d) / f ** (2 / d) for i in range(d // 2)]
@@ -138,8 +110,13 @@ def test_ntk_is_off_without_a_factor_above_one() -> None:
 
 def test_mixed_ntk_frequencies() -> None:
     config = GteNewConfig.from_dict(
-        {"model_type": "new", "hidden_size": 64, "num_attention_heads": 4, "rope_theta": 500,
-         "rope_scaling": {"type": "ntk", "factor": 4.0, "mixed_b": 0.75}}
+        {
+            "model_type": "new",
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "rope_theta": 500,
+            "rope_scaling": {"type": "ntk", "factor": 4.0, "mixed_b": 0.75},
+        }
     )
     d, a = 16, math.log(4.0) / 8**0.75
     expected = [500.0 ** (-2 * i / d) / math.exp(a * (i + 1) ** 0.75) for i in range(d // 2)]
