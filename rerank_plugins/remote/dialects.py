@@ -62,8 +62,10 @@ class RequestOptions:
 
 
 class Dialect:
-    """One rerank API. Subclasses set the class attributes and implement ``body``/``parse``.
+    """One rerank API. Subclasses set the class attributes and implement ``body``.
 
+    ``results_key``: where the list of results sits in the answer (``None``: the answer is
+    the list); ``score_key``: the score field of a result (its ``"index"`` places it).
     ``versioned``: the API lives under ``/v1``; an unversioned base URL gets it added.
     ``refuses_overflow``: the API has a switch that makes the server reject over-length
     documents (``overflow="error"`` needs it). ``score_kinds``: the kinds this API can
@@ -72,6 +74,8 @@ class Dialect:
 
     name: ClassVar[str]
     path: ClassVar[str]
+    results_key: ClassVar[str | None]
+    score_key: ClassVar[str]
     versioned: ClassVar[bool] = False
     max_documents: ClassVar[int]
     score_kinds: ClassVar[tuple[ScoreKind, ...]] = ("probability",)
@@ -84,7 +88,10 @@ class Dialect:
     def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
         """Scores of one batch in batch order; ``positions`` are the caller's indices
         of the batch's documents (for error messages)."""
-        raise NotImplementedError
+        items = _results(payload, self.results_key, self.name, positions)
+        return collect_scores(
+            items, positions, index_key="index", score_key=self.score_key, dialect=self.name
+        )
 
     def __repr__(self) -> str:
         return f"<dialect {self.name}>"
@@ -198,6 +205,8 @@ def check_kind(
 class Cohere(Dialect):
     name = "cohere"
     path = "rerank"
+    results_key = "results"
+    score_key = "relevance_score"
     max_documents = 1000
     score_kinds = ("probability", "logit")  # "logit": e.g. llama.cpp, Infinity raw_scores
 
@@ -209,16 +218,12 @@ class Cohere(Dialect):
             body["model"] = options.model
         return body
 
-    def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, "results", self.name, positions)
-        return collect_scores(
-            items, positions, index_key="index", score_key="relevance_score", dialect=self.name
-        )
-
 
 class TEI(Dialect):
     name = "tei"
     path = "rerank"
+    results_key = None
+    score_key = "score"
     max_documents = 32
     score_kinds = ("probability", "logit")
     refuses_overflow = True
@@ -232,16 +237,12 @@ class TEI(Dialect):
             "return_text": False,
         }
 
-    def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, None, self.name, positions)
-        return collect_scores(
-            items, positions, index_key="index", score_key="score", dialect=self.name
-        )
-
 
 class Voyage(Dialect):
     name = "voyage"
     path = "rerank"
+    results_key = "data"
+    score_key = "relevance_score"
     versioned = True
     max_documents = 1000
     refuses_overflow = True
@@ -256,16 +257,12 @@ class Voyage(Dialect):
             body["model"] = options.model
         return body
 
-    def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, "data", self.name, positions)
-        return collect_scores(
-            items, positions, index_key="index", score_key="relevance_score", dialect=self.name
-        )
-
 
 class Mixedbread(Dialect):
     name = "mixedbread"
     path = "reranking"
+    results_key = "data"
+    score_key = "score"
     versioned = True
     max_documents = 1000
 
@@ -281,16 +278,12 @@ class Mixedbread(Dialect):
             body["model"] = options.model
         return body
 
-    def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, "data", self.name, positions)
-        return collect_scores(
-            items, positions, index_key="index", score_key="score", dialect=self.name
-        )
-
 
 class NIM(Dialect):
     name = "nim"
     path = "ranking"
+    results_key = "rankings"
+    score_key = "logit"
     versioned = True
     max_documents = 512
     score_kinds = ("logit",)
@@ -306,16 +299,12 @@ class NIM(Dialect):
             body["model"] = options.model
         return body
 
-    def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, "rankings", self.name, positions)
-        return collect_scores(
-            items, positions, index_key="index", score_key="logit", dialect=self.name
-        )
-
 
 class VLLMScore(Dialect):
     name = "vllm-score"
     path = "score"
+    results_key = "data"
+    score_key = "score"
     max_documents = 1000
     score_kinds = ("probability", "logit")
     refuses_overflow = True
@@ -329,12 +318,6 @@ class VLLMScore(Dialect):
         if options.score_kind == "logit":
             body["use_activation"] = False
         return body
-
-    def parse(self, payload: object, positions: Sequence[int]) -> list[float]:
-        items = _results(payload, "data", self.name, positions)
-        return collect_scores(
-            items, positions, index_key="index", score_key="score", dialect=self.name
-        )
 
 
 DIALECTS: dict[str, Dialect] = {
