@@ -71,7 +71,7 @@ from rerank_plugins.engine.rope import apply_rotary, default_inv_freq, rotary_co
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
 from rerank_plugins.loading import is_colbert_checkpoint
 from rerank_plugins.maxsim import Reduce, maxsim_many
-from rerank_plugins.scoring import OverflowPolicy, Score, check_inputs
+from rerank_plugins.scoring import OverflowPolicy, Score, check_documents, check_inputs
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -609,7 +609,7 @@ class ColBERTScorer:
         ``overflow="error"`` a document over ``document_length`` raises
         :class:`InputTooLongError` (naming it) before anything is encoded.
         """
-        docs = check_inputs("-", documents)  # the query argument is a placeholder
+        docs = check_documents(documents)
         out: list[TokenVectors | None] = [None] * len(docs)
         todo: dict[str, list[int]] = {}  # duplicates are encoded once
         length = self.settings.document_length

@@ -8,7 +8,15 @@ from typing import Literal, Protocol, runtime_checkable
 
 from rerank_plugins.errors import InvalidInputError, ScoringError
 
-__all__ = ["OverflowPolicy", "Score", "ScoreKind", "Scorer", "check_inputs", "check_scores"]
+__all__ = [
+    "OverflowPolicy",
+    "Score",
+    "ScoreKind",
+    "Scorer",
+    "check_documents",
+    "check_inputs",
+    "check_scores",
+]
 
 ScoreKind = Literal["probability", "logit", "maxsim"]
 """What a score's value means: a probability in 0..1, a raw logit, or a MaxSim sum/mean."""
@@ -54,15 +62,23 @@ class Scorer(Protocol):
 def check_inputs(query: object, documents: object) -> list[str]:
     """Validate a scorer's inputs and return the documents as a fresh list.
 
-    Raises :class:`InvalidInputError` for a query that is not a non-blank string, for
-    ``documents`` that is not a sequence (a bare string counts as a mistake), and for
-    documents that are not strings (their indices are listed). Empty-string documents
-    are valid: they are scored like any other text.
+    Raises :class:`InvalidInputError` for a query that is not a non-blank string, and as
+    :func:`check_documents` for the documents.
     """
     if not isinstance(query, str):
         raise InvalidInputError(f"query must be a str, got {type(query).__name__}")
     if not query.strip():
         raise InvalidInputError("query is empty")
+    return check_documents(documents)
+
+
+def check_documents(documents: object) -> list[str]:
+    """Validate documents and return them as a fresh list.
+
+    Raises :class:`InvalidInputError` for ``documents`` that is not a sequence (a bare
+    string counts as a mistake) and for documents that are not strings (their indices are
+    listed). Empty-string documents are valid: they are scored like any other text.
+    """
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
         raise InvalidInputError(
             f"documents must be a sequence of str, got {type(documents).__name__}"
