@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from rerank_plugins.colbert import ColBERTScorer
+    from rerank_plugins.local.colbert import ColBERTScorer
     from rerank_plugins.testing import make_colbert_checkpoint
 
     fixtures = FIXTURES if (FIXTURES / "lightonai__GTE-ModernColBERT-v1").is_dir() else None

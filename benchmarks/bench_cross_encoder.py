@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from rerank_plugins.cross_encoder import CrossEncoderScorer
+from rerank_plugins.local.cross_encoder import CrossEncoderScorer
 from rerank_plugins.testing import make_modernbert_checkpoint, random_text
 
 QUERY_WORDS = 9  # the pair adds [CLS] [SEP] [SEP]: a 512-token pair holds 500 document words

@@ -68,7 +68,7 @@ from bench_cross_encoder import (
     time_round_robin,
 )
 
-from rerank_plugins.cross_encoder import CrossEncoderScorer
+from rerank_plugins.local.cross_encoder import CrossEncoderScorer
 from rerank_plugins.testing import (
     make_gte_new_checkpoint,
     make_gte_reference_checkpoint,

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from bench_cross_encoder import Shape, long_tailed_lengths, pair_flops
 
-from rerank_plugins.engine.packing import token_budget_batches
-from rerank_plugins.matryoshka import MatryoshkaScorer
+from rerank_plugins.local.engine.packing import token_budget_batches
+from rerank_plugins.local.matryoshka import MatryoshkaScorer
 from rerank_plugins.testing import make_matryoshka_checkpoint, random_text
 
 QUERY_WORDS = 9

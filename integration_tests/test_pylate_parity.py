@@ -11,7 +11,7 @@ around a scaled-down trunk (4 layers, ±4-token local windows, so the band mask 
 Compared, in fp32 on the CPU: every token vector (same count, max |Δ| ≤ 1e-5), every
 score against PyLate's MaxSim of the query with each document alone (|Δ| ≤ 1e-4, same
 order), and the one deliberate difference: ``pylate.rank.rerank`` zero-pads the
-candidates without a mask, which our unmasked :func:`~rerank_plugins.maxsim.maxsim`
+candidates without a mask, which our unmasked :func:`~rerank_plugins.local.maxsim.maxsim`
 reproduces and our scorer does not do.
 """
 
@@ -30,8 +30,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rerank_plugins.colbert import ColBERTScorer
-from rerank_plugins.maxsim import maxsim, pad_vectors
+from rerank_plugins.local.colbert import ColBERTScorer
+from rerank_plugins.local.maxsim import maxsim, pad_vectors
 from rerank_plugins.testing import make_colbert_checkpoint
 
 HERE = Path(__file__).resolve().parent

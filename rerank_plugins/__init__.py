@@ -18,19 +18,27 @@ from rerank_plugins.errors import (
     ScoringError,
     UnsupportedModelError,
 )
-from rerank_plugins.loading import load_scorer
+from rerank_plugins.loading import DEFAULT_MODEL, load_scorer
 from rerank_plugins.ranking import Ranked, rank
 from rerank_plugins.scoring import OverflowPolicy, Score, ScoreKind, Scorer
 
 if TYPE_CHECKING:
+    from rerank_plugins.local.colbert import ColBERTScorer
+    from rerank_plugins.local.cross_encoder import CrossEncoderScorer
+    from rerank_plugins.local.fill_mask import FillMask
+    from rerank_plugins.local.matryoshka import MatryoshkaScorer
     from rerank_plugins.remote import RemoteScorer
 
 __all__ = [
     "DEFAULT_MODEL",
+    "ColBERTScorer",
+    "CrossEncoderScorer",
     "EndpointError",
+    "FillMask",
     "InputTooLongError",
     "InvalidInputError",
     "InvalidScoreError",
+    "MatryoshkaScorer",
     "MissingExtraError",
     "OverflowPolicy",
     "Ranked",
@@ -45,16 +53,27 @@ __all__ = [
     "rank",
 ]
 
-DEFAULT_MODEL = "Alibaba-NLP/gte-reranker-modernbert-base"
-"""The model the command line and the adapters use when none is given."""
-
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
-    # RemoteScorer imports httpx: loaded on first use, not by ``import rerank_plugins``.
-    if name == "RemoteScorer":
-        from rerank_plugins.remote import RemoteScorer
+# Backends import torch or httpx: each is loaded on first use, not by ``import rerank_plugins``.
+_LAZY = {
+    "RemoteScorer": "rerank_plugins.remote",
+    "CrossEncoderScorer": "rerank_plugins.local.cross_encoder",
+    "ColBERTScorer": "rerank_plugins.local.colbert",
+    "MatryoshkaScorer": "rerank_plugins.local.matryoshka",
+    "FillMask": "rerank_plugins.local.fill_mask",
+}
 
-        return RemoteScorer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rerank_plugins import UnsupportedModelError, load_scorer
-from rerank_plugins.cross_encoder import CrossEncoderScorer
+from rerank_plugins.local.cross_encoder import CrossEncoderScorer
 from rerank_plugins.testing import make_modernbert_checkpoint
 
 

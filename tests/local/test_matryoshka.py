@@ -20,8 +20,8 @@ from tokenizers import Tokenizer
 
 from rerank_plugins import InvalidInputError, load_scorer
 from rerank_plugins.errors import UnsupportedModelError
-from rerank_plugins.loading import detect_kind
-from rerank_plugins.matryoshka import MatryoshkaPairClassifier, MatryoshkaScorer
+from rerank_plugins.local.detect import detect_kind
+from rerank_plugins.local.matryoshka import MatryoshkaPairClassifier, MatryoshkaScorer
 from rerank_plugins.testing import make_matryoshka_checkpoint
 from tests.contract import QUERY, ScorerContract
 
@@ -296,7 +296,7 @@ _LONG_PROBE = """
 import json, random, resource, sys
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from rerank_plugins.matryoshka import MatryoshkaScorer
+from rerank_plugins.local.matryoshka import MatryoshkaScorer
 from rerank_plugins.testing import make_matryoshka_checkpoint, random_text
 
 n = 32768

@@ -22,8 +22,8 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from rerank_plugins import InputTooLongError, Score, UnsupportedModelError, load_scorer
-from rerank_plugins.cross_encoder import CrossEncoderScorer
-from rerank_plugins.engine.gte import GteNewConfig, GteNewPairClassifier, gte_new_inv_freq
+from rerank_plugins.local.cross_encoder import CrossEncoderScorer
+from rerank_plugins.local.engine.gte import GteNewConfig, GteNewPairClassifier, gte_new_inv_freq
 from rerank_plugins.testing import (
     make_gte_new_checkpoint,
     make_gte_reference_checkpoint,

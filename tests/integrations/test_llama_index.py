@@ -18,8 +18,8 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, Te
 from rerank_plugins import InvalidInputError, InvalidScoreError
 from rerank_plugins.llama_index import RerankPostprocessor
 from rerank_plugins.testing import FunctionScorer
-from tests.first_stage import MiniLMEmbedding
-from tests.test_langchain import PLANETS, overlap
+from tests.integrations.first_stage import MiniLMEmbedding
+from tests.integrations.test_langchain import PLANETS, overlap
 
 
 def make_nodes() -> list[NodeWithScore]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from rerank_plugins._imports import require
-from rerank_plugins.checkpoint import load_tokenizer, read_json, resolve_checkpoint
-from rerank_plugins.engine.device import pick_device, pick_dtype
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
+from rerank_plugins.local.checkpoint import load_tokenizer, read_json, resolve_checkpoint
+from rerank_plugins.local.engine.device import pick_device, pick_dtype
 
 __all__ = ["FillMask", "MaskPrediction"]
 
@@ -53,7 +53,7 @@ class FillMask:
         revision: str | None = None,
         local_files_only: bool = False,
     ) -> None:
-        from rerank_plugins.engine.modernbert import load_modernbert
+        from rerank_plugins.local.engine.modernbert import load_modernbert
 
         self.directory = resolve_checkpoint(
             model, revision=revision, local_files_only=local_files_only
@@ -83,7 +83,7 @@ class FillMask:
     ) -> list[list[list[MaskPrediction]]]:
         """:meth:`predict` for many texts, in one packed forward; results in input order."""
         torch = require("torch")
-        from rerank_plugins.engine.attention import pack_sequences
+        from rerank_plugins.local.engine.attention import pack_sequences
 
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise InvalidInputError("texts must be a sequence of strings")

@@ -14,7 +14,7 @@ from rerank_plugins import InvalidScoreError, Score, ScoringError
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.langchain import RerankCompressor
 from rerank_plugins.testing import FunctionScorer
-from tests.first_stage import MiniLMEmbeddings
+from tests.integrations.first_stage import MiniLMEmbeddings
 
 PLANETS = [
     "Jupiter is the largest planet in the solar system.",

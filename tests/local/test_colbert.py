@@ -20,17 +20,17 @@ import torch.nn.functional as F
 import transformers
 
 from rerank_plugins import InputTooLongError, InvalidInputError, Score, load_scorer
-from rerank_plugins.colbert import (
+from rerank_plugins.errors import UnsupportedModelError
+from rerank_plugins.local.colbert import (
     ColBERTScorer,
     DenseProjection,
     DocumentVectorCache,
     TokenVectors,
     encode_keys_limited,
 )
-from rerank_plugins.engine.attention import pack_sequences
-from rerank_plugins.errors import UnsupportedModelError
-from rerank_plugins.loading import detect_kind
-from rerank_plugins.maxsim import maxsim, maxsim_many, pad_vectors
+from rerank_plugins.local.detect import detect_kind
+from rerank_plugins.local.engine.attention import pack_sequences
+from rerank_plugins.local.maxsim import maxsim, maxsim_many, pad_vectors
 from rerank_plugins.testing import make_colbert_checkpoint, make_modernbert_checkpoint, random_text
 from tests.conftest import FIXTURES
 from tests.contract import QUERY, ScorerContract
@@ -392,7 +392,7 @@ def test_long_documents_are_truncated_flagged_and_warned_once(
     colbert_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     scorer = ColBERTScorer(colbert_dir, device="cpu")
-    with caplog.at_level(logging.WARNING, logger="rerank_plugins.colbert"):
+    with caplog.at_level(logging.WARNING, logger="rerank_plugins.local.colbert"):
         first = scorer.score(QUERY, [words(10), words(500)])
         scorer.score(QUERY, [words(600)])
     assert [s.truncated for s in first] == [False, True]

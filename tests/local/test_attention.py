@@ -9,10 +9,20 @@ import warnings
 import pytest
 import torch
 
-from rerank_plugins.engine import attention as attn
-from rerank_plugins.engine.attention import PackedBatch, attention, choose_backend, pack_sequences
-from rerank_plugins.engine.rope import apply_rotary, default_inv_freq, ntk_inv_freq, rotary_cos_sin
 from rerank_plugins.errors import InvalidInputError
+from rerank_plugins.local.engine import attention as attn
+from rerank_plugins.local.engine.attention import (
+    PackedBatch,
+    attention,
+    choose_backend,
+    pack_sequences,
+)
+from rerank_plugins.local.engine.rope import (
+    apply_rotary,
+    default_inv_freq,
+    ntk_inv_freq,
+    rotary_cos_sin,
+)
 
 CPU = torch.device("cpu")
 

@@ -18,16 +18,16 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from rerank_plugins import InputTooLongError, load_scorer
-from rerank_plugins.cross_encoder import CrossEncoderScorer
-from rerank_plugins.engine.attention import pack_sequences
-from rerank_plugins.engine.hf import TransformersPairClassifier
-from rerank_plugins.engine.modernbert import (
+from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
+from rerank_plugins.local.cross_encoder import CrossEncoderScorer
+from rerank_plugins.local.engine.attention import pack_sequences
+from rerank_plugins.local.engine.hf import TransformersPairClassifier
+from rerank_plugins.local.engine.modernbert import (
     ModernBertPairClassifier,
     ModernBertSpec,
     load_modernbert,
 )
-from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
-from rerank_plugins.fill_mask import FillMask
+from rerank_plugins.local.fill_mask import FillMask
 from rerank_plugins.testing import make_modernbert_checkpoint, random_text
 from tests.conftest import FIXTURES
 from tests.contract import QUERY, ScorerContract
@@ -112,7 +112,7 @@ def test_classifier_logits_match_transformers(seqcls_dir: Path) -> None:
 
 
 def test_scorer_matches_transformers_reference(seqcls_dir: Path, docs: list[str]) -> None:
-    from tests.test_cross_encoder import reference_logits
+    from tests.local.test_cross_encoder import reference_logits
 
     scorer = CrossEncoderScorer(seqcls_dir, device="cpu", engine="native", output="logit")
     assert isinstance(scorer.classifier, ModernBertPairClassifier)
@@ -278,8 +278,8 @@ _MEMORY_PROBE = """
 import json, resource, sys
 import torch
 import torch.nn.functional as F
-from rerank_plugins.cross_encoder import CrossEncoderScorer
-from rerank_plugins.engine import attention as attn
+from rerank_plugins.local.cross_encoder import CrossEncoderScorer
+from rerank_plugins.local.engine import attention as attn
 from rerank_plugins.testing import make_modernbert_checkpoint, random_text
 import random
 
@@ -374,7 +374,7 @@ def test_real_tokenizer_pair_template_and_parity(real_tokenizer_dir: Path) -> No
         assert pair.ids == want
         assert pair.ids[0] == 50281 and pair.ids[-1] == 50282 and pair.ids.count(50282) == 2
     ours = [s.value for s in scorer.score(query, docs)]
-    from tests.test_cross_encoder import reference_logits
+    from tests.local.test_cross_encoder import reference_logits
 
     ref = reference_logits(real_tokenizer_dir, query, docs)
     assert max(abs(a - b) for a, b in zip(ours, ref, strict=True)) <= TOLERANCE

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from rerank_plugins._imports import require
 from rerank_plugins.errors import UnsupportedModelError
-from rerank_plugins.tokenization import EncodedPair
+from rerank_plugins.local.tokenization import EncodedPair
 
 if TYPE_CHECKING:
     import torch

@@ -3,7 +3,8 @@
 Loads Hugging Face ModernBERT checkpoints straight from safetensors, in any of the three
 layouts (``ModernBertForSequenceClassification``, ``ModernBertForMaskedLM`` with
 ``model.``-prefixed keys, bare ``ModernBertModel`` without), and reproduces transformers'
-forward on packed variable-length batches (:class:`~rerank_plugins.engine.attention.PackedBatch`):
+forward on packed variable-length batches
+(:class:`~rerank_plugins.local.engine.attention.PackedBatch`):
 
 - pre-norm layers without biases (unless the config asks for them), LayerNorm eps
   ``norm_eps``; layer 0 has no ``attn_norm``;
@@ -38,11 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rerank_plugins.checkpoint import load_state_dict, read_json
-from rerank_plugins.engine.attention import PackedBatch, attention, choose_backend, pack_sequences
-from rerank_plugins.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.errors import UnsupportedModelError
-from rerank_plugins.tokenization import EncodedPair
+from rerank_plugins.local.checkpoint import load_state_dict, read_json
+from rerank_plugins.local.engine.attention import (
+    PackedBatch,
+    attention,
+    choose_backend,
+    pack_sequences,
+)
+from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
+from rerank_plugins.local.tokenization import EncodedPair
 
 __all__ = [
     "ModernBert",
@@ -210,7 +216,7 @@ class ModernBertTrunk(nn.Module):
     """The ModernBERT encoder (``ModernBertModel``) on packed batches.
 
     Parameters are named as the checkpoint keys without the ``model.`` prefix. ``backend``
-    is the attention backend (see :func:`~rerank_plugins.engine.attention.choose_backend`).
+    is the attention backend (see :func:`~rerank_plugins.local.engine.attention.choose_backend`).
     """
 
     def __init__(self, spec: ModernBertSpec, *, backend: str = "sdpa") -> None:
@@ -471,7 +477,7 @@ def load_modernbert(
 
 
 class ModernBertPairClassifier:
-    """A :class:`~rerank_plugins.cross_encoder.PairClassifier` on the native engine.
+    """A :class:`~rerank_plugins.local.cross_encoder.PairClassifier` on the native engine.
 
     Pairs are packed on one token axis (no padding tokens in the linear layers on any
     device; on CPU only global attention pads, within length buckets), so a batch costs

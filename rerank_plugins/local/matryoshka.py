@@ -34,19 +34,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rerank_plugins.checkpoint import read_json
-from rerank_plugins.cross_encoder import CrossEncoderScorer, Output
-from rerank_plugins.engine.attention import PackedBatch, pack_sequences
-from rerank_plugins.engine.modernbert import (
+from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
+from rerank_plugins.local.checkpoint import read_json
+from rerank_plugins.local.cross_encoder import CrossEncoderScorer, Output
+from rerank_plugins.local.engine.attention import PackedBatch, pack_sequences
+from rerank_plugins.local.engine.modernbert import (
     ModernBert,
     ModernBertSpec,
     cls_pool,
     load_modernbert,
     mean_pool,
 )
-from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
+from rerank_plugins.local.tokenization import EncodedPair
 from rerank_plugins.scoring import OverflowPolicy
-from rerank_plugins.tokenization import EncodedPair
 
 __all__ = [
     "CONFIG_FILE",
@@ -218,7 +218,7 @@ def exit_features(
 
 
 class MatryoshkaPairClassifier:
-    """A :class:`~rerank_plugins.cross_encoder.PairClassifier` for one exit ``(layer, dim)``.
+    """A :class:`~rerank_plugins.local.cross_encoder.PairClassifier` for one exit ``(layer, dim)``.
 
     Runs the native packed ModernBERT trunk for the first ``layer`` layers only (the later
     layers are never executed), then the ``(layer, dim)`` head; ``logits`` gives fp32 CPU
@@ -287,7 +287,7 @@ class MatryoshkaScorer(CrossEncoderScorer):
     the first ``L`` encoder layers run, so cost falls about in proportion to ``L``; ``dim``
     only picks a smaller head. Scores are ``sigmoid(logit)`` (``output="probability"``) or
     the raw logit; the window is the encoder's (32768 tokens for the published model).
-    Other options as :class:`~rerank_plugins.cross_encoder.CrossEncoderScorer`.
+    Other options as :class:`~rerank_plugins.local.cross_encoder.CrossEncoderScorer`.
     """
 
     def __init__(

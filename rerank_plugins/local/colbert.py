@@ -30,7 +30,7 @@ Where we differ from PyLate on purpose:
   vectors to a common length without a mask, so a query token whose real similarities are
   all negative gets 0 from a padding slot (documents shorter than the longest candidate
   score higher than they should). We score each document over its own tokens only;
-  :func:`rerank_plugins.maxsim.maxsim` without a mask reproduces PyLate's numbers.
+  :func:`rerank_plugins.local.maxsim.maxsim` without a mask reproduces PyLate's numbers.
 - Documents are packed (no padding tokens) and batched by a token budget; PyLate pads
   batches of 32. The maths per document is the same.
 - ``document_length`` may be raised up to the trunk's window to score long documents
@@ -61,16 +61,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rerank_plugins.checkpoint import load_tokenizer, read_json, resolve_checkpoint
-from rerank_plugins.cross_encoder import LocalWorker
-from rerank_plugins.engine.attention import pack_sequences
-from rerank_plugins.engine.device import pick_device, pick_dtype
-from rerank_plugins.engine.modernbert import ModernBertTrunk, activation, load_modernbert
-from rerank_plugins.engine.packing import token_budget_batches
-from rerank_plugins.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
-from rerank_plugins.loading import is_colbert_checkpoint
-from rerank_plugins.maxsim import Reduce, maxsim_many
+from rerank_plugins.local.checkpoint import load_tokenizer, read_json, resolve_checkpoint
+from rerank_plugins.local.detect import is_colbert_checkpoint
+from rerank_plugins.local.engine.attention import pack_sequences
+from rerank_plugins.local.engine.device import pick_device, pick_dtype
+from rerank_plugins.local.engine.modernbert import ModernBertTrunk, activation, load_modernbert
+from rerank_plugins.local.engine.packing import token_budget_batches
+from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
+from rerank_plugins.local.maxsim import Reduce, maxsim_many
+from rerank_plugins.local.worker import LocalWorker
 from rerank_plugins.scoring import OverflowPolicy, Score, check_documents, check_inputs
 
 __all__ = [
@@ -605,7 +605,7 @@ class ColBERTScorer:
         """Each document's token vectors, in input order (from the cache when there is one).
 
         Vectors are fp32 ``[n_i, dim]`` on the scorer's device, skiplist tokens removed.
-        Score stored vectors with :func:`rerank_plugins.maxsim.maxsim_many`. With
+        Score stored vectors with :func:`rerank_plugins.local.maxsim.maxsim_many`. With
         ``overflow="error"`` a document over ``document_length`` raises
         :class:`InputTooLongError` (naming it) before anything is encoded.
         """

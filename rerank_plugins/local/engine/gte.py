@@ -32,16 +32,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rerank_plugins.checkpoint import load_state_dict, read_json
-from rerank_plugins.engine.attention import (
+from rerank_plugins.errors import UnsupportedModelError
+from rerank_plugins.local.checkpoint import load_state_dict, read_json
+from rerank_plugins.local.engine.attention import (
     PackedBatch,
     attention,
     choose_backend,
     pack_sequences,
 )
-from rerank_plugins.engine.rope import apply_rotary, default_inv_freq, ntk_inv_freq, rotary_cos_sin
-from rerank_plugins.errors import UnsupportedModelError
-from rerank_plugins.tokenization import EncodedPair
+from rerank_plugins.local.engine.rope import (
+    apply_rotary,
+    default_inv_freq,
+    ntk_inv_freq,
+    rotary_cos_sin,
+)
+from rerank_plugins.local.tokenization import EncodedPair
 
 __all__ = [
     "GteNewConfig",
@@ -338,7 +343,7 @@ def load_gte_new(
 
 
 class GteNewPairClassifier:
-    """:class:`~rerank_plugins.cross_encoder.PairClassifier` for GTE "new" checkpoints.
+    """:class:`~rerank_plugins.local.cross_encoder.PairClassifier` for GTE "new" checkpoints.
 
     Packs a batch into one ``[total_tokens]`` axis with positions restarting per pair and
     runs every layer as global attention within each pair (``window=None``), on the

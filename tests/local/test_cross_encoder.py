@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from rerank_plugins import InputTooLongError, Score, load_scorer
-from rerank_plugins.cross_encoder import CrossEncoderScorer
+from rerank_plugins.local.cross_encoder import CrossEncoderScorer
 from rerank_plugins.testing import random_text
 from tests.contract import QUERY, ScorerContract
 

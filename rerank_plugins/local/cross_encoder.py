@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from rerank_plugins.checkpoint import load_tokenizer, read_json, resolve_checkpoint
-from rerank_plugins.engine.device import pick_device, pick_dtype
-from rerank_plugins.engine.packing import token_budget_batches
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
+from rerank_plugins.local.checkpoint import load_tokenizer, read_json, resolve_checkpoint
+from rerank_plugins.local.engine.device import pick_device, pick_dtype
+from rerank_plugins.local.engine.packing import token_budget_batches
+from rerank_plugins.local.tokenization import EncodedPair, PairEncoder
+from rerank_plugins.local.worker import LocalWorker
 from rerank_plugins.scoring import OverflowPolicy, Score, check_inputs
-from rerank_plugins.tokenization import EncodedPair, PairEncoder
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CrossEncoderScorer", "LocalWorker", "PairClassifier"]
+__all__ = ["CrossEncoderScorer", "PairClassifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,25 +39,6 @@ class PairClassifier(Protocol):
     def logits(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
         """Float32 CPU tensor ``[len(batch), num_labels]``."""
         ...
-
-
-class LocalWorker:
-    """One worker thread per local scorer, so ``ascore`` never blocks the event loop.
-
-    Forward passes run one at a time (they use every core anyway); the thread starts on
-    the first async call.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    async def run(self, fn: Any, *args: Any) -> Any:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
 
 def model_window(config: dict[str, Any]) -> int:
@@ -141,20 +120,20 @@ class CrossEncoderScorer:
         pad_id = int(pad) if isinstance(pad, int) else 0
         if self.config.get("model_type") == "new" and engine != "transformers":
             # GTE "new" (gte-multilingual-reranker-base) ships only remote code: always native.
-            from rerank_plugins.engine.gte import GteNewPairClassifier
+            from rerank_plugins.local.engine.gte import GteNewPairClassifier
 
             return GteNewPairClassifier(
                 self.directory, device=self.device, dtype=self.dtype, config=self.config
             )
         if self.config.get("model_type") == "modernbert" and engine != "transformers":
-            from rerank_plugins.engine.modernbert import ModernBertPairClassifier
+            from rerank_plugins.local.engine.modernbert import ModernBertPairClassifier
 
             return ModernBertPairClassifier(
                 self.directory, device=self.device, dtype=self.dtype, config=self.config
             )
         if engine == "native":
             raise UnsupportedModelError(f"no native engine for {self.config.get('model_type')!r}")
-        from rerank_plugins.engine.hf import TransformersPairClassifier
+        from rerank_plugins.local.engine.hf import TransformersPairClassifier
 
         return TransformersPairClassifier(
             self.directory, device=self.device, dtype=self.dtype, pad_token_id=pad_id

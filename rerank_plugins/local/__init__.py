@@ -1,0 +1,41 @@
+"""In-process scorers: PyTorch models loaded from Hugging Face checkpoints.
+
+Importing this package imports no torch; each scorer module does, when it is first used.
+``load_local_scorer`` resolves a spec to a checkpoint directory and lets the checkpoint's
+own files (:mod:`rerank_plugins.local.detect`) pick the scorer family.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rerank_plugins.scoring import Scorer
+
+__all__ = ["load_local_scorer"]
+
+_HUB_OPTIONS = ("revision", "local_files_only")
+
+
+def load_local_scorer(spec: str | Path, **options: Any) -> Scorer:
+    """The local scorer for a hub id or checkpoint directory; ``options`` go to it."""
+    from rerank_plugins.local.checkpoint import resolve_checkpoint
+    from rerank_plugins.local.detect import detect_kind
+
+    hub = {k: options[k] for k in _HUB_OPTIONS if k in options}
+    directory = resolve_checkpoint(spec, **hub)
+    kind = detect_kind(directory)
+    if kind == "colbert":
+        from rerank_plugins.local.colbert import ColBERTScorer
+
+        return ColBERTScorer(directory, **options)
+    if kind == "matryoshka":
+        from rerank_plugins.local.matryoshka import MatryoshkaScorer
+
+        return MatryoshkaScorer(directory, **options)
+    if kind == "cross-encoder":
+        from rerank_plugins.local.cross_encoder import CrossEncoderScorer
+
+        return CrossEncoderScorer(directory, **options)
+    raise AssertionError(f"unhandled scorer kind {kind!r}")  # detect_kind returns known kinds
