@@ -4,7 +4,8 @@ A benchmark script keeps only what is specific to its model (the checkpoint it b
 engines it compares, the columns it derives); the scaffolding lives here, so that every
 script times the same way and writes the same kind of results file. Run a script as
 ``python benchmarks/<script>.py``: its folder is then on ``sys.path`` and ``import harness``
-finds this module. Importing it loads no torch (CUDA calls import torch lazily).
+finds this module. Importing it loads no torch (CUDA calls import torch lazily) and not
+``rerank_plugins`` either, so a worker running in another virtualenv can import it too.
 
 The pieces, in the order a script uses them:
 
@@ -39,8 +40,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-from rerank_plugins.testing import random_text
 
 Clock = Literal["wall", "cpu"]
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -174,6 +173,7 @@ def pair_workloads(
 
     The query is drawn from ``seed``, workload ``a``/``b``/``c`` from ``seed + 1/2/3``.
     """
+    from rerank_plugins.testing import random_text  # keeps this module free of the package
     query = random_text(random.Random(seed), query_words)
 
     def room(total: int) -> int:
