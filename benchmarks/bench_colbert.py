@@ -265,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # Consecutive runs, not round-robin: "warm" needs the cache that "cold" clears.
     cold_runs = harness.time_calls("cold", cold, args.runs, sync=sync)
-    warm_runs = harness.time_calls("warm", lambda: scorer.score(query, docs), args.warm_runs, sync=sync)
+    warm_runs = harness.time_calls(
+        "warm", lambda: scorer.score(query, docs), args.warm_runs, sync=sync
+    )
     cold_times, cold_scores = [r.seconds for r in cold_runs], cold_runs[-1].value
     warm_times, warm_scores = [r.seconds for r in warm_runs], warm_runs[-1].value
     assert [s.value for s in warm_scores] == [s.value for s in cold_scores]

@@ -42,7 +42,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import harness
 import torch
@@ -94,7 +94,13 @@ class Shape:
 
 # Tiny shape and workloads of --smoke (every script's check that it still runs).
 SMOKE_SHAPE = Shape(layers=2, hidden=32, heads=2, intermediate=48, vocab=50368)
-SMOKE_WORKLOADS: dict[str, int] = {"docs": 6, "fixed": 64, "median": 32, "longest": 256, "single": 512}
+SMOKE_WORKLOADS: dict[str, int] = {
+    "docs": 6,
+    "fixed": 64,
+    "median": 32,
+    "longest": 256,
+    "single": 512,
+}
 
 
 def pair_flops(shape: Shape, length: int) -> float:
@@ -141,7 +147,7 @@ def build_engines(
 ) -> dict[str, Engine]:
     from sentence_transformers import CrossEncoder
 
-    def scorer(engine: str) -> CrossEncoderScorer:
+    def scorer(engine: Literal["native", "transformers"]) -> CrossEncoderScorer:
         return CrossEncoderScorer(
             directory,
             device=str(device),

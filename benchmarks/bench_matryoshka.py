@@ -23,7 +23,8 @@ GPU (the full mmBERT shape, bf16; untested here)::
 
     python benchmarks/bench_matryoshka.py --device cuda
 
-``--smoke``: 4 layers, hidden 32, 2 x 2 exits, 6 short documents, one round (seconds; checks the script runs).
+``--smoke``: 4 layers, hidden 32, 2 x 2 exits, 6 short documents, one round (seconds;
+checks the script runs).
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def reference_logits(
     transformers.utils.logging.disable_progress_bar()
     model = transformers.ModernBertModel.from_pretrained(
         str(directory), attn_implementation="sdpa", dtype=torch.float32
-    ).to(device)
+    )
+    model = model.to(device)  # type: ignore[arg-type]  # transformers' stub of .to wants a model
     model.eval()
     heads = torch.load(str(directory / "classification_heads.pt"), weights_only=True)
     heads = {k: v.to(device) for k, v in heads.items()}
@@ -165,7 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     hidden = args.hidden or (32 if args.smoke else 768 if cuda else 64)
     # mmBERT-base: 22 layers, global every 3rd, local window 128, intermediate 1.5 x hidden.
     heads = hidden // 64 if hidden >= 256 else 4  # head_dim 64 as mmBERT, 16 when small
-    shape = Shape(layers=4 if args.smoke else 22, hidden=hidden, heads=heads, intermediate=hidden * 3 // 2, vocab=305)
+    shape = Shape(
+        layers=4 if args.smoke else 22,
+        hidden=hidden,
+        heads=heads,
+        intermediate=hidden * 3 // 2,
+        vocab=305,
+    )
     dtype = "bfloat16" if cuda else "float32"
     window = 32768
 

@@ -86,11 +86,14 @@ def add_common_args(
 
 
 def apply_threads(args: argparse.Namespace) -> None:
-    """``torch.set_num_threads(args.threads)`` when ``--threads`` was given."""
-    if getattr(args, "threads", None):
+    """``torch.set_num_threads(args.threads)`` when ``--threads`` was given; one thread
+    under ``--smoke`` otherwise (tiny shapes gain nothing from more, and smoke runs share
+    the machine with each other and with the test suite)."""
+    threads = getattr(args, "threads", None) or (1 if getattr(args, "smoke", False) else None)
+    if threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
 
 
 def machine_line() -> str:
@@ -174,6 +177,7 @@ def pair_workloads(
     The query is drawn from ``seed``, workload ``a``/``b``/``c`` from ``seed + 1/2/3``.
     """
     from rerank_plugins.testing import random_text  # keeps this module free of the package
+
     query = random_text(random.Random(seed), query_words)
 
     def room(total: int) -> int:
@@ -187,7 +191,9 @@ def pair_workloads(
     if "b" in names:
         rng = random.Random(seed + 2)
         lengths = long_tailed_lengths(rng, docs, median=median, longest=room(longest))
-        out.append(Workload(f"b: {docs} x long-tail", query, [random_text(rng, n) for n in lengths]))
+        out.append(
+            Workload(f"b: {docs} x long-tail", query, [random_text(rng, n) for n in lengths])
+        )
     if "c" in names:
         rng = random.Random(seed + 3)
         out.append(Workload(f"c: 1 x {single}", query, [random_text(rng, room(single))]))
@@ -199,9 +205,7 @@ def pair_workloads(
 def describe(workload: Workload) -> str:
     """``N docs, T pair tokens (median M, max X)``."""
     n, lengths = len(workload.docs), sorted(workload.pair_lengths)
-    return (
-        f"{n} docs, {sum(lengths):,} pair tokens (median {lengths[n // 2]}, max {lengths[-1]})"
-    )
+    return f"{n} docs, {sum(lengths):,} pair tokens (median {lengths[n // 2]}, max {lengths[-1]})"
 
 
 # --- memory -----------------------------------------------------------------------------
