@@ -339,10 +339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             Path(tmp) / "ckpt", config=shape.config(window), seed=args.seed
         )
         engines = build_engines(directory, device, dtype, window, args)
-        warm = harness.pair_workloads("a", args.seed + 100, specials=SPECIALS, **sizes)[0]
+        warm = harness.pair_workloads(
+            "a", args.seed + 100, specials=SPECIALS, query_words=QUERY_WORDS, **sizes
+        )[0]
         for fn in engines.values():  # load kernels, allocate pools
             fn(warm.query, warm.docs[:4])
-        workloads = harness.pair_workloads(args.workloads, args.seed, specials=SPECIALS, **sizes)
+        workloads = harness.pair_workloads(
+            args.workloads, args.seed, specials=SPECIALS, query_words=QUERY_WORDS, **sizes
+        )
         for workload in workloads:
             tokens = sum(workload.pair_lengths)
             print(f"\n## workload {workload.name}: {harness.describe(workload)}")

@@ -260,10 +260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference = make_gte_reference_checkpoint(directory, Path(tmp) / "gte-transformers")
         engines, st_note = build_engines(directory, reference, device, dtype, args)
         print(f"# sentence-transformers: {st_note}")
-        warm = harness.pair_workloads("a", args.seed + 100, specials=SPECIALS, **sizes)[0]
+        warm = harness.pair_workloads(
+            "a", args.seed + 100, specials=SPECIALS, query_words=QUERY_WORDS, **sizes
+        )[0]
         for fn in engines.values():  # load kernels, allocate pools
             fn(warm.query, warm.docs[:4])
-        for workload in harness.pair_workloads(names, args.seed, specials=SPECIALS, **sizes):
+        for workload in harness.pair_workloads(
+            names, args.seed, specials=SPECIALS, query_words=QUERY_WORDS, **sizes
+        ):
             tokens = sum(workload.pair_lengths)
             print(f"\n## workload {workload.name}: {harness.describe(workload)}")
             # sentence-transformers, by far the slowest on (b), only in the first rounds.
