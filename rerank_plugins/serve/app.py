@@ -394,7 +394,7 @@ def _prepare(
                 raw=raw,
             )
         except InputTooLongError as exc:
-            if not exc.indices:  # the query itself leaves no room
+            if not exc.indices or len(groups) == 1:  # positions are the request's own
                 raise
             too_long += [group[i] for i in exc.indices]
             first_error = first_error or exc
@@ -407,7 +407,7 @@ def _prepare(
         too_long.sort()
         raise InputTooLongError(
             f"documents {too_long} exceed the model's token window and truncation is off "
-            f"({first_error})",
+            f"(first: {first_error})",
             indices=too_long,
         )
     return items, lengths, positions, key
@@ -552,7 +552,9 @@ class _BearerKey:
         scheme, _, token = given.partition(b" ")
         ok = scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
         if not ok:
-            response = _error(401, "Unauthorized", "missing or wrong API key (Authorization: Bearer)")
+            response = _error(
+                401, "Unauthorized", "missing or wrong API key (Authorization: Bearer)"
+            )
             response.headers["WWW-Authenticate"] = "Bearer"
             await response(scope, receive, send)
             return

@@ -177,7 +177,9 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, int]:
         raise InvalidInputError(f"{args.model}: {exc}") from exc
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("serving on %s without an API key (--api-key or $%s)", args.host, API_KEY_ENV)
+        logger.warning(
+            "serving on %s without an API key (--api-key or $%s)", args.host, API_KEY_ENV
+        )
     app = create_app(
         scorer,
         model_name=args.served_model_name or str(args.model),

@@ -32,7 +32,9 @@ class Metrics:
             registry=r,
         )
         self.documents = Counter("rerank_documents", "documents scored", registry=r)
-        self.tokens = Counter("rerank_tokens", "tokens scored (pairs, specials included)", registry=r)
+        self.tokens = Counter(
+            "rerank_tokens", "tokens scored (pairs, specials included)", registry=r
+        )
         self.truncated = Counter("rerank_truncated_documents", "documents truncated", registry=r)
         self.rejected = Counter(
             "rerank_rejected_requests", "requests refused or abandoned", ["reason"], registry=r
