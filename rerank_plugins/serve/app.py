@@ -321,10 +321,10 @@ def create_app(
     async def score_v1(request: Request, body: ScoreRequest) -> JSONResponse:
         return await vllm_score(request, body)
 
-    @app.get("/health", summary="200 once the model is loaded and warm")
+    @app.get("/health", summary="200 while serving (503 once shutting down)")
     async def health() -> dict[str, str]:
-        if not batcher.running:
-            raise BatcherClosedError("the batcher is not running")
+        if batcher.closing:
+            raise BatcherClosedError("the server is shutting down")
         return {"status": "ok"}
 
     @app.get("/v1/models", response_model=ModelList, summary="the served model")

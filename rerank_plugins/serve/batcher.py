@@ -148,6 +148,11 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def closing(self) -> bool:
+        """``stop`` was called: no new work is taken."""
+        return self._closing
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -376,3 +376,20 @@ def test_a_disconnected_clients_pending_documents_are_dropped() -> None:
     assert "busy" in scorer.seen
     assert not any(d.startswith("gone") for d in scorer.seen)
     assert 'rerank_rejected_requests_total{reason="client_disconnected"} 1.0' in metrics
+
+
+async def test_app_serves_inside_an_existing_event_loop_without_a_lifespan(
+    local_scorer: CrossEncoderScorer, documents: list[str]
+) -> None:
+    # As a host that mounts the app without running its lifespan (the batcher then
+    # starts in the running loop on the first request).
+    app = create_app(local_scorer)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        answer = await client.post("/v1/rerank", json={"query": QUERY, "documents": documents})
+        assert (await client.get("/health")).status_code == 200
+    got = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
+    assert got == pytest.approx(
+        dict(enumerate(local_values(local_scorer, documents))), abs=TOLERANCE
+    )
+    await app.state.batcher.stop()
