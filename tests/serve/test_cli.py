@@ -105,3 +105,17 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(
     assert all(len(a.json()["results"]) == 40 for a in answers if isinstance(a, httpx.Response))
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)
+
+
+def test_the_command_line_imports_no_server_stack_until_serve_runs() -> None:
+    code = (
+        "import sys, rerank_plugins.cli, rerank_plugins.serve, rerank_plugins.serve.cli\n"
+        "print([m for m in ('fastapi', 'uvicorn', 'prometheus_client', 'torch') "
+        "if m in sys.modules])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
