@@ -20,6 +20,7 @@ from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.ranking import rank
 from rerank_plugins.scoring import check_scores
+from rerank_plugins.serve.cli import add_serve_command, run_server
 
 __all__ = ["main"]
 
@@ -153,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
         help="documents over the window: truncate and flag them (default) or fail",
     )
     rr.add_argument("--dialect", help="remote endpoint API dialect (cohere, tei, ...)")
+    add_serve_command(commands)
     return parser
 
 
@@ -161,6 +163,8 @@ def main(
 ) -> int:
     """Run the command line; returns the exit status (2 for a rerank error)."""
     args = _parser().parse_args(argv)
+    if args.command == "serve":  # a long-running server: its own logging and errors
+        return run_server(args)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

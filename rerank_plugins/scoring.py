@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from rerank_plugins.errors import InvalidInputError, ScoringError
 
 __all__ = [
     "OverflowPolicy",
+    "PairScorer",
+    "PreparedPair",
     "Score",
     "ScoreKind",
     "Scorer",
@@ -57,6 +59,41 @@ class Scorer(Protocol):
     def score(self, query: str, documents: Sequence[str]) -> list[Score]: ...
 
     async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]: ...
+
+
+class PreparedPair(Protocol):
+    """One ``(query, document)`` pair made ready by :meth:`PairScorer.encode_pairs`."""
+
+    @property
+    def tokens(self) -> int:
+        """Length in tokens: what the pair costs in a batch."""
+        ...
+
+    @property
+    def truncated(self) -> bool: ...
+
+
+@runtime_checkable
+class PairScorer(Scorer, Protocol):
+    """A scorer whose work splits in two, so that a server can batch across requests.
+
+    ``encode_pairs`` prepares one query's documents (tokenisation, the overflow check:
+    raises as ``score`` would); ``score_pairs`` scores any prepared pairs together,
+    whatever query each came from, in their order. ``score(q, d)`` equals
+    ``score_pairs(encode_pairs(q, d))``. ``raw=True`` asks for the model's raw output
+    (a logit) where the scorer's usual score is a transformation of it.
+    """
+
+    def encode_pairs(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        overflow: OverflowPolicy | None = None,
+        max_document_tokens: int | None = None,
+    ) -> Sequence[PreparedPair]: ...
+
+    def score_pairs(self, pairs: Sequence[Any], *, raw: bool = False) -> list[Score]: ...
 
 
 def check_inputs(query: object, documents: object) -> list[str]:

@@ -143,16 +143,42 @@ class CrossEncoderScorer:
         docs = check_inputs(query, documents)
         if not docs:
             return []
-        pairs = self.encoder.encode(query, docs)
+        return self.score_pairs(self.encoder.encode(query, docs))
+
+    def encode_pairs(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        overflow: OverflowPolicy | None = None,
+        max_document_tokens: int | None = None,
+    ) -> list[EncodedPair]:
+        """Tokenise ``(query, document)`` pairs for :meth:`score_pairs` (the
+        :class:`~rerank_plugins.scoring.PairScorer` seam). ``overflow`` overrides the
+        scorer's policy for this call; ``max_document_tokens`` cuts documents further."""
+        docs = check_inputs(query, documents)
+        return self.encoder.encode(
+            query, docs, overflow=overflow, max_document_tokens=max_document_tokens
+        )
+
+    def score_pairs(self, pairs: Sequence[EncodedPair], *, raw: bool = False) -> list[Score]:
+        """Scores of encoded pairs, in order; the pairs may come from different queries.
+
+        Batched by the scorer's token budget like :meth:`score`. ``raw=True`` returns the
+        relevance logit (kind ``"logit"``) whatever ``output`` says.
+        """
+        if not pairs:
+            return []
         logits = self._logits(pairs)
+        kind: Output = "logit" if raw else self.output
         return [
             Score(
-                value=self._value(logits[i]),
-                kind=self.output,
+                value=logit if raw else self._value(logit),
+                kind=kind,
                 tokens=len(pair.ids),
                 truncated=pair.truncated,
             )
-            for i, pair in enumerate(pairs)
+            for logit, pair in zip(logits, pairs, strict=True)
         ]
 
     async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
