@@ -141,7 +141,11 @@ class ModernBertSpec:
             or len(types) != n_layers
             or not all(t in ("full_attention", "sliding_attention") for t in types)
         ):
-            raise UnsupportedModelError(f"unexpected layer_types {types!r}")
+            raise CheckpointError(
+                f"config.json: layer_types must list {n_layers} of 'full_attention' / "
+                f"'sliding_attention', got {str(types)[:200]}",
+                path="config.json",
+            )
         if config.get("rope_scaling"):
             raise UnsupportedModelError("ModernBERT with rope_scaling is not supported natively")
         params = config.get("rope_parameters") or {}
