@@ -57,9 +57,11 @@ def _format_of(path: str, explicit: str | None) -> str:
 
 def _read_stdin(stdin: TextIO) -> str:
     try:
-        return stdin.read()
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"standard input is not UTF-8 text: {exc}") from exc
+        text = stdin.read()
+        text.encode("utf-8")  # under a C locale Python reads bad bytes as lone surrogates
+    except UnicodeError as exc:
+        raise InvalidInputError(f"standard input is not UTF-8 text: {exc.reason}") from exc
+    return text
 
 
 def _parse_or_refuse(text: str, fmt: str, source: str) -> list[str]:
