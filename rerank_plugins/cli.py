@@ -60,7 +60,7 @@ def _read_stdin(stdin: TextIO) -> str:
         text = stdin.read()
         text.encode("utf-8")  # under a C locale Python reads bad bytes as lone surrogates
     except UnicodeError as exc:
-        raise InvalidInputError(f"standard input is not UTF-8 text: {exc.reason}") from exc
+        raise InvalidInputError(f"standard input is not UTF-8 text: {exc}") from exc
     return text
 
 

@@ -33,7 +33,7 @@ _LOGGERS = (
 _MIN_SECRET = 4  # shorter values (a page number, "v1") would blank out ordinary words
 
 _secrets: Counter[str] = Counter()
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a finalizer may run (GC) while it is held
 _installed = False
 
 

@@ -137,7 +137,9 @@ class RemoteScorer:
       calls are split and the parts sent concurrently, at most ``max_concurrency`` at a
       time per scorer.
     - ``timeout``: seconds or an ``httpx.Timeout`` (default :data:`DEFAULT_TIMEOUT`),
-      per request; ``deadline``: seconds for the whole call, retries included (default
+      per request (the read timeout bounds the whole body, so a dripping answer is a
+      timed-out, retried attempt); ``deadline``: seconds for the whole call, retries
+      included (default
       :data:`DEFAULT_DEADLINE`; :class:`EndpointTimeoutError` past it).
     - ``max_response_bytes``: the largest (decoded) answer accepted; default: sized from
       each request (1 MiB + twice the request + 512 bytes per document). Larger bodies,
@@ -478,11 +480,12 @@ class RemoteScorer:
         response = client.send(request, auth=self._auth, stream=True)
         try:
             reader = self._reader(response, cap, positions)
+            body_deadline = _body_deadline(timeout)
             if response.is_stream_consumed:  # an in-memory response (MockTransport): decoded
-                self._feed(reader, response.content, deadline, positions, cap)
+                self._feed(reader, response.content, deadline, body_deadline, positions)
             else:
                 for chunk in response.iter_raw():
-                    self._feed(reader, chunk, deadline, positions, cap)
+                    self._feed(reader, chunk, deadline, body_deadline, positions)
             return self._decoded(response, reader, positions, cap)
         finally:
             response.close()
@@ -502,11 +505,12 @@ class RemoteScorer:
         response = await client.send(request, auth=self._auth, stream=True)
         try:
             reader = self._reader(response, cap, positions)
+            body_deadline = _body_deadline(timeout)
             if response.is_stream_consumed:
-                self._feed(reader, response.content, deadline, positions, cap)
+                self._feed(reader, response.content, deadline, body_deadline, positions)
             else:
                 async for chunk in response.aiter_raw():
-                    self._feed(reader, chunk, deadline, positions, cap)
+                    self._feed(reader, chunk, deadline, body_deadline, positions)
             return self._decoded(response, reader, positions, cap)
         finally:
             await response.aclose()
@@ -525,10 +529,21 @@ class RemoteScorer:
             raise self._undecodable(response, exc, positions) from None
 
     def _feed(
-        self, reader: BoundedBody, chunk: bytes, deadline: Deadline, positions: list[int], cap: int
+        self,
+        reader: BoundedBody,
+        chunk: bytes,
+        deadline: Deadline,
+        body_deadline: Deadline | None,
+        positions: list[int],
     ) -> None:
         if deadline.expired():  # a server dripping bytes: each read is quick, the sum is not
             raise self._deadline_error(deadline, positions, None)
+        if body_deadline is not None and body_deadline.expired():
+            # The read timeout bounds the whole body, not each read: a dripping answer is a
+            # timed-out attempt, retried like one (within the call's deadline).
+            raise httpx.ReadTimeout(
+                f"the body took longer than the read timeout ({body_deadline.seconds:g}s)"
+            )
         try:
             reader.feed(chunk)
         except BodyTooLarge as exc:
@@ -790,6 +805,11 @@ def _release(owned: _Owned, secrets: list[str]) -> None:
     # An AsyncClient can only be closed from its event loop (maybe gone by now); drop it.
     owned.async_client = None
     redaction.forget(secrets)
+
+
+def _body_deadline(timeout: httpx.Timeout) -> Deadline | None:
+    read = timeout.read
+    return None if read is None or read == math.inf else Deadline(read)
 
 
 def _check_positive_number(name: str, value: object) -> None:

@@ -110,3 +110,15 @@ def test_the_deadline_covers_retries(server: HostileServer) -> None:
         scorer.score("q", DOCS)
     assert time.monotonic() - start < 2.0
     scorer.close()
+
+
+def test_a_dripping_body_is_a_timed_out_attempt_and_is_retried(server: HostileServer) -> None:
+    before = server.seen.count("drip")
+    scorer = RemoteScorer(
+        server.url("drip"), api_key_env=None, timeout=0.6, deadline=10.0,
+        retry=RetryPolicy(max_retries=1, backoff=0.0),
+    )  # fmt: skip
+    with pytest.raises(EndpointTimeoutError, match="2 attempts"):
+        scorer.score("q", DOCS)
+    scorer.close()
+    assert server.seen.count("drip") - before == 2
