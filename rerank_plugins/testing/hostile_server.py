@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import socket
 import socketserver
 import threading
@@ -107,6 +108,8 @@ class _Server(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.stop = threading.Event()
         self.seen: list[str] = []
+        self.rng = random.Random(0)
+        self.rng_lock = threading.Lock()
 
 
 def _json(status: str, body: bytes, **extra: str) -> bytes:
@@ -147,8 +150,8 @@ def _endless(server: _Server, send: Send, query: str, documents: list[str]) -> N
 
 def _large(declared: bool) -> Callable[[_Server, Send, str, list[str]], None]:
     def fault(server: _Server, send: Send, query: str, documents: list[str]) -> None:
-        """A 300 MB body (declared with Content-Length, or chunked without one)."""
-        total = 300 * 1000 * 1000
+        """A 300 MiB body (declared with Content-Length, or chunked without one)."""
+        total = 300 << 20  # 300 MiB: a whole number of 64 KiB chunks
         if declared:
             send(
                 _head("200 OK", {"Content-Type": "application/json", "Content-Length": str(total)})
@@ -202,6 +205,23 @@ def _utf16(server: _Server, send: Send, query: str, documents: list[str]) -> Non
     send(_json("200 OK", body, **{"Content-Type": "application/json; charset=utf-16"}))
 
 
+def _mixed(server: _Server, send: Send, query: str, documents: list[str]) -> None:
+    """Mostly correct answers; 10% drip, 5% a 300 MB chunked body, 5% 503 (seeded)."""
+    with server.rng_lock:
+        draw = server.rng.random()
+    if draw < 0.10:
+        server.seen.append("mixed:drip")
+        _drip(server, send, query, documents)
+    elif draw < 0.15:
+        server.seen.append("mixed:large-chunked")
+        _large(declared=False)(server, send, query, documents)
+    elif draw < 0.20:
+        server.seen.append("mixed:503")
+        send(_json("503 Service Unavailable", b'{"detail": "busy"}'))
+    else:
+        _ok(server, send, query, documents)
+
+
 FAULTS: dict[str, Callable[[_Server, Send, str, list[str]], None]] = {
     "ok": _ok,
     "drip": _drip,
@@ -232,6 +252,7 @@ FAULTS: dict[str, Callable[[_Server, Send, str, list[str]], None]] = {
     ),
     "utf16-body": _utf16,
     "close-early": _fixed("200 OK", b"", **{"Content-Length": "5000"}),
+    "mixed": _mixed,
 }
 """Fault name → behaviour. Each ends within a minute or when the server stops."""
 
