@@ -140,3 +140,15 @@ def test_remote_scorer_keeps_the_contract_async(
     if scores is not None:
         expected = [fake_probability(query, d) for d in documents]
         assert [s.value for s in scores] == pytest.approx(expected)
+
+
+def test_lone_surrogates_are_named_not_a_type_error_locally(
+    cross_encoder: CrossEncoderScorer, colbert: ColBERTScorer
+) -> None:
+    # The example that broke: tokenizers raised TypeError for "\ud800".
+    for scorer in (cross_encoder, colbert):
+        with pytest.raises(InvalidInputError) as info:
+            scorer.score("w1", ["w1", "x\ud800", "w2", "\udfff"])
+        assert info.value.indices == (1, 3)
+        with pytest.raises(InvalidInputError):
+            scorer.score("\ud800", ["w1"])
