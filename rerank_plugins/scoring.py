@@ -93,6 +93,8 @@ def check_documents(documents: object) -> list[str]:
             f"documents at indices {bad} are not str ({', '.join(kinds)})", indices=bad
         )
     # Lone surrogates ("\ud800") are valid str but no tokenizer or HTTP body takes them.
+    if _is_unicode_text("".join(documents)):  # one pass for the common case
+        return list(documents)
     bad = [i for i, doc in enumerate(documents) if not _is_unicode_text(doc)]
     if bad:
         raise InvalidInputError(
