@@ -56,28 +56,62 @@ def _format_of(path: str, explicit: str | None) -> str:
     return {".json": "json", ".jsonl": "jsonl"}.get(suffix, "lines")
 
 
+def _read_stdin(stdin: TextIO) -> str:
+    try:
+        text = stdin.read()
+        text.encode("utf-8")  # under a C locale Python reads bad bytes as lone surrogates
+    except UnicodeError as exc:
+        raise InvalidInputError(f"standard input is not UTF-8 text: {exc}") from exc
+    return text
+
+
+def _parse_or_refuse(text: str, fmt: str, source: str) -> list[str]:
+    try:
+        return _parse_documents(text, fmt)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidInputError(f"{source} is not valid {fmt.upper()}: {exc}") from exc
+
+
 def _read_documents(args: argparse.Namespace, stdin: TextIO) -> list[str]:
     documents = list(args.documents)
     if args.file:
         if args.file == "-":
-            text = stdin.read()
+            text = _read_stdin(stdin)
         else:
             try:
                 text = Path(args.file).read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInputError(f"{args.file} is not UTF-8 text: {exc}") from exc
             except OSError as exc:
                 raise InvalidInputError(f"cannot read {args.file}: {exc}") from exc
-        try:
-            documents += _parse_documents(text, _format_of(args.file, args.format))
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{args.file} is not valid JSON: {exc}") from exc
+        documents += _parse_or_refuse(text, _format_of(args.file, args.format), args.file)
     elif not documents and not stdin.isatty():
-        documents = _parse_documents(stdin.read(), args.format or "lines")
+        documents = _parse_or_refuse(_read_stdin(stdin), args.format or "lines", "standard input")
     if not documents:
         raise InvalidInputError("no documents: pass them as arguments, with --file, or on stdin")
     return documents
 
 
+def _check_applicable(args: argparse.Namespace) -> None:
+    """Refuse options the chosen backend has no use for, instead of a TypeError."""
+    remote = str(args.model).startswith(("http://", "https://"))
+    if remote:
+        given = [
+            flag
+            for flag, value in (("--device", args.device), ("--max-length", args.max_length))
+            if value is not None
+        ]
+        if given:
+            raise InvalidInputError(
+                f"{' and '.join(given)} apply to a local model, not to an endpoint URL "
+                "(the server decides them)"
+            )
+    elif args.dialect is not None:
+        raise InvalidInputError("--dialect applies to an endpoint URL, not to a local model")
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
+    _check_applicable(args)
     options: dict[str, Any] = {"overflow": args.overflow}
     if args.device is not None:
         options["device"] = args.device

@@ -7,14 +7,16 @@
     ├── InvalidInputError (also ValueError)    bad query, documents or options
     │   └── InputTooLongError                  over the window with overflow="error"
     ├── UnsupportedModelError (also ValueError) a checkpoint no scorer can run
+    │   └── CheckpointError                    an unreadable or inconsistent checkpoint file
     └── ScoringError                           a backend could not score some documents
         ├── InvalidScoreError                  a backend produced NaN (or another non-number)
         └── EndpointError                      a remote endpoint failed
             ├── EndpointStatusError            an HTTP error status (status, body excerpt)
             │   └── EndpointInputTooLongError  refused over-length input (also InputTooLongError)
-            ├── EndpointTimeoutError           the request timed out
+            ├── EndpointTimeoutError           the request (or the call's deadline) timed out
             ├── EndpointConnectionError        the server could not be reached
-            └── MalformedResponseError         the body is not what the dialect promises
+            ├── MalformedResponseError         the body is not what the dialect promises
+            │   └── ResponseTooLargeError      the body (decoded) is over the size cap
 
 Every error that concerns particular documents carries ``indices``: the positions, in
 the caller's input, of the documents it affected.
@@ -25,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "CheckpointError",
     "EndpointConnectionError",
     "EndpointError",
     "EndpointInputTooLongError",
@@ -36,6 +39,7 @@ __all__ = [
     "MalformedResponseError",
     "MissingExtraError",
     "RerankError",
+    "ResponseTooLargeError",
     "ScoringError",
     "UnsupportedModelError",
 ]
@@ -121,3 +125,16 @@ class EndpointConnectionError(EndpointError):
 
 class MalformedResponseError(EndpointError):
     """The endpoint's body does not match the dialect (bad JSON, missing or repeated indices)."""
+
+
+class CheckpointError(UnsupportedModelError):
+    """A checkpoint file is unreadable, inconsistent, unsafe (needs the checkpoint's own
+    code) or outside the checkpoint directory; ``path`` names the file."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ResponseTooLargeError(MalformedResponseError):
+    """The endpoint's body, after decompression, is larger than ``max_response_bytes``."""

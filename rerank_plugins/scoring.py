@@ -106,6 +106,8 @@ def check_inputs(query: object, documents: object) -> list[str]:
         raise InvalidInputError(f"query must be a str, got {type(query).__name__}")
     if not query.strip():
         raise InvalidInputError("query is empty")
+    if not _is_unicode_text(query):
+        raise InvalidInputError("the query holds lone surrogates: it is not valid Unicode text")
     return check_documents(documents)
 
 
@@ -114,7 +116,8 @@ def check_documents(documents: object) -> list[str]:
 
     Raises :class:`InvalidInputError` for ``documents`` that is not a sequence (a bare
     string counts as a mistake) and for documents that are not strings (their indices are
-    listed). Empty-string documents are valid: they are scored like any other text.
+    listed) or hold lone surrogates. Empty-string documents are valid: they are scored
+    like any other text.
     """
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
         raise InvalidInputError(
@@ -126,7 +129,24 @@ def check_documents(documents: object) -> list[str]:
         raise InvalidInputError(
             f"documents at indices {bad} are not str ({', '.join(kinds)})", indices=bad
         )
+    # Lone surrogates ("\ud800") are valid str but no tokenizer or HTTP body takes them.
+    if _is_unicode_text("".join(documents)):  # one pass for the common case
+        return list(documents)
+    bad = [i for i, doc in enumerate(documents) if not _is_unicode_text(doc)]
+    if bad:
+        raise InvalidInputError(
+            f"documents at indices {bad[:20]} hold lone surrogates: not valid Unicode text",
+            indices=bad,
+        )
     return list(documents)
+
+
+def _is_unicode_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_scores(scores: object, n_documents: int) -> list[Score]:

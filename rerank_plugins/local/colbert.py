@@ -47,6 +47,7 @@ same candidates for many queries then encodes each document once.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import string
@@ -62,7 +63,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
-from rerank_plugins.local.checkpoint import load_tokenizer, read_json, resolve_checkpoint
+from rerank_plugins.local.checkpoint import (
+    guard_checkpoint_init,
+    load_tokenizer,
+    read_json,
+    resolve_checkpoint,
+)
 from rerank_plugins.local.detect import is_colbert_checkpoint
 from rerank_plugins.local.engine.attention import pack_sequences
 from rerank_plugins.local.engine.device import pick_device, pick_dtype
@@ -191,10 +197,10 @@ class DocumentVectorCache:
     Size is the bytes of the stored vectors, at most ``max_bytes``: storing an entry first
     evicts the least recently used ones (a hit refreshes an entry) until it fits; an entry
     larger than ``max_bytes`` is not stored. Keys are built by the scorer from the model
-    (checkpoint, device, dtype, prefix, skiplist), the document length settings and the
-    document text, so one cache can be shared by several scorers. Vectors live on the
-    scorer's device (GPU memory on CUDA). ``hits``, ``misses`` and ``evictions`` count
-    what happened since creation or :meth:`clear`.
+    (checkpoint, device, dtype, prefix, skiplist), the document length settings and a
+    fixed-size digest of the document text (never the text itself), so one cache can be
+    shared by several scorers. Vectors live on the scorer's device (GPU memory on CUDA).
+    ``hits``, ``misses`` and ``evictions`` count what happened since creation or :meth:`clear`.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
@@ -345,6 +351,7 @@ class ColBERTScorer:
     ``None``/0 for none; default 256 MiB).
     """
 
+    @guard_checkpoint_init
     def __init__(
         self,
         model: str | Path,
@@ -614,7 +621,7 @@ class ColBERTScorer:
         todo: dict[str, list[int]] = {}  # duplicates are encoded once
         length = self.settings.document_length
         for i, text in enumerate(docs):
-            hit = None if self.cache is None else self.cache.get((self._model_key, length, text))
+            hit = None if self.cache is None else self.cache.get(self._cache_key(length, text))
             if hit is not None:
                 out[i] = hit
             else:
@@ -633,10 +640,17 @@ class ColBERTScorer:
             ):
                 entry = TokenVectors(vectors, len(e.ids), e.truncated)
                 if self.cache is not None:
-                    self.cache.put((self._model_key, length, text), entry)
+                    self.cache.put(self._cache_key(length, text), entry)
                 for i in todo[text]:
                     out[i] = entry
         return _filled(out)
+
+    def _cache_key(self, length: int, text: str) -> Hashable:
+        # A fixed-size digest, not the text: the cache bounds vector bytes, and keys holding
+        # whole documents would grow past that bound (6 MiB of text under a 1 MiB cap).
+        # surrogatepass: check_documents lets lone surrogates through (they are valid str).
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+        return (self._model_key, length, digest)
 
     def _overflowed(self, indices: list[int]) -> None:
         length = self.settings.document_length
@@ -669,7 +683,13 @@ class ColBERTScorer:
         with torch.inference_mode():
             values = maxsim_many(q.vectors, [e.vectors for e in encoded], reduce=self.reduce)
         return [
-            Score(value=v, kind="maxsim", tokens=q.tokens + e.tokens, truncated=e.truncated)
+            # A cut query is as much a silent loss as a cut document: flag both.
+            Score(
+                value=v,
+                kind="maxsim",
+                tokens=q.tokens + e.tokens,
+                truncated=e.truncated or q.truncated,
+            )
             for v, e in zip(values.tolist(), encoded, strict=True)
         ]
 

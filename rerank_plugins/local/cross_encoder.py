@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
-from rerank_plugins.local.checkpoint import load_tokenizer, read_json, resolve_checkpoint
+from rerank_plugins.local.checkpoint import (
+    guard_checkpoint_init,
+    load_tokenizer,
+    read_json,
+    resolve_checkpoint,
+)
 from rerank_plugins.local.engine.device import pick_device, pick_dtype
 from rerank_plugins.local.engine.packing import token_budget_batches
 from rerank_plugins.local.tokenization import EncodedPair, PairEncoder
@@ -63,6 +68,7 @@ class CrossEncoderScorer:
     ``overflow`` ("truncate" or "error"), ``batch_tokens`` (token budget per forward).
     """
 
+    @guard_checkpoint_init
     def __init__(
         self,
         model: str | Path,

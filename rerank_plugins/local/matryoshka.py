@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
-from rerank_plugins.local.checkpoint import read_json
+from rerank_plugins.local.checkpoint import guard_checkpoint_init, read_json
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer, Output
 from rerank_plugins.local.engine.attention import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.modernbert import (
@@ -290,6 +290,7 @@ class MatryoshkaScorer(CrossEncoderScorer):
     Other options as :class:`~rerank_plugins.local.cross_encoder.CrossEncoderScorer`.
     """
 
+    @guard_checkpoint_init
     def __init__(
         self,
         model: str | Path,
