@@ -7,6 +7,8 @@
     ├── InvalidInputError (also ValueError)    bad query, documents or options
     │   └── InputTooLongError                  over the window with overflow="error"
     ├── UnsupportedModelError (also ValueError) a checkpoint no scorer can run
+    ├── ModelLoadError                         the model's files could not be fetched
+    ├── UnknownOptionError (also TypeError)    an option no scorer/adapter has (valid ones named)
     └── ScoringError                           a backend could not score some documents
         ├── InvalidScoreError                  a backend produced NaN (or another non-number)
         └── EndpointError                      a remote endpoint failed
@@ -35,8 +37,10 @@ __all__ = [
     "InvalidScoreError",
     "MalformedResponseError",
     "MissingExtraError",
+    "ModelLoadError",
     "RerankError",
     "ScoringError",
+    "UnknownOptionError",
     "UnsupportedModelError",
 ]
 
@@ -74,6 +78,21 @@ class InputTooLongError(InvalidInputError):
 
 class UnsupportedModelError(RerankError, ValueError):
     """The checkpoint is not one that any scorer can run."""
+
+
+class ModelLoadError(RerankError):
+    """A model's files could not be obtained (hub unreachable, offline, unknown or gated id).
+
+    Not an :class:`UnsupportedModelError`: nothing is known about the model yet. The
+    message says what failed and the ways out; the hub's own exception is ``__cause__``.
+    """
+
+
+class UnknownOptionError(InvalidInputError, TypeError):
+    """An option that the scorer or adapter does not have; the message lists the valid ones.
+
+    Also a ``TypeError``, what Python raises for an unexpected keyword argument.
+    """
 
 
 class ScoringError(RerankError):

@@ -1,0 +1,99 @@
+"""Keyword options checked by name, and objects that pickle by re-running their constructor.
+
+``checked_options`` wraps a constructor so that a misspelt option raises
+:class:`~rerank_plugins.errors.UnknownOptionError` listing the valid ones (instead of a bare
+``TypeError``, or worse, being ignored), and records the arguments so that
+:class:`Rebuildable` objects can be pickled and deep-copied by calling the constructor
+again (worker threads, HTTP clients and locks are made anew; shared weights are reused
+through the weight cache).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+from rerank_plugins.errors import UnknownOptionError
+
+__all__ = ["ALIASES", "Rebuildable", "checked_options", "unknown_options_error"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ALIASES: Mapping[str, str] = {
+    "top_k": "top_n",
+    "k": "top_n",
+    "model_name": "model",
+    "model_name_or_path": "model",
+    "threshold": "score_threshold",
+    "max_seq_length": "max_length",
+    "batch_size": "batch_tokens",
+    "use_auth_token": "token",
+    "hf_token": "token",
+}
+"""Names other libraries use (sentence-transformers, LangChain, LlamaIndex) for our options."""
+
+
+def unknown_options_error(owner: str, unknown: Iterable[str], valid: Iterable[str]) -> Exception:
+    """An :class:`UnknownOptionError` naming each unknown option, a likely fix, and the valid ones."""
+    valid = sorted(valid)
+    hints = []
+    for name in sorted(unknown):
+        guess = ALIASES.get(name)
+        if guess not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            guess = close[0] if close else None
+        hints.append(f"{name!r} (did you mean {guess!r}?)" if guess else repr(name))
+    return UnknownOptionError(
+        f"{owner} has no option {', '.join(hints)}; valid options: {', '.join(valid)}"
+    )
+
+
+def checked_options(init: Callable[P, R]) -> Callable[P, R]:
+    """Wrap ``__init__`` so that unknown keyword arguments raise :class:`UnknownOptionError`.
+
+    The first (outermost) constructor call also records its arguments on the instance for
+    :class:`Rebuildable`.
+    """
+    params = inspect.signature(init).parameters
+    valid = {
+        n
+        for n, p in params.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"
+    }
+
+    @functools.wraps(init)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        self = args[0]
+        unknown = set(kwargs) - valid
+        if unknown:
+            raise unknown_options_error(type(self).__name__, unknown, valid)
+        if "_init_arguments" not in vars(self):
+            vars(self)["_init_arguments"] = (args[1:], dict(kwargs))
+        return init(*args, **kwargs)
+
+    return wrapper
+
+
+def _rebuild(cls: type[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return cls(*args, **kwargs)
+
+
+class Rebuildable:
+    """Pickle and deep-copy by calling the constructor again with the recorded arguments.
+
+    Subclasses decorate ``__init__`` with :func:`checked_options` and may override
+    :meth:`_rebuild_arguments` to swap arguments that must not travel (a hub id for the
+    resolved directory, a live client, a plain-text secret).
+    """
+
+    def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = vars(self)["_init_arguments"]
+        return tuple(args), dict(kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args, kwargs = self._rebuild_arguments()
+        return (_rebuild, (type(self), args, kwargs))
