@@ -14,10 +14,13 @@ from rerank_plugins.errors import (
     InvalidInputError,
     InvalidScoreError,
     MissingExtraError,
+    ModelLoadError,
     RerankError,
     ScoringError,
+    UnknownOptionError,
     UnsupportedModelError,
 )
+from rerank_plugins.convenience import rerank
 from rerank_plugins.loading import DEFAULT_MODEL, load_scorer
 from rerank_plugins.ranking import Ranked, rank
 from rerank_plugins.scoring import OverflowPolicy, Score, ScoreKind, Scorer
@@ -40,6 +43,7 @@ __all__ = [
     "InvalidScoreError",
     "MatryoshkaScorer",
     "MissingExtraError",
+    "ModelLoadError",
     "OverflowPolicy",
     "Ranked",
     "RemoteScorer",
@@ -48,9 +52,11 @@ __all__ = [
     "ScoreKind",
     "Scorer",
     "ScoringError",
+    "UnknownOptionError",
     "UnsupportedModelError",
     "load_scorer",
     "rank",
+    "rerank",
 ]
 
 __version__ = "0.1.0"

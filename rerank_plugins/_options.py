@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from rerank_plugins.errors import UnknownOptionError
 
-__all__ = ["ALIASES", "Rebuildable", "checked_options", "unknown_options_error"]
+__all__ = ["ALIASES", "Rebuildable", "check_fields", "checked_options", "unknown_options_error"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -97,3 +97,15 @@ class Rebuildable:
     def __reduce__(self) -> tuple[Any, ...]:
         args, kwargs = self._rebuild_arguments()
         return (_rebuild, (type(self), args, kwargs))
+
+
+def check_fields(owner: str, data: Mapping[str, Any], valid: Iterable[str]) -> None:
+    """Raise :class:`UnknownOptionError` for keys of ``data`` not in ``valid`` (adapters).
+
+    Called before pydantic validation so that the error keeps its type and its hint
+    (pydantic's own ``extra="forbid"`` stays as the backstop for ``model_validate``).
+    """
+    names = set(valid)
+    unknown = set(data) - names
+    if unknown:
+        raise unknown_options_error(owner, unknown, names)
