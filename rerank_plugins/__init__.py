@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rerank_plugins.convenience import rerank
 from rerank_plugins.errors import (
     EndpointError,
     InputTooLongError,
@@ -20,7 +21,6 @@ from rerank_plugins.errors import (
     UnknownOptionError,
     UnsupportedModelError,
 )
-from rerank_plugins.convenience import rerank
 from rerank_plugins.loading import DEFAULT_MODEL, load_scorer
 from rerank_plugins.ranking import Ranked, rank
 from rerank_plugins.scoring import OverflowPolicy, Score, ScoreKind, Scorer

@@ -38,7 +38,7 @@ ALIASES: Mapping[str, str] = {
 
 
 def unknown_options_error(owner: str, unknown: Iterable[str], valid: Iterable[str]) -> Exception:
-    """An :class:`UnknownOptionError` naming each unknown option, a likely fix, and the valid ones."""
+    """An :class:`UnknownOptionError` naming each unknown option, a likely fix, the valid ones."""
     valid = sorted(valid)
     hints = []
     for name in sorted(unknown):

@@ -25,9 +25,9 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
 from rerank_plugins._options import check_fields
+from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
-from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.scoring import check_scores
 
 if TYPE_CHECKING:

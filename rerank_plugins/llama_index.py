@@ -22,8 +22,8 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
-from rerank_plugins.errors import InvalidInputError
 from rerank_plugins._options import check_fields
+from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
 from rerank_plugins.scoring import Score, check_scores

@@ -20,7 +20,9 @@ def test_a_local_scorer_refuses_an_unknown_option_and_lists_the_valid_ones(
     with pytest.raises(UnknownOptionError) as info:
         load_scorer(modernbert_dir, device="cpu", max_seq_length=128)
     message = str(info.value)
-    assert "CrossEncoderScorer has no option 'max_seq_length' (did you mean 'max_length'?)" in message
+    assert (
+        "CrossEncoderScorer has no option 'max_seq_length' (did you mean 'max_length'?)" in message
+    )
     assert "valid options:" in message and "batch_tokens" in message and "overflow" in message
     assert isinstance(info.value, RerankError) and isinstance(info.value, TypeError)
 
@@ -41,7 +43,8 @@ def test_the_remote_scorer_refuses_unknown_options() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "hint"), [("top_k", "top_n"), ("model_name", "model"), ("threshold", "score_threshold")]
+    ("field", "hint"),
+    [("top_k", "top_n"), ("model_name", "model"), ("threshold", "score_threshold")],
 )
 def test_adapters_refuse_unknown_fields_and_suggest_the_right_name(field: str, hint: str) -> None:
     from rerank_plugins.langchain import RerankCompressor

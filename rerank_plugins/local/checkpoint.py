@@ -11,12 +11,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import SecretStr
+
 from rerank_plugins._imports import require
 from rerank_plugins.errors import ModelLoadError, UnsupportedModelError
 
 if TYPE_CHECKING:
     import torch
-    from pydantic import SecretStr
     from tokenizers import Tokenizer
 
 __all__ = [
@@ -69,7 +70,7 @@ def resolve_checkpoint(
             f"{name!r} is neither a local directory nor a hub id of the form 'org/name'"
         )
     hub = require("huggingface_hub")
-    secret = token.get_secret_value() if hasattr(token, "get_secret_value") else token
+    secret = token.get_secret_value() if isinstance(token, SecretStr) else token
     try:
         local = hub.snapshot_download(
             name,

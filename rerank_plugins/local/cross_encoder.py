@@ -19,8 +19,8 @@ from rerank_plugins.local.checkpoint import (
 from rerank_plugins.local.engine.device import pick_device, pick_dtype
 from rerank_plugins.local.engine.packing import token_budget_batches
 from rerank_plugins.local.progress import BatchProgress, check_show_progress
-from rerank_plugins.local.weights import checkpoint_key, shared_weights
 from rerank_plugins.local.tokenization import EncodedPair, PairEncoder
+from rerank_plugins.local.weights import checkpoint_key, shared_weights
 from rerank_plugins.local.worker import LocalWorker
 from rerank_plugins.scoring import OverflowPolicy, Score, check_inputs
 

@@ -30,9 +30,7 @@ def check_show_progress(value: object) -> bool | None:
     from rerank_plugins.errors import InvalidInputError
 
     if value is not None and not isinstance(value, bool):
-        raise InvalidInputError(
-            f"show_progress must be True, False or None (auto), got {value!r}"
-        )
+        raise InvalidInputError(f"show_progress must be True, False or None (auto), got {value!r}")
     return value
 
 

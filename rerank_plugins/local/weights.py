@@ -54,12 +54,12 @@ def shared_weights(key: Hashable, load: Callable[[], T], *, cache: bool = True) 
     with _guard:
         found = _loaded.get(key)
         if found is not None:
-            return found  # type: ignore[no-any-return]
+            return found
         lock = _locks.setdefault(key, threading.Lock())
     with lock:  # one load per key even when several threads ask at once
         found = _loaded.get(key)
         if found is not None:
-            return found  # type: ignore[no-any-return]
+            return found
         value = load()
         with _guard:
             _loaded[key] = value

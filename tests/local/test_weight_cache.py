@@ -17,9 +17,8 @@ def test_two_scorers_on_one_checkpoint_share_the_weights(modernbert_dir: Path) -
     b = load_scorer(str(modernbert_dir), device="cpu", max_length=64)
     assert b.classifier is a.classifier  # type: ignore[attr-defined]
     assert [s.value for s in a.score("w1", DOCS)] == [
-        s.value for s in CrossEncoderScorer(modernbert_dir, device="cpu", cache=False).score(
-            "w1", DOCS
-        )
+        s.value
+        for s in CrossEncoderScorer(modernbert_dir, device="cpu", cache=False).score("w1", DOCS)
     ]
 
 
