@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ def test_show_progress_draws_a_bar_on_stderr(
     scorer = CrossEncoderScorer(modernbert_dir, device="cpu", batch_tokens=64, show_progress=True)
     scorer.score(QUERY, many(docs))
     err = capsys.readouterr().err
-    assert "rerank" in err and "tok" in err and "100%" in err
+    # tqdm redraws at most every 0.1 s, so which percentages show depends on speed.
+    assert re.search(r"rerank: +\d+%\|", err) and "tok/s" in err
 
 
 def test_no_bar_by_default_nor_in_auto_mode_off_a_terminal(
