@@ -92,3 +92,27 @@ def test_adapters_pickle_and_deep_copy(modernbert_dir: Path) -> None:
     encoder = CrossEncoder(model=modernbert_dir, model_kwargs=options)
     pairs = [("w1", d) for d in DOCS]
     assert pickle.loads(pickle.dumps(encoder)).score(pairs) == encoder.score(pairs)
+
+
+def test_colbert_and_matryoshka_scorers_copy_with_their_settings(tmp_path: Path) -> None:
+    from rerank_plugins import ColBERTScorer, MatryoshkaScorer
+    from rerank_plugins.local.colbert import DocumentVectorCache
+    from rerank_plugins.testing import make_colbert_checkpoint, make_matryoshka_checkpoint
+
+    colbert = ColBERTScorer(
+        make_colbert_checkpoint(tmp_path / "colbert"),
+        device="cpu",
+        reduce="mean",
+        cache=DocumentVectorCache(2**20),
+    )
+    twin = pickle.loads(pickle.dumps(colbert))
+    assert twin.reduce == "mean" and twin.trunk is colbert.trunk
+    assert twin.cache is not None and twin.cache is not colbert.cache
+    assert twin.cache.max_bytes == 2**20
+    assert values(twin.score("w1", DOCS)) == values(colbert.score("w1", DOCS))
+
+    matryoshka = MatryoshkaScorer(make_matryoshka_checkpoint(tmp_path / "mm"), device="cpu")
+    twin_mm = copy.deepcopy(matryoshka)
+    assert (twin_mm.layer, twin_mm.dim) == (matryoshka.layer, matryoshka.dim)
+    assert twin_mm.classifier is matryoshka.classifier
+    assert values(twin_mm.score("w1", DOCS)) == values(matryoshka.score("w1", DOCS))
