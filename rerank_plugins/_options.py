@@ -37,6 +37,29 @@ ALIASES: Mapping[str, str] = {
 """Names other libraries use (sentence-transformers, LangChain, LlamaIndex) for our options."""
 
 
+_SECRETS = frozenset({"api_key", "token"})
+"""Options recorded as ``SecretStr``: a plain-text key in no attribute, repr or pickle field."""
+
+
+class _Arguments:
+    """The recorded constructor arguments; a repr that shows none of them (URLs with
+    credentials, keys)."""
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        from pydantic import SecretStr
+
+        self.args = args
+        self.kwargs = {
+            k: SecretStr(v) if k in _SECRETS and isinstance(v, str) else v
+            for k, v in kwargs.items()
+        }
+
+    def __repr__(self) -> str:
+        return "<constructor arguments>"
+
+
 def unknown_options_error(owner: str, unknown: Iterable[str], valid: Iterable[str]) -> Exception:
     """An :class:`UnknownOptionError` naming each unknown option, a likely fix, the valid ones."""
     valid = sorted(valid)
@@ -72,7 +95,7 @@ def checked_options(init: Callable[P, R]) -> Callable[P, R]:
         if unknown:
             raise unknown_options_error(type(self).__name__, unknown, valid)
         if "_init_arguments" not in vars(self):
-            vars(self)["_init_arguments"] = (args[1:], dict(kwargs))
+            vars(self)["_init_arguments"] = _Arguments(tuple(args[1:]), dict(kwargs))
         return init(*args, **kwargs)
 
     return wrapper
@@ -91,8 +114,8 @@ class Rebuildable:
     """
 
     def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        args, kwargs = vars(self)["_init_arguments"]
-        return tuple(args), dict(kwargs)
+        recorded: _Arguments = vars(self)["_init_arguments"]
+        return tuple(recorded.args), dict(recorded.kwargs)
 
     def __reduce__(self) -> tuple[Any, ...]:
         args, kwargs = self._rebuild_arguments()

@@ -116,3 +116,12 @@ def test_colbert_and_matryoshka_scorers_copy_with_their_settings(tmp_path: Path)
     assert (twin_mm.layer, twin_mm.dim) == (matryoshka.layer, matryoshka.dim)
     assert twin_mm.classifier is matryoshka.classifier
     assert values(twin_mm.score("w1", DOCS)) == values(matryoshka.score("w1", DOCS))
+
+
+def test_recorded_arguments_hold_no_plain_secret(modernbert_dir: Path) -> None:
+    scorer = RemoteScorer("https://user:hunter2@h/v1", api_key_env=None)
+    assert "hunter2" not in repr(vars(scorer))
+    keyed = RemoteScorer("https://h/v1", api_key="sk-plain")
+    assert "sk-plain" not in repr(vars(keyed))
+    local = CrossEncoderScorer(modernbert_dir, device="cpu", token="hf_plain")
+    assert "hf_plain" not in repr(vars(local)) and b"hf_plain" not in pickle.dumps(local)
