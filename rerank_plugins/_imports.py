@@ -13,6 +13,7 @@ _EXTRA_OF = {
     "tokenizers": "torch",
     "safetensors": "torch",
     "huggingface_hub": "torch",
+    "tqdm": "torch",
     "langchain_core": "langchain",
     "llama_index": "llama-index",
     "httpx": "remote",

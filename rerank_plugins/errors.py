@@ -8,6 +8,8 @@
     │   └── InputTooLongError                  over the window with overflow="error"
     ├── UnsupportedModelError (also ValueError) a checkpoint no scorer can run
     │   └── CheckpointError                    an unreadable or inconsistent checkpoint file
+    ├── ModelLoadError                         the model's files could not be fetched
+    ├── UnknownOptionError (also TypeError)    an option no scorer/adapter has (valid ones named)
     └── ScoringError                           a backend could not score some documents
         ├── InvalidScoreError                  a backend produced NaN (or another non-number)
         └── EndpointError                      a remote endpoint failed
@@ -38,9 +40,11 @@ __all__ = [
     "InvalidScoreError",
     "MalformedResponseError",
     "MissingExtraError",
+    "ModelLoadError",
     "RerankError",
     "ResponseTooLargeError",
     "ScoringError",
+    "UnknownOptionError",
     "UnsupportedModelError",
 ]
 
@@ -78,6 +82,21 @@ class InputTooLongError(InvalidInputError):
 
 class UnsupportedModelError(RerankError, ValueError):
     """The checkpoint is not one that any scorer can run."""
+
+
+class ModelLoadError(RerankError):
+    """A model's files could not be obtained (hub unreachable, offline, unknown or gated id).
+
+    Not an :class:`UnsupportedModelError`: nothing is known about the model yet. The
+    message says what failed and the ways out; the hub's own exception is ``__cause__``.
+    """
+
+
+class UnknownOptionError(InvalidInputError, TypeError):
+    """An option that the scorer or adapter does not have; the message lists the valid ones.
+
+    Also a ``TypeError``, what Python raises for an unexpected keyword argument.
+    """
 
 
 class ScoringError(RerankError):

@@ -16,14 +16,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import SecretStr
+
 from rerank_plugins._imports import require
-from rerank_plugins.errors import CheckpointError, RerankError, UnsupportedModelError
+from rerank_plugins.errors import (
+    CheckpointError,
+    ModelLoadError,
+    RerankError,
+    UnsupportedModelError,
+)
 
 if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
 
 __all__ = [
+    "HUB_OPTIONS",
     "checkpoint_errors",
     "config_float",
     "config_int",
@@ -35,6 +43,9 @@ __all__ = [
     "resolve_checkpoint",
     "shard_files",
 ]
+
+HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token")
+"""Options that only reach the hub download (``snapshot_download``), never the model."""
 
 # What we ever read from a repository; weights in pickle formats are never downloaded.
 _ALLOW_PATTERNS = [
@@ -54,11 +65,15 @@ def resolve_checkpoint(
     revision: str | None = None,
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
+    token: str | SecretStr | None = None,
 ) -> Path:
     """Return a local directory holding the checkpoint ``spec``.
 
     A directory is used as it is; anything else is treated as a hub id and fetched (or
-    found in the cache) by ``huggingface_hub.snapshot_download``.
+    found in the cache) by ``huggingface_hub.snapshot_download``, which only fetches the
+    files a scorer reads (never pickled weights). ``token`` (default: ``$HF_TOKEN`` or the
+    stored login) is for gated and private models and is used for this download only.
+    Raises :class:`ModelLoadError` when the files cannot be obtained.
     """
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -71,17 +86,48 @@ def resolve_checkpoint(
             f"{name!r} is neither a local directory nor a hub id of the form 'org/name'"
         )
     hub = require("huggingface_hub")
+    secret = token.get_secret_value() if isinstance(token, SecretStr) else token
     try:
         local = hub.snapshot_download(
             name,
             revision=revision,
             cache_dir=None if cache_dir is None else str(cache_dir),
             local_files_only=local_files_only,
+            token=secret,
             allow_patterns=_ALLOW_PATTERNS,
         )
     except Exception as exc:  # the hub raises many types; one message for all of them
-        raise UnsupportedModelError(f"could not fetch {name!r} from the hub: {exc}") from exc
+        raise ModelLoadError(
+            _load_failure(name, exc, revision=revision, cache_dir=cache_dir)
+        ) from exc
     return Path(local)
+
+
+def _load_failure(
+    name: str, exc: BaseException, *, revision: str | None, cache_dir: str | Path | None
+) -> str:
+    """One line: what failed, why (in our words; the hub's error is chained) and the ways out."""
+    hub = require("huggingface_hub")
+    errors = hub.errors
+    cache = str(cache_dir) if cache_dir is not None else str(hub.constants.HF_HUB_CACHE)
+    if isinstance(exc, errors.GatedRepoError):
+        why = "it is a gated model: accept its terms on the hub and pass token= or set HF_TOKEN"
+    elif isinstance(exc, errors.RevisionNotFoundError):
+        why = f"it has no revision {revision!r}"
+    elif isinstance(exc, errors.RepositoryNotFoundError):
+        why = "no such model on the hub (a typo? a private model needs token= or HF_TOKEN)"
+    elif hub.constants.HF_HUB_OFFLINE:
+        why = f"HF_HUB_OFFLINE is set and it is not in the Hugging Face cache ({cache})"
+    elif isinstance(exc, errors.LocalEntryNotFoundError):
+        why = f"the hub could not be reached and it is not in the Hugging Face cache ({cache})"
+    else:
+        why = f"{type(exc).__name__}"
+    return (
+        f"could not get the files of model {name!r}: {why}. Ways out: pass a local checkpoint "
+        f"directory (--model DIR / model=DIR); or warm the Hugging Face cache where the hub "
+        f"is reachable (hf download {name}) and copy it here (HF_HOME / cache_dir=); "
+        "then set HF_HUB_OFFLINE=1 so that only the cache is read"
+    )
 
 
 def read_json(path: Path) -> dict[str, Any]:

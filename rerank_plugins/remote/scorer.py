@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import SecretStr
 
+from rerank_plugins._options import Rebuildable, checked_options
 from rerank_plugins.errors import (
     EndpointConnectionError,
     EndpointError,
@@ -115,7 +116,7 @@ class _Split(Exception):
         self.error = error
 
 
-class RemoteScorer:
+class RemoteScorer(Rebuildable):
     """Scores documents through a rerank endpoint (Cohere/vLLM/Infinity, TEI, Voyage, ...).
 
     ``base_url`` is the server's base URL (``http://host:8000``, ``.../v1``, ``.../v2``)
@@ -158,8 +159,12 @@ class RemoteScorer:
 
     Remote servers do not report truncation: scores carry ``tokens=None`` and
     ``truncated=False``.
+
+    Pickling or deep-copying gives a scorer with its own new HTTP clients (clients passed
+    in do not travel) and the same key, still a ``SecretStr``.
     """
 
+    @checked_options
     def __init__(
         self,
         base_url: str,
@@ -335,6 +340,16 @@ class RemoteScorer:
     @property
     def api_key(self) -> SecretStr | None:
         return self._api_key
+
+    def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = super()._rebuild_arguments()
+        # Live clients, locks and semaphores are made anew by the copy; the key travels as
+        # the SecretStr already resolved (the copy may run where the variable is unset).
+        kwargs.pop("client", None)
+        kwargs.pop("async_client", None)
+        kwargs["api_key"] = self._api_key
+        kwargs["api_key_env"] = None
+        return args, kwargs
 
     def __repr__(self) -> str:
         key = "SecretStr('**********')" if self._api_key is not None else "None"
