@@ -27,11 +27,6 @@ from rerank_plugins.scoring import check_scores
 __all__ = ["main"]
 
 
-def _parse_documents(text: str, fmt: str) -> list[str]:
-    """Documents from text: ``lines`` (blank lines skipped), ``json`` or ``jsonl``."""
-    return [_doc_text(item, i) for i, item in enumerate(_parse_items(text, fmt))]
-
-
 def _parse_items(text: str, fmt: str) -> list[Any]:
     """The raw items of a document file: strings, or JSON values for ``json``/``jsonl``."""
     if fmt == "json":
@@ -57,10 +52,6 @@ def _format_of(path: str, explicit: str | None) -> str:
         return explicit
     suffix = Path(path).suffix.lower()
     return {".json": "json", ".jsonl": "jsonl"}.get(suffix, "lines")
-
-
-def _read_documents(args: argparse.Namespace, stdin: TextIO) -> list[str]:
-    return [_doc_text(item, i) for i, item in enumerate(_read_items(args, stdin))]
 
 
 def _read_items(args: argparse.Namespace, stdin: TextIO) -> list[Any]:
