@@ -15,12 +15,21 @@ __all__ = [
     "Score",
     "ScoreKind",
     "Scorer",
+    "TOKENS_HEADER",
+    "TRUNCATED_HEADER",
     "check_documents",
     "check_inputs",
     "check_scores",
 ]
 
 ScoreKind = Literal["probability", "logit", "maxsim"]
+
+# How a scorer served over HTTP reports what JSON bodies of foreign dialects have no field
+# for: written by ``rerank-plugins serve`` on every dialect's answer, read by RemoteScorer.
+TRUNCATED_HEADER = "X-Truncated-Documents"
+"""Comma-separated indices (in the request) of the documents cut to fit the window."""
+TOKENS_HEADER = "X-Document-Tokens"
+"""Comma-separated token counts scored per document, in request order."""
 """What a score's value means: a probability in 0..1, a raw logit, or a MaxSim sum/mean."""
 
 OverflowPolicy = Literal["truncate", "error"]

@@ -55,7 +55,14 @@ from rerank_plugins.remote.retry import (
     says_too_long,
     says_too_many_documents,
 )
-from rerank_plugins.scoring import OverflowPolicy, Score, ScoreKind, check_inputs
+from rerank_plugins.scoring import (
+    TOKENS_HEADER,
+    TRUNCATED_HEADER,
+    OverflowPolicy,
+    Score,
+    ScoreKind,
+    check_inputs,
+)
 
 __all__ = ["API_KEY_ENV", "DEFAULT_DEADLINE", "DEFAULT_TIMEOUT", "RemoteScorer"]
 
@@ -157,8 +164,10 @@ class RemoteScorer(Rebuildable):
     are kept out of every log record (httpx's and httpcore's too). TLS certificate
     errors are not retried.
 
-    Remote servers do not report truncation: scores carry ``tokens=None`` and
-    ``truncated=False``.
+    Truncation: a server that reports it with the ``X-Truncated-Documents`` header (and
+    ``X-Document-Tokens``), as ``rerank-plugins serve`` does in every dialect, gives
+    scores with ``truncated=True`` (and their token counts). Other remote servers do not
+    report it: their scores carry ``tokens=None`` and ``truncated=False``.
 
     Pickling or deep-copying gives a scorer with its own new HTTP clients (clients passed
     in do not travel) and the same key, still a ``SecretStr``.
@@ -360,16 +369,16 @@ class RemoteScorer(Rebuildable):
 
     # -- batches ------------------------------------------------------------------------
 
-    def _merge(self, batches: list[list[int]], parts: list[list[float]]) -> list[Score]:
-        values: list[float] = [0.0] * sum(len(b) for b in batches)
+    def _merge(self, batches: list[list[int]], parts: list[list[Score]]) -> list[Score]:
+        merged: list[Score | None] = [None] * sum(len(b) for b in batches)
         for positions, scores in zip(batches, parts, strict=True):
-            for position, value in zip(positions, scores, strict=True):
-                values[position] = value
-        return [Score(value, self.score_kind) for value in values]
+            for position, score in zip(positions, scores, strict=True):
+                merged[position] = score
+        return [s for s in merged if s is not None]
 
     def _run_all(
-        self, fn: Callable[[list[int]], list[float]], batches: list[list[int]]
-    ) -> list[list[float]]:
+        self, fn: Callable[[list[int]], list[Score]], batches: list[list[int]]
+    ) -> list[list[Score]]:
         if len(batches) == 1:
             return [fn(batches[0])]
         workers = min(self.max_concurrency, len(batches))
@@ -387,7 +396,7 @@ class RemoteScorer(Rebuildable):
 
     def _score_batch(
         self, query: str, docs: list[str], positions: list[int], deadline: Deadline
-    ) -> list[float]:
+    ) -> list[Score]:
         try:
             return self._post(query, [docs[p] for p in positions], positions, deadline)
         except _Split as exc:
@@ -397,7 +406,7 @@ class RemoteScorer(Rebuildable):
 
     async def _ascore_batch(
         self, query: str, docs: list[str], positions: list[int], deadline: Deadline
-    ) -> list[float]:
+    ) -> list[Score]:
         try:
             return await self._apost(query, [docs[p] for p in positions], positions, deadline)
         except _Split as exc:
@@ -426,12 +435,12 @@ class RemoteScorer(Rebuildable):
 
     def _post(
         self, query: str, documents: list[str], positions: list[int], deadline: Deadline
-    ) -> list[float]:
+    ) -> list[Score]:
         content = self._body(query, documents)
         cap = self._cap(content, len(documents))
         client = self._sync_client()
         retry = 0
-        step: list[float] | _Retry
+        step: list[Score] | _Retry
         while True:
             self._check_deadline(deadline, positions, retry)
             timeout = self._attempt_timeout(client, deadline)
@@ -450,13 +459,13 @@ class RemoteScorer(Rebuildable):
 
     async def _apost(
         self, query: str, documents: list[str], positions: list[int], deadline: Deadline
-    ) -> list[float]:
+    ) -> list[Score]:
         content = self._body(query, documents)
         cap = self._cap(content, len(documents))
         client = self._async_http_client()
         slots = self._async_semaphore()
         retry = 0
-        step: list[float] | _Retry
+        step: list[Score] | _Retry
         while True:
             self._check_deadline(deadline, positions, retry)
             timeout = self._attempt_timeout(client, deadline)
@@ -657,7 +666,7 @@ class RemoteScorer(Rebuildable):
 
     def _after_response(
         self, response: httpx.Response, retry: int, positions: list[int]
-    ) -> list[float] | _Retry:
+    ) -> list[Score] | _Retry:
         status = response.status_code
         if 200 <= status < 300:
             return self._parse(response, positions)
@@ -713,7 +722,7 @@ class RemoteScorer(Rebuildable):
             raise _Split(size, error)
         raise EndpointStatusError(message, status_code=status, body=excerpt, indices=positions)
 
-    def _parse(self, response: httpx.Response, positions: list[int]) -> list[float]:
+    def _parse(self, response: httpx.Response, positions: list[int]) -> list[Score]:
         try:
             payload = json.loads(response.content)
         except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8; nesting too deep
@@ -734,7 +743,41 @@ class RemoteScorer(Rebuildable):
                 indices=positions,
             ) from exc
         check_kind(values, positions, self.score_kind, self.dialect)
-        return values
+        cut, tokens = self._truncation_report(response, len(values))
+        kind = self.score_kind
+        return [
+            Score(value, kind, tokens=tokens[i] if tokens else None, truncated=i in cut)
+            for i, value in enumerate(values)
+        ]
+
+    def _truncation_report(
+        self, response: httpx.Response, n: int
+    ) -> tuple[frozenset[int], list[int] | None]:
+        """What a server says it cut, from headers any dialect's answer can carry.
+
+        ``X-Truncated-Documents: 0,3`` (indices in this request) and
+        ``X-Document-Tokens: 12,64,...`` (tokens scored per document, in request order),
+        as ``rerank-plugins serve`` sends them. Other servers send neither: no document
+        is flagged and tokens stay ``None``. A malformed report is ignored with a warning
+        rather than failing scores that are themselves fine.
+        """
+        cut_header = response.headers.get(TRUNCATED_HEADER)
+        tokens_header = response.headers.get(TOKENS_HEADER)
+        cut: frozenset[int] = frozenset()
+        tokens: list[int] | None = None
+        try:
+            if cut_header:
+                cut = frozenset(int(i) for i in cut_header.split(","))
+                if any(not 0 <= i < n for i in cut):
+                    raise ValueError(f"an index outside 0..{n - 1}")
+            if tokens_header:
+                tokens = [int(t) for t in tokens_header.split(",")]
+                if len(tokens) != n or any(t < 0 for t in tokens):
+                    raise ValueError(f"not {n} non-negative counts")
+        except ValueError as exc:
+            logger.warning("%s: ignoring a malformed truncation report: %s", self.url, exc)
+            return frozenset(), None
+        return cut, tokens
 
     # -- clients ------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from pydantic import SecretStr
 
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, RerankError
 from rerank_plugins.ranking import rank
-from rerank_plugins.scoring import Score, Scorer, check_inputs
+from rerank_plugins.scoring import TOKENS_HEADER, TRUNCATED_HEADER, Score, Scorer, check_inputs
 from rerank_plugins.serve.batcher import (
     BatcherClosedError,
     MicroBatcher,
@@ -82,6 +82,9 @@ ASGIApp = Callable[
 
 class _ClientGone(Exception):
     """The client disconnected before its answer was ready."""
+
+
+_MAX_TOKENS_HEADER = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +201,18 @@ def create_app(
         return str(request.scope.get("rerank.request_id") or uuid.uuid4().hex)
 
     def truncation_headers(outcome: _Outcome) -> dict[str, str]:
-        cut = outcome.truncated
-        return {"X-Truncated-Documents": ",".join(map(str, cut))} if cut else {}
+        # Every dialect's answer carries them, so a RemoteScorer in any dialect gets the
+        # same truncated flags and token counts as the local scorer (nothing silent).
+        headers = {}
+        if outcome.truncated:
+            headers[TRUNCATED_HEADER] = ",".join(map(str, outcome.truncated))
+        if outcome.scores and all(s.tokens is not None for s in outcome.scores):
+            counts = ",".join(str(s.tokens) for s in outcome.scores)
+            # Token counts are a nicety: left out rather than let a huge request's
+            # headers pass clients' header size limits (h11: 16 KiB in all).
+            if len(counts) <= _MAX_TOKENS_HEADER:
+                headers[TOKENS_HEADER] = counts
+        return headers
 
     async def cohere(request: Request, body: CohereRerankRequest) -> JSONResponse:
         texts = [d.text if isinstance(d, TextDocument) else d for d in body.documents]
