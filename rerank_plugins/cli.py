@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from rerank_plugins import DEFAULT_MODEL, __version__
+from rerank_plugins import __version__
+from rerank_plugins._model_args import add_model_options, is_remote, model_options
 from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.ranking import rank
@@ -106,34 +107,17 @@ _DIALECT_KEY_ENV = {
     "mixedbread": "MXBAI_API_KEY",
     "nim": "NVIDIA_API_KEY",
 }
-_LOCAL_ONLY = {
-    "device": "--device",
-    "dtype": "--dtype",
-    "batch_tokens": "--batch-tokens",
-    "progress": "--progress/--no-progress",
-    "max_length": "--max-length",
-}
-_REMOTE_ONLY = {"dialect": "--dialect", "api_key": "--api-key"}
-
-
-def _is_remote(model: str) -> bool:
-    return model.startswith(("http://", "https://"))
+# The rerank subcommand's own options that only one kind of model takes (the shared
+# model options are checked by rerank_plugins._model_args).
+_LOCAL_ONLY = {"progress": "--progress/--no-progress"}
+_REMOTE_ONLY = {"api_key": "--api-key"}
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    remote = _is_remote(args.model)
-    wrong = _LOCAL_ONLY if remote else _REMOTE_ONLY
-    given = [flag for name, flag in wrong.items() if getattr(args, name, None) is not None]
-    if given:
-        where = "local models" if remote else "http(s) endpoints"
-        raise InvalidInputError(f"{', '.join(given)} only apply to {where}")
-    options: dict[str, Any] = {"overflow": args.overflow}
-    if args.max_length is not None:
-        options["max_length"] = args.max_length
-    if remote:
+    options = model_options(args, local_only=_LOCAL_ONLY, remote_only=_REMOTE_ONLY)
+    options["overflow"] = args.overflow
+    if is_remote(args.model):
         dialect = args.dialect or "cohere"
-        if args.dialect is not None:
-            options["dialect"] = args.dialect
         if args.output is not None:
             options["score_kind"] = args.output
         if args.api_key is not None:
@@ -143,9 +127,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         ):
             options["api_key_env"] = _DIALECT_KEY_ENV[dialect]
         return options
-    for name in ("device", "dtype", "batch_tokens", "output"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
+    if args.output is not None:
+        options["output"] = args.output
     # A bar only where someone watches: stderr a terminal and more than a few batches
     # (show_progress=None), unless --progress / --no-progress says otherwise.
     options["show_progress"] = args.progress
@@ -207,7 +190,7 @@ def _add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
     def default(value: Any) -> Any:
         return value if defaults else argparse.SUPPRESS
 
-    model = os.environ.get("RERANK_MODEL") or DEFAULT_MODEL
+    add_model_options(parser, defaults=defaults)  # shared with serve
     add = parser.add_argument
     add(
         "-v",
@@ -227,13 +210,6 @@ def _add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         choices=["lines", "json", "jsonl"],
         default=default(None),
         help="document file format (default: from the suffix; one document per line)",
-    )
-    add(
-        "-m",
-        "--model",
-        default=default(model),
-        help="hub id, local checkpoint directory or http(s) endpoint "
-        f"(default: $RERANK_MODEL, else {DEFAULT_MODEL})",
     )
     add(
         "-n",
@@ -260,24 +236,6 @@ def _add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         default=default(None),
         help="score as sigmoid probability (default) or raw logit",
     )
-    add("--device", default=default(None), help="auto (default), cpu, cuda, cuda:1, ...")
-    add(
-        "--dtype",
-        default=default(None),
-        help="auto (default: bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16",
-    )
-    add(
-        "--max-length",
-        type=int,
-        default=default(None),
-        help="token window (default: the model's own)",
-    )
-    add(
-        "--batch-tokens",
-        type=int,
-        default=default(None),
-        help="token budget per forward pass (local models)",
-    )
     add(
         "--overflow",
         choices=["truncate", "error"],
@@ -290,11 +248,6 @@ def _add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         default=default(None),
         help="progress bar on stderr (default: when stderr is a terminal and the "
         "job is more than a few batches)",
-    )
-    add(
-        "--dialect",
-        default=default(None),
-        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score)",
     )
     add(
         "--api-key",

@@ -9,14 +9,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from rerank_plugins.errors import InvalidInputError, ScoringError
 
 __all__ = [
+    "TOKENS_HEADER",
+    "TRUNCATED_HEADER",
     "OverflowPolicy",
     "PairScorer",
     "PreparedPair",
     "Score",
     "ScoreKind",
     "Scorer",
-    "TOKENS_HEADER",
-    "TRUNCATED_HEADER",
     "check_documents",
     "check_inputs",
     "check_scores",

@@ -15,6 +15,7 @@ import signal
 import sys
 from typing import Any
 
+from rerank_plugins._model_args import add_model_options, is_remote, model_options
 from rerank_plugins.errors import InvalidInputError, RerankError
 
 __all__ = ["API_KEY_ENV", "add_serve_command", "default_batch_tokens", "run_server"]
@@ -33,22 +34,20 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sv.add_argument("-m", "--model", required=True, help="hub id, checkpoint directory or URL")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--served-model-name", help="model name in answers (default: --model)")
-    model = sv.add_argument_group("model options")
-    model.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    model.add_argument("--dtype", help="auto (default: bf16 on CUDA, fp32 on CPU), float32, ...")
-    model.add_argument("--max-length", type=int, help="token window (default: the model's own)")
-    model.add_argument("--layer", type=int, help="matryoshka: exit layer")
-    model.add_argument("--dim", type=int, help="matryoshka: head width")
-    model.add_argument("--dialect", help="when --model is a URL: its API dialect")
+    # The same model options as ``rerank`` (one definition); like there, they are also
+    # accepted before the subcommand, so this copy has SUPPRESS defaults.
+    add_model_options(sv.add_argument_group("model options"), defaults=False)
     limits = sv.add_argument_group("batching and limits")
     limits.add_argument(
         "--max-batch-tokens",
+        dest="batch_tokens",
         type=int,
-        help="token budget of one forward (default: 16384 on CPU, more on large GPUs)",
+        default=argparse.SUPPRESS,
+        help="TEI's name for --batch-tokens: the token budget of one forward (default: "
+        "16384 on CPU, more on large GPUs)",
     )
     limits.add_argument(
         "--max-batch-requests",
@@ -104,12 +103,9 @@ def default_batch_tokens(device: str | None) -> int:
 
 
 def _model_options(args: argparse.Namespace, batch_tokens: int) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for name in ("device", "dtype", "max_length", "layer", "dim", "dialect"):
-        value = getattr(args, name)
-        if value is not None:
-            options[name] = value
-    if not str(args.model).startswith(("http://", "https://")):
+    # The budget bounds the batcher for any model; only a local scorer takes it too.
+    options = model_options(argparse.Namespace(**{**vars(args), "batch_tokens": None}))
+    if not is_remote(args.model):
         options["batch_tokens"] = batch_tokens
     return options
 
@@ -164,11 +160,11 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, int]:
             "--workers: one process serves one device; run one server per device "
             "(--device cuda:N --port ...) or replicas behind a load balancer / Ray Serve"
         )
-    for flag in ("max_batch_tokens", "max_batch_requests", "max_queued_tokens"):
+    for flag in ("batch_tokens", "max_batch_requests", "max_queued_tokens"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    batch_tokens = args.max_batch_tokens or default_batch_tokens(args.device)
+    batch_tokens = args.batch_tokens or default_batch_tokens(args.device)
     options = _model_options(args, batch_tokens)
     logger.info("loading %s", args.model)
     try:

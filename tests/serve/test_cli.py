@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import signal
@@ -14,8 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rerank_plugins.cli import main
-from rerank_plugins.testing import random_text
+from rerank_plugins._model_args import add_model_options
+from rerank_plugins.cli import _parser, main
+from rerank_plugins.serve.cli import _build, _model_options
+from rerank_plugins.testing import make_matryoshka_checkpoint, random_text
 
 from .conftest import free_port
 
@@ -128,3 +131,68 @@ def test_the_command_line_imports_no_server_stack_until_serve_runs() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# -- the model options: the rerank subcommand's, from one definition ----------------------
+
+
+def option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    return {s for action in parser._actions for s in action.option_strings}
+
+
+def subcommand(name: str) -> argparse.ArgumentParser:
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]  # type: ignore[no-any-return]
+
+
+def test_serve_and_rerank_take_the_same_model_options() -> None:
+    shared = argparse.ArgumentParser(add_help=False)
+    add_model_options(shared, defaults=True)
+    model_flags = option_strings(shared)
+    assert {"--model", "--dtype", "--batch-tokens", "--layer", "--dim"} <= model_flags
+    assert model_flags <= option_strings(subcommand("serve"))
+    assert model_flags <= option_strings(subcommand("rerank"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--model", "DIR", "--dtype", "bfloat16", "--batch-tokens", "4096"],
+        ["--dtype", "bfloat16", "--batch-tokens", "4096", "serve", "--model", "DIR"],
+        ["--model", "DIR", "serve", "--dtype", "bfloat16", "--max-batch-tokens", "4096"],
+    ],
+)
+def test_model_options_before_or_after_serve_reach_the_scorer(argv: list[str]) -> None:
+    args = _parser().parse_args(argv)
+    assert args.model == "DIR"
+    assert _model_options(args, args.batch_tokens) == {"dtype": "bfloat16", "batch_tokens": 4096}
+
+
+def test_serve_defaults_to_the_rerank_model_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RERANK_MODEL", "/models/mine")
+    assert _parser().parse_args(["serve"]).model == "/models/mine"
+
+
+@pytest.mark.parametrize(
+    ("model", "flags", "named"),
+    [
+        ("http://127.0.0.1:9", ["--device", "cpu"], "--device"),
+        ("http://127.0.0.1:9", ["--layer", "2"], "--layer"),
+        ("DIR", ["--dialect", "tei"], "--dialect"),
+    ],
+)
+def test_a_model_option_for_the_other_kind_of_model_names_the_flag(
+    model: str, flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--model", model, *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "only apply to" in err
+
+
+def test_serve_builds_a_matryoshka_model_at_the_exit_given(tmp_path: Path) -> None:
+    directory = make_matryoshka_checkpoint(tmp_path / "mm")
+    argv = ["serve", "-m", str(directory), "--device", "cpu", "--layer", "2", "--dim", "21"]
+    app, _, _ = _build(_parser().parse_args([*argv, "--batch-tokens", "512"]))
+    scorer = app.state.engine.scorer
+    assert (scorer.layer, scorer.dim) == (2, 21)
+    assert app.state.batcher.max_batch_tokens == 512

@@ -1,0 +1,109 @@
+"""The model options of every subcommand that loads a model (``rerank``, ``serve``).
+
+One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
+same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
+``--layer``/``--dim`` and ``--dialect``, with the same defaults and checks. It sits below
+the command line and the server (which both import it) and above ``loading``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from rerank_plugins.errors import InvalidInputError
+from rerank_plugins.loading import DEFAULT_MODEL
+
+__all__ = ["MODEL_ENV", "add_model_options", "is_remote", "model_options"]
+
+MODEL_ENV = "RERANK_MODEL"
+
+# Options that only one kind of model takes: given for the other kind they are an error
+# naming the flag (rather than an UnknownOptionError naming a keyword argument).
+_LOCAL_ONLY = {
+    "device": "--device",
+    "dtype": "--dtype",
+    "batch_tokens": "--batch-tokens",
+    "max_length": "--max-length",
+    "layer": "--layer",
+    "dim": "--dim",
+}
+_REMOTE_ONLY = {"dialect": "--dialect"}
+
+
+def is_remote(model: str) -> bool:
+    return str(model).startswith(("http://", "https://"))
+
+
+def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> None:
+    """Add the model options. ``defaults=False`` gives them ``SUPPRESS`` defaults, for a
+    subcommand's copy of options also accepted before the subcommand (a value given there
+    is then not reset by the subcommand's parser)."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    model = os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    add = parser.add_argument
+    add(
+        "-m",
+        "--model",
+        default=default(model),
+        help="hub id, local checkpoint directory or http(s) endpoint "
+        f"(default: ${MODEL_ENV}, else {DEFAULT_MODEL})",
+    )
+    add("--device", default=default(None), help="auto (default), cpu, cuda, cuda:1, ...")
+    add(
+        "--dtype",
+        default=default(None),
+        help="auto (default: bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16",
+    )
+    add(
+        "--max-length",
+        type=int,
+        default=default(None),
+        help="token window (default: the model's own)",
+    )
+    add(
+        "--batch-tokens",
+        type=int,
+        default=default(None),
+        help="token budget per forward pass (local models)",
+    )
+    add("--layer", type=int, default=default(None), help="matryoshka models: exit layer")
+    add("--dim", type=int, default=default(None), help="matryoshka models: head width")
+    add(
+        "--dialect",
+        default=default(None),
+        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score)",
+    )
+
+
+def model_options(
+    args: argparse.Namespace,
+    *,
+    local_only: Mapping[str, str] | None = None,
+    remote_only: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """``load_scorer`` keyword arguments from the model options in ``args``; an option for
+    the other kind of model (``--device`` with a URL, ``--dialect`` with a checkpoint) is
+    an :class:`~rerank_plugins.errors.InvalidInputError` naming the flag. ``local_only``
+    and ``remote_only`` (dest -> flag) add a subcommand's own such options to the check."""
+    remote = is_remote(args.model)
+    if remote:
+        wrong = {**_LOCAL_ONLY, **(local_only or {})}
+    else:
+        wrong = {**_REMOTE_ONLY, **(remote_only or {})}
+    given = [flag for name, flag in wrong.items() if getattr(args, name, None) is not None]
+    if given:
+        where = "local models" if remote else "http(s) endpoints"
+        raise InvalidInputError(f"{', '.join(given)} only apply to {where}")
+    names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens")
+    options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if not remote:
+        options.update(
+            {n: getattr(args, n) for n in ("layer", "dim") if getattr(args, n, None) is not None}
+        )
+    return options
