@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -11,24 +10,7 @@ from pathlib import Path
 import pytest
 
 from rerank_plugins import load_scorer, rank
-from rerank_plugins.cli import main
-
-DOCS = ["w1 w2 w3", "w9 w8", "w1 w50 w51 w52", "w200"]
-
-
-class FakeStdin(io.StringIO):
-    def __init__(self, text: str, tty: bool = False) -> None:
-        super().__init__(text)
-        self._tty = tty
-
-    def isatty(self) -> bool:
-        return self._tty
-
-
-def run(argv: list[str], stdin: str = "", tty: bool = True) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(argv, stdout=out, stdin=FakeStdin(stdin, tty))
-    return code, out.getvalue()
+from tests.cli_run import DOCS, run
 
 
 def expected_order(model: Path, query: str, docs: list[str]) -> list[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -12,25 +11,10 @@ from typing import Any
 import pytest
 
 from rerank_plugins import CrossEncoderScorer, rank
-from rerank_plugins.cli import _parser, main
+from rerank_plugins.cli import _parser
+from tests.cli_run import DOCS, run
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["w1 w2 w3", "w9 w8", "w1 w50 w51 w52", "w200"]
-
-
-class Stdin(io.StringIO):
-    def __init__(self, text: str = "", tty: bool = True) -> None:
-        super().__init__(text)
-        self._tty = tty
-
-    def isatty(self) -> bool:
-        return self._tty
-
-
-def run(argv: list[str], stdin: str = "", tty: bool = True) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(argv, stdout=out, stdin=Stdin(stdin, tty))
-    return code, out.getvalue()
 
 
 def test_options_work_before_and_after_the_subcommand(modernbert_dir: Path) -> None:
