@@ -36,7 +36,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,12 @@ from pathlib import Path
 import httpx
 from bench_cross_encoder import QUERY_WORDS, SPECIALS, Shape, long_tailed_lengths
 
-from rerank_plugins.testing import make_modernbert_checkpoint, random_text
+from rerank_plugins.testing import (
+    free_port,
+    make_modernbert_checkpoint,
+    random_text,
+    wait_until_healthy,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 8192
@@ -91,12 +95,6 @@ class Run:
     @property
     def docs_per_s(self) -> float:
         return self.documents / self.wall if self.wall else math.nan
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_ours(directory: Path, name: str, extra: list[str], logs: Path) -> Server:
@@ -145,17 +143,7 @@ def start_infinity(directory: Path, logs: Path, batch_size: int) -> Server:
 
 
 def wait_ready(server: Server, health: str, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited:\n{server.log.read_text()[-3000:]}")
-        try:
-            if httpx.get(health, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{server.name} not ready after {seconds:.0f}s")
+    wait_until_healthy(health, server.process, log=server.log, seconds=seconds, name=server.name)
 
 
 def stop(server: Server) -> None:

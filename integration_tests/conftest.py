@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from rerank_plugins.testing import make_modernbert_checkpoint
+from rerank_plugins.testing import free_port, make_modernbert_checkpoint, wait_until_healthy
 
 HERE = Path(__file__).resolve().parent
 STARTUP_SECONDS = 180.0
@@ -39,12 +36,6 @@ def _venv() -> Path:
     return Path(os.environ.get("RERANK_INFINITY_VENV") or HERE / ".venv")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfinityServer]:
     executable = _venv() / "bin" / "infinity_emb"
@@ -56,7 +47,7 @@ def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfinityServe
             pytest.fail(message)
         pytest.skip(message)
     checkpoint = make_modernbert_checkpoint(tmp_path_factory.mktemp("infinity") / "tiny-reranker")
-    port, key, model = _free_port(), secrets.token_urlsafe(16), "tiny-reranker"
+    port, key, model = free_port(), secrets.token_urlsafe(16), "tiny-reranker"
     log = tmp_path_factory.mktemp("infinity-log") / "server.log"
     env = {
         **os.environ,
@@ -88,7 +79,14 @@ def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfinityServe
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        _wait_until_ready(f"http://127.0.0.1:{port}/health", process, log)
+        wait_until_healthy(
+            f"http://127.0.0.1:{port}/health",
+            process,
+            log=log,
+            seconds=STARTUP_SECONDS,
+            interval=0.5,
+            name="Infinity",
+        )
         yield InfinityServer(base_url, key, model, checkpoint)
     finally:
         process.terminate()
@@ -97,21 +95,3 @@ def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfinityServe
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-
-
-def _wait_until_ready(health_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Infinity exited with {process.returncode}:\n{_tail(log)}")
-        try:
-            if httpx.get(health_url, timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"Infinity not ready after {STARTUP_SECONDS:.0f}s:\n{_tail(log)}")
-
-
-def _tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])

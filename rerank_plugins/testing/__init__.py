@@ -30,6 +30,7 @@ from rerank_plugins.testing.modernbert import (
     TINY_MODERNBERT,
     make_modernbert_checkpoint,
 )
+from rerank_plugins.testing.servers import free_port, wait_until_healthy
 from rerank_plugins.testing.words import (
     WORDS,
     random_text,
@@ -43,6 +44,7 @@ __all__ = [
     "TINY_MODERNBERT",
     "WORDS",
     "FunctionScorer",
+    "free_port",
     "gte_reference_config",
     "make_colbert_checkpoint",
     "make_gte_new_checkpoint",
@@ -54,4 +56,5 @@ __all__ = [
     "save_mmbert_word_tokenizer",
     "save_word_tokenizer",
     "save_xlmr_tokenizer",
+    "wait_until_healthy",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,14 +16,9 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer  # noqa: E402
 from rerank_plugins.serve import create_app  # noqa: E402
+from rerank_plugins.testing import free_port  # noqa: E402
 
 WINDOW = 64  # a small window: "over the window" costs nothing to test
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

@@ -18,9 +18,12 @@ import pytest
 from rerank_plugins._model_args import add_model_options
 from rerank_plugins.cli import _parser, main
 from rerank_plugins.serve.cli import _build, _model_options
-from rerank_plugins.testing import make_matryoshka_checkpoint, random_text
-
-from .conftest import free_port
+from rerank_plugins.testing import (
+    free_port,
+    make_matryoshka_checkpoint,
+    random_text,
+    wait_until_healthy,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,16 +63,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        wait_until_healthy(f"{url}/health", process, log=log, seconds=120, interval=0.2)
         text = log.read_text()
         # Loaded and warmed before the port accepted connections.
         assert text.index("warmed up") < text.index("Uvicorn running")

@@ -1,0 +1,39 @@
+"""rerank_plugins.testing.servers: the helpers the serve tests, the serving benchmark and
+the Infinity integration tests share to start server processes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rerank_plugins.testing import free_port, wait_until_healthy
+
+
+def test_a_free_port_can_be_bound() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", free_port()))
+
+
+def test_a_server_that_exits_is_reported_with_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "print('port in use'); raise SystemExit(3)"], stdout=out
+        )
+    process.wait(timeout=60)
+    with pytest.raises(RuntimeError, match=r"(?s)demo exited with 3:.*port in use"):
+        wait_until_healthy(f"http://127.0.0.1:{free_port()}/health", process, log=log, name="demo")
+
+
+def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(RuntimeError, match="not ready after 1s"):
+            wait_until_healthy(f"http://127.0.0.1:{free_port()}/health", process, seconds=1)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
