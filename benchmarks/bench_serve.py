@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from bench_cross_encoder import QUERY_WORDS, SPECIALS, Shape, long_tailed_lengths
+from bench_cross_encoder import QUERY_WORDS, SPECIALS, Shape
+from harness import long_tailed_lengths
 
 from rerank_plugins.testing import (
     free_port,
