@@ -374,7 +374,10 @@ class RemoteScorer(Rebuildable):
         for positions, scores in zip(batches, parts, strict=True):
             for position, score in zip(positions, scores, strict=True):
                 merged[position] = score
-        return [s for s in merged if s is not None]
+        scores = [s for s in merged if s is not None]
+        if len(scores) != len(merged):  # batches cover every position exactly once
+            raise RuntimeError(f"batches left documents unscored: {batches}")
+        return scores
 
     def _run_all(
         self, fn: Callable[[list[int]], list[Score]], batches: list[list[int]]
