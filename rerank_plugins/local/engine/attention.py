@@ -48,6 +48,7 @@ __all__ = [
     "attention",
     "choose_backend",
     "choose_backends",
+    "contiguous",
     "has_flex",
     "has_varlen",
     "pack_sequences",
@@ -134,6 +135,12 @@ def pack_sequences(sequences: Sequence[Sequence[int]], device: torch.device) -> 
         lengths=lengths,
         max_seqlen=max(lengths),
     )
+
+
+def contiguous(x: torch.Tensor) -> torch.Tensor:
+    """``x.contiguous()`` without the Python method, whose binding takes a device guard
+    that fake CUDA tensors (the CI trace, CPU-only torch) cannot provide."""
+    return x if x.is_contiguous() else x.clone(memory_format=torch.contiguous_format)
 
 
 def has_varlen() -> bool:
@@ -327,9 +334,9 @@ def _varlen(
     elif not math.isclose(scale, q.shape[-1] ** -0.5):
         q = q * (scale * q.shape[-1] ** 0.5)  # the kernel applies D ** -0.5 itself
     out = varlen_attn(
-        q.contiguous(),  # q and k arrive as strided views of one rotated [T, 2H, D] tensor
-        k.contiguous(),
-        v.contiguous(),
+        contiguous(q),  # q and k arrive as strided views of one rotated [T, 2H, D] tensor
+        contiguous(k),
+        contiguous(v),
         batch.cu_seqlens,
         batch.cu_seqlens,
         batch.max_seqlen,
@@ -376,7 +383,7 @@ def _flex(
         block_mask=block_mask,
         scale=scale,
     )
-    return out[0].transpose(0, 1)
+    return out.select(0, 0).transpose(0, 1)
 
 
 FLEX_BLOCK = 128  # FlexAttention's default (and compiled kernels') block size

@@ -409,8 +409,7 @@ class GteNewPairClassifier:
         packed = pack_sequences([pair.ids for pair in batch], self.device)
         type_ids = None
         if self._uses_type_ids:
-            type_ids = torch.tensor(
-                [t for pair in batch for t in pair.type_ids], dtype=torch.long, device=self.device
-            )
+            flat = [t for pair in batch for t in pair.type_ids]
+            type_ids = torch.tensor(flat, dtype=torch.long).to(self.device, non_blocking=True)
         out = self.model(packed, type_ids, backend=self.backend)
         return out.float().cpu()

@@ -46,6 +46,7 @@ from rerank_plugins.local.engine.attention import (
     PackedBatch,
     attention,
     choose_backends,
+    contiguous,
     pack_sequences,
 )
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
@@ -289,7 +290,7 @@ class ModernBertTrunk(nn.Module):
             a = attention(
                 qk.narrow(1, 0, heads),
                 qk.narrow(1, heads, heads),
-                qkv.select(1, 2).contiguous(),
+                contiguous(qkv.select(1, 2)),
                 batch,
                 window=window,
                 backend=backends.for_window(window),
@@ -335,7 +336,7 @@ def mean_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     """
     # Sequences are contiguous on the packed axis: one reduction per sequence.
     sums = torch.stack([part.sum(0, dtype=torch.float32) for part in hidden.split(batch.lengths)])
-    counts = torch.tensor(batch.lengths, dtype=torch.float32, device=hidden.device)
+    counts = torch.tensor(batch.lengths, dtype=torch.float32).to(hidden.device, non_blocking=True)
     return sums / counts.unsqueeze(1)
 
 
