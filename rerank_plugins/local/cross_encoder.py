@@ -60,7 +60,8 @@ class CrossEncoderScorer:
 
     Options: ``device`` ("auto", "cpu", "cuda", ...), ``dtype`` ("auto" = bf16 on CUDA,
     fp32 on CPU), ``max_length`` (default: the model's window, clamped to it),
-    ``overflow`` ("truncate" or "error"), ``batch_tokens`` (token budget per forward).
+    ``overflow`` ("truncate" or "error"), ``batch_tokens`` (token budget per forward),
+    ``backend`` (the native engine's attention: "auto", "varlen", "flex" or "sdpa").
     """
 
     def __init__(
@@ -74,9 +75,11 @@ class CrossEncoderScorer:
         output: Output = "probability",
         batch_tokens: int = 16384,
         engine: Engine = "auto",
+        backend: str = "auto",
         revision: str | None = None,
         local_files_only: bool = False,
     ) -> None:
+        self.backend = backend
         if output not in ("probability", "logit"):
             raise InvalidInputError(f"output must be 'probability' or 'logit', got {output!r}")
         if batch_tokens <= 0:
@@ -123,13 +126,21 @@ class CrossEncoderScorer:
             from rerank_plugins.local.engine.gte import GteNewPairClassifier
 
             return GteNewPairClassifier(
-                self.directory, device=self.device, dtype=self.dtype, config=self.config
+                self.directory,
+                device=self.device,
+                dtype=self.dtype,
+                backend=self.backend,
+                config=self.config,
             )
         if self.config.get("model_type") == "modernbert" and engine != "transformers":
             from rerank_plugins.local.engine.modernbert import ModernBertPairClassifier
 
             return ModernBertPairClassifier(
-                self.directory, device=self.device, dtype=self.dtype, config=self.config
+                self.directory,
+                device=self.device,
+                dtype=self.dtype,
+                backend=self.backend,
+                config=self.config,
             )
         if engine == "native":
             raise UnsupportedModelError(f"no native engine for {self.config.get('model_type')!r}")
