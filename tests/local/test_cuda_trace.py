@@ -57,6 +57,8 @@ VARLEN = "torch_attn._varlen_attn"
 FLEX = "higher_order.flex_attention"
 # A torch whose varlen_attn takes no window (2.10): varlen on global layers only.
 NO_WINDOW = AttentionFeatures(varlen=True, varlen_window=False, flex=True, capability=(9, 0))
+# A Pascal GPU (no Triton, no flash attention): length-bucketed SDPA.
+OLD_GPU = AttentionFeatures(varlen=True, varlen_window=True, flex=True, capability=(6, 1))
 # Lengths: several sequences per batch, all longer than the tiny models' +-4 local window,
 # one over FlexAttention's 128-token block.
 LENGTHS = (7, 40, 131, 300, 12)
@@ -120,8 +122,9 @@ def assert_fp32_rope(rec: SyncRecorder) -> None:
         (None, Backends("varlen", "varlen"), {VARLEN: 4}),
         (NO_WINDOW, Backends("varlen", "flex"), {VARLEN: 2, FLEX: 2}),
         ("flex", Backends("flex", "flex"), {FLEX: 4}),
+        (OLD_GPU, Backends("sdpa", "sdpa"), {VARLEN: 0, FLEX: 0}),
     ],
-    ids=["varlen-windows", "varlen-global-flex-local", "flex"],
+    ids=["varlen-windows", "varlen-global-flex-local", "flex", "bucketed-sdpa"],
 )
 def test_modernbert_seq_cls_runs_on_cuda_in_bf16_without_host_sync(
     ckpts: dict[str, Path], features: Any, expected: Backends, kernels: dict[str, int]
@@ -149,6 +152,8 @@ def test_modernbert_seq_cls_runs_on_cuda_in_bf16_without_host_sync(
         logits, rec = traced(fake, lambda: classifier.logits(pairs()), copies=1)
     assert (logits.shape, logits.dtype, logits.device.type) == ((5, 1), torch.float32, "cpu")
     assert {k: count(rec, k) for k in kernels} == kernels
+    sdpa = sum("scaled_dot_product" in e.name and e.on_device for e in rec.events)
+    assert (sdpa >= 4) == (expected.full == "sdpa")  # buckets on global, blocks on local layers
     assert pooled[0].dtype == torch.float32 and pooled[0].shape == (5, 32)  # mean pool, fp32
     matmuls = device_matmul_dtypes(rec)
     # The trunk's 4 layers x 4 matmuls in bf16; only head.dense and the classifier in fp32.

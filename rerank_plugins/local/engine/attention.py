@@ -444,14 +444,23 @@ def flex_block_mask(lengths: Sequence[int], window: int | None, device: torch.de
 
 @dataclass(frozen=True)
 class _Bucket:
-    """Sequences padded together: ``index [n, L]`` into the packed axis (0 on padding)."""
+    """Sequences padded together into ``[n, L]`` (``L`` = ``length``).
 
-    start: int  # packed start when the bucket is one sequence (no gather), else -1
+    ``start`` is the packed start when the bucket is one sequence (no gather), else -1.
+    ``index [n * L]``: packed index of every padded slot (0 on padding); ``valid [R]``: the
+    slots holding real tokens, ``dest [R]``: their packed index (for one sequence: its
+    packed positions); ``key_mask [n, 1, 1, L]``
+    (``None`` when nothing is padded). All built on the host from the lengths: gathering
+    and scattering need no boolean mask on the device (which would sync).
+    """
+
+    start: int
     length: int
+    count: int
     index: torch.Tensor | None
-    valid: torch.Tensor | None  # bool [n * L], real tokens of the padded bucket
-    dest: torch.Tensor | None  # packed index of every real token, in bucket order
-    key_mask: torch.Tensor | None  # bool [n, 1, 1, L], None when nothing is padded
+    valid: torch.Tensor | None
+    dest: torch.Tensor | None
+    key_mask: torch.Tensor | None
 
 
 def _bucket_lengths(lengths: Sequence[int], slack: float = _BUCKET_SLACK) -> list[list[int]]:
@@ -487,26 +496,39 @@ def _global_plan(batch: PackedBatch) -> list[_Bucket]:
     starts = [0]
     for n in batch.lengths:
         starts.append(starts[-1] + n)
+
+    def on_device(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+
     plan = []
     for members in _bucket_lengths(batch.lengths):
         longest = batch.lengths[members[0]]
         if len(members) == 1:
-            plan.append(_Bucket(starts[members[0]], longest, None, None, None, None))
+            s = starts[members[0]]
+            dest = on_device(list(range(s, s + longest)))
+            plan.append(_Bucket(s, longest, 1, None, None, dest, None))
             continue
-        offsets = torch.arange(longest)
-        first = torch.tensor([starts[i] for i in members])[:, None]
-        lens = torch.tensor([batch.lengths[i] for i in members])[:, None]
-        valid = offsets[None, :] < lens
-        index = torch.where(valid, first + offsets[None, :], 0)
-        padded = not bool(valid.all())
+        index, valid, dest = [], [], []
+        for row, m in enumerate(members):
+            n = batch.lengths[m]
+            index += [starts[m] + j for j in range(n)] + [0] * (longest - n)
+            valid += range(row * longest, row * longest + n)
+            dest += range(starts[m], starts[m] + n)
+        padded = any(batch.lengths[m] != longest for m in members)
+        key_mask = None
+        if padded:
+            lens = torch.tensor([batch.lengths[m] for m in members])
+            mask = torch.arange(longest).unsqueeze(0) < lens.unsqueeze(1)
+            key_mask = mask.view(len(members), 1, 1, longest).to(device, non_blocking=True)
         plan.append(
             _Bucket(
-                start=-1,
-                length=longest,
-                index=index.to(device),
-                valid=valid.reshape(-1).to(device),
-                dest=index[valid].to(device),
-                key_mask=valid[:, None, None, :].to(device) if padded else None,
+                -1,
+                longest,
+                len(members),
+                on_device(index),
+                on_device(valid),
+                on_device(dest),
+                key_mask,
             )
         )
     batch.cache["sdpa_global"] = plan
@@ -520,7 +542,8 @@ def _one_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     path, which materialises the ``L x L`` scores (16 GiB at 32K tokens, 2 heads).
     """
     q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
-    return F.scaled_dot_product_attention(q4, k4, v4, scale=scale)[0].transpose(0, 1)
+    out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale)
+    return out.select(0, 0).transpose(0, 1)
 
 
 def _sdpa_global(
@@ -532,14 +555,21 @@ def _sdpa_global(
         return _one_sequence(q, k, v, scale)
     out = q.new_empty(t, h, d)
     for bucket in plan:
+        n, length = bucket.count, bucket.length
+        assert bucket.dest is not None
         if bucket.index is None:
-            s, e = bucket.start, bucket.start + bucket.length
-            out[s:e] = _one_sequence(q[s:e], k[s:e], v[s:e], scale)
+            part = (x.narrow(0, bucket.start, length) for x in (q, k, v))
+            # index_copy_, not narrow().copy_(): Tensor.copy_'s binding takes a device guard
+            # that fake CUDA tensors (the CI trace on a CPU-only torch) cannot provide.
+            out.index_copy_(0, bucket.dest, _one_sequence(*part, scale))
             continue
-        assert bucket.valid is not None and bucket.dest is not None
-        qb, kb, vb = (x[bucket.index].transpose(1, 2) for x in (q, k, v))  # [n, H, L, D]
+        assert bucket.valid is not None
+        qb, kb, vb = (
+            x.index_select(0, bucket.index).view(n, length, h, d).transpose(1, 2) for x in (q, k, v)
+        )  # [n, H, L, D]
         o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bucket.key_mask, scale=scale)
-        out[bucket.dest] = o.transpose(1, 2).reshape(-1, h, d)[bucket.valid]
+        rows = o.transpose(1, 2).reshape(n * length, h, d).index_select(0, bucket.valid)
+        out.index_copy_(0, bucket.dest, rows)
     return out
 
 
@@ -565,10 +595,11 @@ def _local_mask(batch: PackedBatch, window: int, block: int) -> torch.Tensor:
     # one key each (no all-masked row, no NaN); they are sliced away afterwards.
     q_seq = F.pad(seq, (0, tail), value=-1).view(n_blocks, block)
     k_seq = F.pad(seq, (window, tail + window), value=-1).unfold(0, block + 2 * window, block)
-    i = torch.arange(block, device=seq.device)[:, None]
-    j = torch.arange(block + 2 * window, device=seq.device)[None, :]
+    i = torch.arange(block, device=seq.device).unsqueeze(1)
+    j = torch.arange(block + 2 * window, device=seq.device).unsqueeze(0)
     band = (j - i >= 0) & (j - i <= 2 * window)  # key j sits at i + (j - i - window)
-    mask = ((q_seq[:, :, None] == k_seq[:, None, :]) & band[None]).unsqueeze(1)
+    same = q_seq.unsqueeze(2) == k_seq.unsqueeze(1)
+    mask = (same & band.unsqueeze(0)).unsqueeze(1)
     batch.cache[key] = mask
     return mask
 
@@ -594,4 +625,4 @@ def _sdpa_local(
 
     qb = F.pad(q, (0, 0, 0, 0, 0, tail)).view(n_blocks, block, h, d).transpose(1, 2)
     out = F.scaled_dot_product_attention(qb, keys(k), keys(v), attn_mask=mask, scale=scale)
-    return out.transpose(1, 2).reshape(n_blocks * block, h, d)[:t]
+    return out.transpose(1, 2).reshape(n_blocks * block, h, d).narrow(0, 0, t)
