@@ -323,3 +323,15 @@ def test_the_detector_rejects_a_copy_to_the_host_before_the_work_is_done() -> No
         with pytest.raises(HostSyncError, match="before the device work was over"):
             rec.check_final_copies()
     assert early.device.type == "cpu"
+
+
+def test_the_fake_device_serves_mps_too() -> None:
+    # The same seam for Apple GPUs (CI has none either): availability patched, fake tensors.
+    with fake_device("mps") as fake:
+        assert torch.backends.mps.is_available() and fake.device == torch.device("mps", 0)
+        x = torch.ones(4, 8, device=fake.device)
+        out, _ = traced(fake, lambda: (x @ x.T).float().cpu(), copies=1)
+    assert (out.shape, out.device.type) == ((4, 4), "cpu")
+    with pytest.raises(ValueError, match="no fake"):
+        with fake_device("xpu"):
+            pass
