@@ -54,7 +54,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules
 
-from bench_cross_encoder import Shape, long_tailed_lengths, pair_flops
+from bench_cross_encoder import Shape, pair_flops
+from harness import Column, command_line, format_table, long_tailed_lengths, machine_line
 
 from rerank_plugins.local.engine import attention as attn
 from rerank_plugins.testing import (
@@ -278,6 +279,8 @@ def section_environment(ctx: Context) -> dict[str, Any]:
 
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine_line(),
+        "command": command_line(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -638,22 +641,26 @@ def fmt(v: Any, digits: int = 3) -> str:
     return "-" if v is None else str(v)
 
 
+SPEED_COLUMNS = [
+    Column("engine", "engine", fmt=str, left=True),
+    Column("docs_per_s", "docs/s", fmt=",.1f"),
+    Column("tokens_per_s", "tokens/s", fmt=",.0f"),
+    Column("tflops", "TFLOP/s", fmt=".3g"),
+    Column("fraction_of_gemm_peak", "of GEMM peak", fmt=".3f"),
+    Column("peak_mib", "peak MiB", fmt=",d"),
+    Column("first_call_s", "first call s", fmt=".3g"),
+]
+
+
 def speed_table(title: str, result: dict[str, Any]) -> list[str]:
-    lines = [
+    rows = [{"engine": name, **row} for name, row in result.get("engines", {}).items()]
+    return [
         f"### {title}: {result.get('documents')} docs, {result.get('tokens')} tokens, "
         f"{fmt(result.get('flops', 0) / 1e12)} TFLOP",
         "",
-        "| engine | docs/s | tokens/s | TFLOP/s | of GEMM peak | peak MiB | first call s | error |",
-        "|---|---|---|---|---|---|---|---|",
+        format_table(rows, SPEED_COLUMNS, markdown=True),
+        "",
     ]
-    for name, row in result.get("engines", {}).items():
-        lines.append(
-            f"| {name} | {fmt(row.get('docs_per_s'))} | {fmt(row.get('tokens_per_s'))} | "
-            f"{fmt(row.get('tflops'))} | {fmt(row.get('fraction_of_gemm_peak'))} | "
-            f"{row.get('peak_mib', '-')} | {fmt(row.get('first_call_s'))} | "
-            f"{row.get('error', '')} |"
-        )
-    return [*lines, ""]
 
 
 def report(results: dict[str, Any]) -> str:
