@@ -505,10 +505,12 @@ def _global_plan(batch: PackedBatch) -> list[_Bucket]:
         longest = batch.lengths[members[0]]
         if len(members) == 1:
             s = starts[members[0]]
-            dest = on_device(list(range(s, s + longest)))
-            plan.append(_Bucket(s, longest, 1, None, None, dest, None))
+            span = on_device(list(range(s, s + longest)))
+            plan.append(_Bucket(s, longest, 1, None, None, span, None))
             continue
-        index, valid, dest = [], [], []
+        index: list[int] = []
+        valid: list[int] = []
+        dest: list[int] = []
         for row, m in enumerate(members):
             n = batch.lengths[m]
             index += [starts[m] + j for j in range(n)] + [0] * (longest - n)
@@ -558,10 +560,10 @@ def _sdpa_global(
         n, length = bucket.count, bucket.length
         assert bucket.dest is not None
         if bucket.index is None:
-            part = (x.narrow(0, bucket.start, length) for x in (q, k, v))
+            qs, ks, vs = (x.narrow(0, bucket.start, length) for x in (q, k, v))
             # index_copy_, not narrow().copy_(): Tensor.copy_'s binding takes a device guard
             # that fake CUDA tensors (the CI trace on a CPU-only torch) cannot provide.
-            out.index_copy_(0, bucket.dest, _one_sequence(*part, scale))
+            out.index_copy_(0, bucket.dest, _one_sequence(qs, ks, vs, scale))
             continue
         assert bucket.valid is not None
         qb, kb, vb = (
