@@ -273,10 +273,16 @@ def free(ctx: Context) -> None:
 # --- sections --------------------------------------------------------------------------
 
 
-def section_environment(ctx: Context) -> dict[str, Any]:
-    import sentence_transformers
-    import transformers
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "missing"
+
+
+def section_environment(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine_line(),
@@ -284,8 +290,10 @@ def section_environment(ctx: Context) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
+        "transformers": _version("transformers"),
+        "sentence_transformers": _version("sentence-transformers"),
+        "tokenizers": _version("tokenizers"),
+        "safetensors": _version("safetensors"),
         "device": str(ctx.device),
         "dtype": str(ctx.dtype).removeprefix("torch."),
     }
@@ -313,7 +321,7 @@ def section_environment(ctx: Context) -> dict[str, Any]:
     reps = 20 if ctx.device.type == "cuda" else 2
     seconds, _ = timed(ctx, lambda: [a @ b for _ in range(reps)])
     ctx.peak_flops = 2 * n**3 * reps / seconds
-    out["gemm_peak_tflops"] = round(ctx.peak_flops / 1e12, 1)
+    out["gemm_peak_tflops"] = float(f"{ctx.peak_flops / 1e12:.4g}")
     out["gemm"] = f"{n}^3 {str(ctx.dtype).removeprefix('torch.')} matmul x {reps}"
     return out
 
