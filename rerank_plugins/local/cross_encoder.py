@@ -71,6 +71,7 @@ class CrossEncoderScorer(Rebuildable):
     Options: ``device`` ("auto", "cpu", "cuda", ...), ``dtype`` ("auto" = bf16 on CUDA,
     fp32 on CPU), ``max_length`` (default: the model's window, clamped to it),
     ``overflow`` ("truncate" or "error"), ``batch_tokens`` (token budget per forward),
+    ``backend`` (the native engine's attention: "auto", "varlen", "flex" or "sdpa").
     ``show_progress`` (a tqdm bar: False by default, True, or None for "when stderr is a
     terminal and the call is more than a few batches"), ``cache`` (share loaded weights
     with other scorers on the same checkpoint, device and dtype; default True).
@@ -94,6 +95,7 @@ class CrossEncoderScorer(Rebuildable):
         output: Output = "probability",
         batch_tokens: int = 16384,
         engine: Engine = "auto",
+        backend: str = "auto",
         revision: str | None = None,
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
@@ -101,6 +103,7 @@ class CrossEncoderScorer(Rebuildable):
         show_progress: bool | None = False,
         cache: bool = True,
     ) -> None:
+        self.backend = backend
         if output not in ("probability", "logit"):
             raise InvalidInputError(f"output must be 'probability' or 'logit', got {output!r}")
         if batch_tokens <= 0:
@@ -150,7 +153,7 @@ class CrossEncoderScorer(Rebuildable):
 
     def _weights_key(self) -> tuple[Any, ...]:
         """What, beyond checkpoint, device and dtype, tells this scorer's loaded model apart."""
-        return (CrossEncoderScorer, self.engine)
+        return (CrossEncoderScorer, self.engine, self.backend)
 
     def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         # The copy is built from the resolved directory: no download, no token to carry.
@@ -170,13 +173,21 @@ class CrossEncoderScorer(Rebuildable):
             from rerank_plugins.local.engine.gte import GteNewPairClassifier
 
             return GteNewPairClassifier(
-                self.directory, device=self.device, dtype=self.dtype, config=self.config
+                self.directory,
+                device=self.device,
+                dtype=self.dtype,
+                backend=self.backend,
+                config=self.config,
             )
         if self.config.get("model_type") == "modernbert" and engine != "transformers":
             from rerank_plugins.local.engine.modernbert import ModernBertPairClassifier
 
             return ModernBertPairClassifier(
-                self.directory, device=self.device, dtype=self.dtype, config=self.config
+                self.directory,
+                device=self.device,
+                dtype=self.dtype,
+                backend=self.backend,
+                config=self.config,
             )
         if engine == "native":
             raise UnsupportedModelError(f"no native engine for {self.config.get('model_type')!r}")

@@ -23,16 +23,23 @@ _DTYPES = {
 
 
 def pick_device(device: str | None) -> torch.device:
-    """``"auto"``/``None`` → CUDA when available, else CPU; anything else as torch reads it."""
+    """``"auto"``/``None`` → CUDA when available, else CPU; anything else as torch reads it.
+
+    CUDA devices always carry an index (``cuda`` becomes ``cuda:<current device>``)."""
     torch = require("torch")
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InvalidInputError(f"unknown device {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("device 'cuda' was asked for but CUDA is not available")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError("device 'cuda' was asked for but CUDA is not available")
+        if dev.index is None:
+            # An explicit index: every tensor and module then names the same GPU, and
+            # nothing needs the current-device lookup at transfer time.
+            dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
