@@ -5,7 +5,8 @@
     RerankError
     ├── MissingExtraError (also ImportError)   an optional dependency is not installed
     ├── InvalidInputError (also ValueError)    bad query, documents or options
-    │   └── InputTooLongError                  over the window with overflow="error"
+    │   ├── InputTooLongError                  over the window with overflow="error"
+    │   └── UnsupportedDeviceError             a device that cannot run the mode asked for
     ├── UnsupportedModelError (also ValueError) a checkpoint no scorer can run
     └── ScoringError                           a backend could not score some documents
         ├── InvalidScoreError                  a backend produced NaN (or another non-number)
@@ -37,6 +38,7 @@ __all__ = [
     "MissingExtraError",
     "RerankError",
     "ScoringError",
+    "UnsupportedDeviceError",
     "UnsupportedModelError",
 ]
 
@@ -121,3 +123,7 @@ class EndpointConnectionError(EndpointError):
 
 class MalformedResponseError(EndpointError):
     """The endpoint's body does not match the dialect (bad JSON, missing or repeated indices)."""
+
+
+class UnsupportedDeviceError(InvalidInputError):
+    """The device cannot run the requested precision mode (or not fast enough to be worth it)."""

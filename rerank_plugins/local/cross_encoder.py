@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import load_tokenizer, read_json, resolve_checkpoint
-from rerank_plugins.local.engine.device import pick_device, pick_dtype
+from rerank_plugins.local.engine.device import default_batch_tokens, pick_device, pick_mode
 from rerank_plugins.local.engine.packing import token_budget_batches
 from rerank_plugins.local.tokenization import EncodedPair, PairEncoder
 from rerank_plugins.local.worker import LocalWorker
@@ -58,9 +58,13 @@ class CrossEncoderScorer:
     packed engine; other architectures run through transformers (``engine`` overrides).
     Scores are ``sigmoid(logit)`` (``output="probability"``) or the raw logit.
 
-    Options: ``device`` ("auto", "cpu", "cuda", ...), ``dtype`` ("auto" = bf16 on CUDA,
-    fp32 on CPU), ``max_length`` (default: the model's window, clamped to it),
-    ``overflow`` ("truncate" or "error"), ``batch_tokens`` (token budget per forward).
+    Options: ``device`` ("auto" = CUDA, else Apple MPS, else CPU; or "cpu", "cuda", "mps",
+    ...), ``dtype`` ("auto" = bf16 on CUDA, fp32 on CPU and MPS; "float32", "bfloat16",
+    "float16", or "int8" = dynamic int8 linear layers on CPUs with VNNI/AMX, native engines
+    only; a CPU mode the processor cannot run fast raises ``UnsupportedDeviceError``),
+    ``max_length`` (default: the model's window, clamped to it), ``overflow`` ("truncate"
+    or "error"), ``batch_tokens`` (token budget per forward; default 4,096 on CPU, 16,384
+    on GPUs).
     """
 
     def __init__(
@@ -72,14 +76,14 @@ class CrossEncoderScorer:
         max_length: int | None = None,
         overflow: OverflowPolicy = "truncate",
         output: Output = "probability",
-        batch_tokens: int = 16384,
+        batch_tokens: int | None = None,
         engine: Engine = "auto",
         revision: str | None = None,
         local_files_only: bool = False,
     ) -> None:
         if output not in ("probability", "logit"):
             raise InvalidInputError(f"output must be 'probability' or 'logit', got {output!r}")
-        if batch_tokens <= 0:
+        if batch_tokens is not None and batch_tokens <= 0:
             raise InvalidInputError(f"batch_tokens must be positive, got {batch_tokens}")
         self.directory = resolve_checkpoint(
             model, revision=revision, local_files_only=local_files_only
@@ -95,9 +99,11 @@ class CrossEncoderScorer:
             )
             max_length = self.window
         self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
+        self.dtype, self.quantize = pick_mode(dtype, self.device)
         self.output: Output = output
-        self.batch_tokens = batch_tokens
+        self.batch_tokens = (
+            default_batch_tokens(self.device) if batch_tokens is None else batch_tokens
+        )
         self.encoder = PairEncoder(
             load_tokenizer(self.directory), max_length=max_length, overflow=overflow
         )
@@ -123,13 +129,26 @@ class CrossEncoderScorer:
             from rerank_plugins.local.engine.gte import GteNewPairClassifier
 
             return GteNewPairClassifier(
-                self.directory, device=self.device, dtype=self.dtype, config=self.config
+                self.directory,
+                device=self.device,
+                dtype=self.dtype,
+                config=self.config,
+                quantize=self.quantize,
             )
         if self.config.get("model_type") == "modernbert" and engine != "transformers":
             from rerank_plugins.local.engine.modernbert import ModernBertPairClassifier
 
             return ModernBertPairClassifier(
-                self.directory, device=self.device, dtype=self.dtype, config=self.config
+                self.directory,
+                device=self.device,
+                dtype=self.dtype,
+                config=self.config,
+                quantize=self.quantize,
+            )
+        if self.quantize is not None:
+            raise InvalidInputError(
+                f"dtype={self.quantize!r} runs on the native engines only (ModernBERT, GTE), "
+                f"not through transformers for {self.config.get('model_type')!r}"
             )
         if engine == "native":
             raise UnsupportedModelError(f"no native engine for {self.config.get('model_type')!r}")

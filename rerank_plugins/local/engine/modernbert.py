@@ -47,6 +47,7 @@ from rerank_plugins.local.engine.attention import (
     choose_backend,
     pack_sequences,
 )
+from rerank_plugins.local.engine.precision import quantize_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.tokenization import EncodedPair
 
@@ -295,9 +296,10 @@ class ModernBertTrunk(nn.Module):
         return [found[e] for e in exits]
 
 
-def _add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """``residual + linear(x)``, the add fused into the matmul when there is no bias."""
-    if linear.bias is None:
+def _add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+    """``residual + linear(x)``, the add fused into the matmul when there is no bias (an
+    int8 :class:`~rerank_plugins.local.engine.precision.Int8DynamicLinear` adds after)."""
+    if isinstance(linear, nn.Linear) and linear.bias is None:
         return torch.addmm(residual, x, linear.weight.t())
     return residual + linear(x)
 
@@ -494,10 +496,13 @@ class ModernBertPairClassifier:
         dtype: torch.dtype,
         backend: str = "auto",
         config: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
     ) -> None:
         self.model = load_modernbert(
             directory, device=device, dtype=dtype, backend=backend, config=config
         )
+        if quantize == "int8":  # the trunk's linear layers only; heads stay fp32
+            quantize_linears(self.model.trunk.layers)
         if self.model.classifier is None:
             raise UnsupportedModelError(
                 f"{directory} is a ModernBERT {self.model.layout} checkpoint without a "
