@@ -373,6 +373,11 @@ class MatryoshkaScorer(CrossEncoderScorer):
         return (MatryoshkaScorer, *self._exit)
 
     def _load_classifier(self, engine: str) -> MatryoshkaPairClassifier:
+        if self.quantize is not None:  # never run a mode silently as another one
+            raise InvalidInputError(
+                f"dtype={self.quantize!r} is available for CrossEncoderScorer's ModernBERT and "
+                "GTE engines, not for MatryoshkaScorer; use 'float32' or 'bfloat16'"
+            )
         layer, dim = self._exit
         return MatryoshkaPairClassifier(
             self.directory,

@@ -40,6 +40,7 @@ from rerank_plugins.local.engine.attention import (
     choose_backend,
     pack_sequences,
 )
+from rerank_plugins.local.engine.precision import quantize_linears
 from rerank_plugins.local.engine.rope import (
     apply_rotary,
     default_inv_freq,
@@ -386,8 +387,11 @@ class GteNewPairClassifier:
         dtype: torch.dtype,
         backend: str = "auto",
         config: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
     ) -> None:
         model = load_gte_new(directory, device=device, dtype=dtype, config=config)
+        if quantize == "int8":  # the encoder's linear layers only; pooler and head stay fp32
+            quantize_linears(model.new.encoder)
         self._adopt(model, device, choose_backend(device, backend, dtype=dtype))
 
     @classmethod

@@ -49,6 +49,7 @@ from rerank_plugins.local.engine.attention import (
     contiguous,
     pack_sequences,
 )
+from rerank_plugins.local.engine.precision import quantize_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.tokenization import EncodedPair
 
@@ -318,9 +319,10 @@ class ModernBertTrunk(nn.Module):
         return [found[e] for e in exits]
 
 
-def _add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """``residual + linear(x)``, the add fused into the matmul when there is no bias."""
-    if linear.bias is None:
+def _add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+    """``residual + linear(x)``, the add fused into the matmul when there is no bias (an
+    int8 :class:`~rerank_plugins.local.engine.precision.Int8DynamicLinear` adds after)."""
+    if isinstance(linear, nn.Linear) and linear.bias is None:
         return torch.addmm(residual, x, linear.weight.t())
     return residual + linear(x)
 
@@ -551,12 +553,14 @@ class ModernBertPairClassifier:
         dtype: torch.dtype,
         backend: str = "auto",
         config: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
     ) -> None:
-        self._adopt(
-            load_modernbert(directory, device=device, dtype=dtype, backend=backend, config=config),
-            device,
-            str(directory),
+        model = load_modernbert(
+            directory, device=device, dtype=dtype, backend=backend, config=config
         )
+        if quantize == "int8":  # the trunk's linear layers only; heads stay fp32
+            quantize_linears(model.trunk.layers)
+        self._adopt(model, device, str(directory))
 
     @classmethod
     def from_model(cls, model: ModernBert, *, device: torch.device) -> ModernBertPairClassifier:
