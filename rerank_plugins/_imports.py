@@ -16,6 +16,9 @@ _EXTRA_OF = {
     "langchain_core": "langchain",
     "llama_index": "llama-index",
     "httpx": "remote",
+    "pyarrow": "bulk",
+    "tqdm": "bulk",
+    "ray": "ray",
 }
 
 

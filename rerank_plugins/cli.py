@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rerank_plugins import DEFAULT_MODEL, __version__
+from rerank_plugins.bulk import add_score_arguments, score_file, score_options
 from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.ranking import rank
@@ -153,7 +154,44 @@ def _parser() -> argparse.ArgumentParser:
         help="documents over the window: truncate and flag them (default) or fail",
     )
     rr.add_argument("--dialect", help="remote endpoint API dialect (cohere, tei, ...)")
+    sc = commands.add_parser("score", help="score a Parquet/JSONL file of pairs (resumable)")
+    add_score_arguments(sc, default_model=DEFAULT_MODEL)
     return parser
+
+
+def _score(args: argparse.Namespace, stdout: TextIO) -> int:
+    """``rerank-plugins score``: resumable shards on this machine, or a Ray cluster (--ray)."""
+    common: dict[str, Any] = {
+        "model": args.model,
+        "query_column": args.query_column,
+        "document_column": args.document_column,
+        "keep_text": not args.drop_text,
+        "model_options": score_options(args),
+    }
+    if args.ray is not None:
+        from rerank_plugins.ray import score_file_on_ray
+
+        ray_options = {"num_gpus": args.num_gpus, "num_cpus": args.num_cpus}
+        summary = score_file_on_ray(
+            args.input,
+            args.output,
+            address=args.ray or None,
+            concurrency=args.concurrency,
+            batch_size=args.batch_size,
+            **ray_options,
+            **common,
+        )
+    else:
+        summary = score_file(
+            args.input,
+            args.output,
+            shard_rows=args.shard_rows,
+            resume=args.resume,
+            progress=False if args.no_progress else None,
+            **common,
+        )
+    stdout.write(summary.to_json() + "\n")
+    return 0
 
 
 def main(
@@ -167,6 +205,8 @@ def main(
         stream=sys.stderr,
     )
     try:
+        if args.command == "score":
+            return _score(args, stdout or sys.stdout)
         return _rerank(args, stdout or sys.stdout, stdin or sys.stdin)
     except RerankError as exc:
         sys.stderr.write(f"rerank-plugins: error: {exc}\n")
