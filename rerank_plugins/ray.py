@@ -114,6 +114,10 @@ def score_dataset(
     resources: dict[str, Any] = {"num_gpus": num_gpus}
     if num_cpus is not None:
         resources["num_cpus"] = num_cpus
+    # Blocks of one batch each: a read task makes one block per file (or per 128 MiB), and
+    # a block goes to one actor, so without this one large file would keep one actor busy.
+    # Streaming (no shuffle, order kept).
+    ds = ds.repartition(target_num_rows_per_block=batch_size)
     return ds.map_batches(
         _ScoreBatches,
         fn_constructor_kwargs={
