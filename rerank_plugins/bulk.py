@@ -647,6 +647,7 @@ def add_score_arguments(parser: argparse.ArgumentParser, *, default_model: str) 
         default="truncate",
         help="documents over the window: truncate and flag (default) or record as errors",
     )
+    parser.add_argument("--dialect", help="remote endpoint API dialect (cohere, tei, ...)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     ray = parser.add_argument_group("Ray (rerank-plugins[ray])")
     ray.add_argument(
@@ -671,4 +672,6 @@ def score_options(args: argparse.Namespace) -> dict[str, Any]:
         options["device"] = args.device
     if args.max_length is not None:
         options["max_length"] = args.max_length
+    if args.dialect is not None:
+        options["dialect"] = args.dialect
     return options

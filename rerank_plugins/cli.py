@@ -169,6 +169,8 @@ def _score(args: argparse.Namespace, stdout: TextIO) -> int:
         "model_options": score_options(args),
     }
     if args.ray is not None:
+        if args.resume:
+            raise InvalidInputError("--resume is for the single-machine run; rerun --ray whole")
         from rerank_plugins.ray import score_file_on_ray
 
         ray_options = {"num_gpus": args.num_gpus, "num_cpus": args.num_cpus}
