@@ -27,6 +27,7 @@ Needs the ``bulk`` extra (pyarrow, tqdm); importing this module imports neither.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -42,8 +43,6 @@ from rerank_plugins.loading import load_scorer
 from rerank_plugins.scoring import Score, Scorer, check_scores
 
 if TYPE_CHECKING:
-    import argparse
-
     import pyarrow as pa
 
 __all__ = [
@@ -289,7 +288,10 @@ def score_file(
         "document_column": document_column,
         "keep_text": keep_text,
         "model": str(model) if isinstance(model, (str, Path)) else f"<{type(model).__name__}>",
-        "model_options": {k: repr(v) for k, v in sorted((model_options or {}).items())},
+        # Never the key: the manifest is a plain file next to the output.
+        "model_options": {
+            k: repr(v) for k, v in sorted((model_options or {}).items()) if k != "api_key"
+        },
     }
     if fmt == "parquet":
         pq = require("pyarrow.parquet")
@@ -618,14 +620,17 @@ def _write_jsonl_shard(
     return len(lines), len(errors), _tokens(results)
 
 
-def add_score_arguments(parser: argparse.ArgumentParser, *, default_model: str) -> None:
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``rerank-plugins score`` (the command line calls :func:`score_file`,
-    or :func:`rerank_plugins.ray.score_file_on_ray` with ``--ray``)."""
+    or :func:`rerank_plugins.ray.score_file_on_ray` with ``--ray``).
+
+    The model options (``--model``, ``--device``, ...) have no default here: the top-level
+    parser holds them (so they may come before the subcommand too) with their defaults.
+    """
+    keep = argparse.SUPPRESS
     parser.add_argument("input", help="a .parquet or .jsonl file, one row per pair or per query")
     parser.add_argument("-o", "--output", required=True, help="output directory (shards)")
-    parser.add_argument(
-        "-m", "--model", default=default_model, help=f"model spec (default: {default_model})"
-    )
+    parser.add_argument("-m", "--model", default=keep, help="hub id, directory or http(s) URL")
     parser.add_argument("--query-column", default="query", help="default: query")
     parser.add_argument(
         "--document-column",
@@ -639,15 +644,22 @@ def add_score_arguments(parser: argparse.ArgumentParser, *, default_model: str) 
     parser.add_argument(
         "--drop-text", action="store_true", help="leave the query and document out of the output"
     )
-    parser.add_argument("--device", help="auto (default), cpu, cuda, ...")
-    parser.add_argument("--max-length", type=int, help="token window (default: the model's own)")
+    parser.add_argument("--device", default=keep, help="auto (default), cpu, cuda, ...")
+    parser.add_argument("--dtype", default=keep, help="auto (default), float32, bfloat16, ...")
+    parser.add_argument(
+        "--max-length", type=int, default=keep, help="token window (default: the model's own)"
+    )
+    parser.add_argument(
+        "--batch-tokens", type=int, default=keep, help="token budget per forward (local models)"
+    )
     parser.add_argument(
         "--overflow",
         choices=["truncate", "error"],
-        default="truncate",
+        default=keep,
         help="documents over the window: truncate and flag (default) or record as errors",
     )
-    parser.add_argument("--dialect", help="remote endpoint API dialect (cohere, tei, ...)")
+    parser.add_argument("--dialect", default=keep, help="remote endpoint API dialect")
+    parser.add_argument("--api-key", default=keep, help="remote endpoint key")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     ray = parser.add_argument_group("Ray (rerank-plugins[ray])")
     ray.add_argument(
@@ -666,12 +678,10 @@ def add_score_arguments(parser: argparse.ArgumentParser, *, default_model: str) 
 
 
 def score_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The scorer options given on the ``score`` command line."""
-    options: dict[str, Any] = {"overflow": args.overflow}
-    if args.device is not None:
-        options["device"] = args.device
-    if args.max_length is not None:
-        options["max_length"] = args.max_length
-    if args.dialect is not None:
-        options["dialect"] = args.dialect
+    """The scorer options given on the ``score`` command line (``load_scorer`` options)."""
+    options: dict[str, Any] = {"overflow": getattr(args, "overflow", None) or "truncate"}
+    for name in ("device", "dtype", "max_length", "batch_tokens", "dialect", "api_key"):
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
     return options
