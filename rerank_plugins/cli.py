@@ -325,7 +325,18 @@ def _parser() -> argparse.ArgumentParser:
     # SUPPRESS defaults: a value given before the subcommand is not reset by the
     # subcommand's parser.
     _add_rerank_options(rr, defaults=False)
-    add_serve_command(commands)
+    sv = add_serve_command(commands)
+    on_ray = sv.add_argument_group("Ray Serve (rerank-plugins[ray])")
+    on_ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="deploy on Ray Serve (ADDRESS, else $RAY_ADDRESS or a local Ray); same HTTP API",
+    )
+    on_ray.add_argument("--num-replicas", type=int, help="default: one per GPU, else 1")
+    on_ray.add_argument("--replica-gpus", type=float, help="GPUs per replica (default: 1 if any)")
+    on_ray.add_argument("--replica-cpus", type=float, help="CPUs per replica (default: Ray's 1)")
     sc = commands.add_parser("score", help="score a Parquet/JSONL file of pairs (resumable)")
     add_score_arguments(sc)
     return parser
@@ -374,6 +385,10 @@ def main(
     """Run the command line; returns the exit status (2 for a rerank error)."""
     args = _parser().parse_args(argv)
     if args.command == "serve":  # a long-running server: its own logging and errors
+        if args.ray is not None:
+            from rerank_plugins.ray import serve_on_ray
+
+            return serve_on_ray(args)
         return run_server(args)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -6,10 +6,12 @@ import io
 import json
 import os
 import random
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -18,7 +20,7 @@ import ray
 from rerank_plugins import load_scorer
 from rerank_plugins.bulk import score_file
 from rerank_plugins.cli import main
-from rerank_plugins.ray import score_dataset
+from rerank_plugins.ray import score_dataset, serve_app
 from rerank_plugins.remote.fake import FakeRerankServer, fake_probability, serve
 from rerank_plugins.scoring import Score
 from rerank_plugins.testing import FunctionScorer, random_text
@@ -182,3 +184,48 @@ def test_score_command_with_ray_writes_what_the_single_machine_command_writes(
             assert a["score"] is None
         else:
             assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_app_answers_v1_rerank_with_the_local_scorers_scores(
+    local_ray: None, modernbert_dir: Path
+) -> None:
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        app = serve_app(
+            model=str(modernbert_dir),
+            model_options={"device": "cpu"},
+            model_name="tiny",
+            num_replicas=1,
+            ray_actor_options={"num_cpus": 0.25},
+        )
+        serve.run(app, name="rerank", route_prefix="/")
+        rng = random.Random(5)
+        docs = [random_text(rng, n) for n in (3, 40, 1, 120, 9)]
+        url = f"http://127.0.0.1:{port}"
+        reply = httpx.post(
+            f"{url}/v1/rerank", json={"query": "w1 w2", "documents": docs}, timeout=120
+        )
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["model"] == "tiny"
+        got = {r["index"]: r["relevance_score"] for r in body["results"]}
+        expected = load_scorer(str(modernbert_dir), device="cpu").score("w1 w2", docs)
+        assert sorted(got) == list(range(len(docs)))
+        for i, score in enumerate(expected):
+            assert got[i] == pytest.approx(score.value, abs=1e-6)
+        # The same API as one server: our own remote client reads it, TEI's path answers.
+        remote = load_scorer(url, dialect="cohere").score("w1 w2", docs)
+        assert [s.value for s in remote] == pytest.approx([s.value for s in expected], abs=1e-6)
+        tei = httpx.post(f"{url}/rerank", json={"query": "w1 w2", "texts": docs}, timeout=120)
+        assert tei.status_code == 200 and {r["index"] for r in tei.json()} == set(got)
+    finally:
+        serve.shutdown()
