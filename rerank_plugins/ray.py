@@ -34,7 +34,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -334,11 +336,19 @@ def serve_on_ray(args: argparse.Namespace) -> int:
         sys.stderr.write(f"rerank-plugins serve: error: {exc}\n")
         return 2
     serve = require("ray.serve")
-    serve.start(http_options={"host": args.host, "port": args.port})
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
-        serve.run(app, name="rerank", route_prefix="/", blocking=True)
-    except KeyboardInterrupt:
-        pass
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(app, name="rerank", route_prefix="/")
+        logger.info("serving %s on http://%s:%d (Ray Serve)", args.model, args.host, args.port)
+        while not stop.wait(1.0):
+            pass
+        logger.info("stopping Ray Serve")
+        serve.shutdown()
     finally:
-        serve.delete("rerank")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

@@ -229,3 +229,11 @@ def test_serve_app_answers_v1_rerank_with_the_local_scorers_scores(
         assert tei.status_code == 200 and {r["index"] for r in tei.json()} == set(got)
     finally:
         serve.shutdown()
+
+
+def test_serve_on_ray_refuses_bad_limits_before_starting_anything(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["serve", "--model", "/no/such/model", "--max-batch-tokens", "0", "--ray"]
+    assert main(argv) == 2
+    assert "--max-batch-tokens must be positive" in capsys.readouterr().err
