@@ -7,7 +7,18 @@ import sys
 
 import pytest
 
-HEAVY = ["torch", "transformers", "langchain_core", "llama_index", "sentence_transformers"]
+HEAVY = [
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "httpx",
+    "langchain_core",
+    "llama_index",
+    "sentence_transformers",
+    "fastapi",
+    "ray",
+]
 
 
 def python(code: str) -> subprocess.CompletedProcess[str]:
@@ -18,6 +29,34 @@ def test_importing_the_package_imports_no_heavy_dependency() -> None:
     proc = python(f"import sys, rerank_plugins\nprint([m for m in {HEAVY!r} if m in sys.modules])")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("CrossEncoderScorer", "rerank_plugins.local.cross_encoder"),
+        ("ColBERTScorer", "rerank_plugins.local.colbert"),
+        ("MatryoshkaScorer", "rerank_plugins.local.matryoshka"),
+        ("FillMask", "rerank_plugins.local.fill_mask"),
+        ("RemoteScorer", "rerank_plugins.remote.scorer"),
+    ],
+)
+def test_scorer_classes_are_public_names_loaded_on_first_use(name: str, module: str) -> None:
+    proc = python(
+        "import sys, rerank_plugins\n"
+        f"before = {module!r} in sys.modules\n"
+        f"cls = getattr(rerank_plugins, {name!r})\n"
+        f"print(before, cls.__module__, {name!r} in rerank_plugins.__all__)"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", module, "True"]
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    import rerank_plugins
+
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchScorer'"):
+        rerank_plugins.NoSuchScorer  # noqa: B018
 
 
 @pytest.mark.parametrize(
