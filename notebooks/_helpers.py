@@ -5,6 +5,7 @@
 - :func:`load_corpus`: the small bundled corpus (``data/corpus.jsonl``).
 - :func:`side_by_side`: first-stage order beside reranked order, as a text table.
 - :func:`measure`: wall seconds and peak RSS growth of one call (for the plots).
+- :func:`start_server`: ``rerank-plugins serve`` in a child process, ready to call.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import json
 import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -212,3 +216,60 @@ def measure(fn: Callable[[], Any], *, repeats: int = 2, warmup: bool = True) -> 
         thread.join()
         peak = max(peak, seen[0])
     return Measurement(best, best_cpu, peak)
+
+
+@dataclass
+class Server:
+    """A ``rerank-plugins serve`` process started by :func:`start_server`."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, *, timeout: float = 30.0) -> int:
+        """SIGTERM (the server finishes in-flight requests), then SIGKILL after ``timeout``."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(model: str, *args: str, timeout: float = 180.0) -> Server:
+    """Run ``rerank-plugins serve --model MODEL ARGS`` on a free loopback port and wait until
+    ``GET /health`` answers 200 (the server loads and warms the model before it listens).
+
+    The process is stopped when the kernel exits (or call ``.stop()``); its output goes to
+    a log file in :data:`WORKDIR`, shown in the error if it dies before it is ready.
+    """
+    import httpx
+
+    port = _free_port()
+    log = WORKDIR / f"serve-{port}.log"
+    command = [sys.executable, "-m", "rerank_plugins", "serve", "--model", model]
+    command += ["--host", "127.0.0.1", "--port", str(port), *args]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    atexit.register(server.stop)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited ({process.returncode}):\n{log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2.0).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"the server was not ready after {timeout:.0f} s:\n{log.read_text()}")

@@ -46,7 +46,7 @@ def test_notebook_executes_in_a_jupyter_kernel_without_errors(
             cell.outputs = []
     client = nbclient.NotebookClient(
         nb,
-        timeout=300,
+        timeout=600,
         kernel_name="python3",
         resources={"metadata": {"path": str(notebook.parent)}},
     )
