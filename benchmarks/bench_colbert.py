@@ -32,6 +32,9 @@ CPU (small shape, a few minutes; one thread per engine is steadier on a shared m
 GPU (full shape, bf16)::
 
     python benchmarks/bench_colbert.py --device cuda --shape full
+
+``--smoke``: 8 documents, one cold and one warm run (seconds; checks the script runs).
+Timing, the table and ``--json`` come from ``harness.py``.
 """
 
 from __future__ import annotations
@@ -46,9 +49,12 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import harness
+from harness import Column
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parents[1] / "shared" / "fixtures"
@@ -156,16 +162,6 @@ def make_texts(directory: Path, n: int, *, seed: int) -> tuple[str, list[str]]:
     return query, [text(rng.randint(270, 297)) for _ in range(n)]
 
 
-def timed(fn: Callable[[], Any], runs: int, sync: Callable[[], None]) -> tuple[list[float], Any]:
-    times, result = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times, result
-
-
 def loop_scores(directory: Path, scorer: Any, query: str, docs: Sequence[str]) -> list[float]:
     """LlamaIndex ColbertRerank's shape: one transformers forward per document."""
     import torch
@@ -215,6 +211,15 @@ def machine(device: Any) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
+TABLE = [
+    Column("engine", "engine", left=True, fmt=""),
+    Column("seconds", "seconds (median)", fmt=".4f"),
+    Column("worst_seconds", "worst", fmt=".3f"),
+    Column("docs_per_s", "docs/s", fmt=",.0f"),
+    Column("speedup_vs_loop", "speed-up vs loop", fmt=lambda x: f"{x:.1f}x"),
+]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -224,32 +229,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warm-runs", type=int, default=10)
     parser.add_argument("--loop-documents", type=int, default=None, help="loop on a subset")
     parser.add_argument("--pylate-python", default=None, help="python of PyLate's virtualenv")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (all engines)")
     parser.add_argument("--pylate-worker", nargs=2, metavar=("JOB", "OUT"), help=argparse.SUPPRESS)
+    harness.add_common_args(parser, repeats=None)
     args = parser.parse_args(argv)
     if args.pylate_worker:
         pylate_worker(*args.pylate_worker)
         return
+    if args.smoke:
+        args.documents, args.runs, args.warm_runs = 8, 1, 1
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    harness.apply_threads(args)
     from rerank_plugins.local.colbert import ColBERTScorer
     from rerank_plugins.testing import make_colbert_checkpoint
 
     fixtures = FIXTURES if (FIXTURES / "lightonai__GTE-ModernColBERT-v1").is_dir() else None
     root = Path(tempfile.mkdtemp(prefix="bench-colbert-"))
     checkpoint = make_colbert_checkpoint(
-        root / "colbert", config=SHAPES[args.shape], fixtures=fixtures, seed=0
+        root / "colbert", config=SHAPES[args.shape], fixtures=fixtures, seed=args.seed
     )
-    query, docs = make_texts(checkpoint, args.documents, seed=1)
+    query, docs = make_texts(checkpoint, args.documents, seed=args.seed + 1)
     scorer = ColBERTScorer(checkpoint, device=args.device, dtype="auto")
     device = scorer.device
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    sync = harness.cuda_sync(device)
 
     scorer.score(query, docs[:32])  # warm-up (allocator, kernels)
     assert scorer.cache is not None
@@ -259,17 +263,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         scorer.cache.clear()
         return scorer.score(query, docs)
 
-    cold_times, cold_scores = timed(cold, args.runs, sync)
-    warm_times, warm_scores = timed(lambda: scorer.score(query, docs), args.warm_runs, sync)
+    # Consecutive runs, not round-robin: "warm" needs the cache that "cold" clears.
+    cold_runs = harness.time_calls("cold", cold, args.runs, sync=sync)
+    warm_runs = harness.time_calls(
+        "warm", lambda: scorer.score(query, docs), args.warm_runs, sync=sync
+    )
+    cold_times, cold_scores = [r.seconds for r in cold_runs], cold_runs[-1].value
+    warm_times, warm_scores = [r.seconds for r in warm_runs], warm_runs[-1].value
     assert [s.value for s in warm_scores] == [s.value for s in cold_scores]
     tokens = [s.tokens - scorer.encode_query(query).tokens for s in cold_scores]
     truncated = sum(s.truncated for s in cold_scores)
 
     n_loop = args.loop_documents or len(docs)
-    start = time.perf_counter()
-    loop = loop_scores(checkpoint, scorer, query, docs[:n_loop])
-    sync()
-    loop_seconds = (time.perf_counter() - start) * len(docs) / n_loop
+    loop_run = harness.time_call(
+        "loop", lambda: loop_scores(checkpoint, scorer, query, docs[:n_loop]), sync=sync
+    )
+    loop = loop_run.value
+    loop_seconds = loop_run.seconds * len(docs) / n_loop
     ours = [s.value for s in cold_scores]
     delta_loop = max(abs(a - b) for a, b in zip(ours, loop, strict=False))
 
@@ -300,15 +310,25 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     n = len(docs)
     loop_median = loop_seconds
-    rows: list[tuple[str, float, str]] = [
-        ("ours cold (empty cache)", statistics.median(cold_times), f"{max(cold_times):.3f}"),
-        ("ours warm (cached vectors)", statistics.median(warm_times), f"{max(warm_times):.3f}"),
-        ("loop: 1 document per forward", loop_median, "-"),
+    timings: list[tuple[str, list[float] | None, list[float]]] = [
+        ("ours cold (empty cache)", cold_times, cold_times),
+        ("ours warm (cached vectors)", warm_times, warm_times),
+        ("loop: 1 document per forward", None, [loop_median]),
     ]
     if pylate is not None:
-        rows.append(("pylate encode + rank.rerank", statistics.median(pylate["seconds"]), "-"))
-        rows.append(
-            ("pylate rank.rerank, pre-encoded", statistics.median(pylate["warm_seconds"]), "-")
+        timings.append(("pylate encode + rank.rerank", None, pylate["seconds"]))
+        timings.append(("pylate rank.rerank, pre-encoded", None, pylate["warm_seconds"]))
+    results: list[dict[str, Any]] = []
+    for name, worst, times in timings:
+        seconds = statistics.median(times)
+        results.append(
+            {
+                "engine": name,
+                "seconds": seconds,
+                "worst_seconds": max(worst) if worst else None,
+                "docs_per_s": n / seconds,
+                "speedup_vs_loop": loop_median / seconds,
+            }
         )
     print(f"# {datetime.date.today().isoformat()} · {machine(device)} · {platform.platform()}")
     print(f"# torch {torch.__version__}, dtype {scorer.dtype}, {args.shape}: {SHAPES[args.shape]}")
@@ -320,19 +340,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if n_loop != n:
         print(f"# loop timed on {n_loop} documents and scaled to {n}")
-    print("| engine | seconds (median) | worst | docs/s | speed-up vs loop |")
-    print("|---|---:|---:|---:|---:|")
-    for name, seconds, worst in rows:
-        print(
-            f"| {name} | {seconds:.4f} | {worst} | {n / seconds:,.0f} | "
-            f"{loop_median / seconds:.1f}x |"
-        )
+    print(harness.format_table(results, TABLE, markdown=True))
+    deltas = {"max_abs_delta_vs_loop": delta_loop}
     print(f"max |Δscore| ours vs loop: {delta_loop:.2e}")
     if pylate is not None:
         delta = max(abs(a - b) for a, b in zip(ours, pylate["exact"], strict=True))
         padded = max(abs(a - b) for a, b in zip(ours, pylate["rerank"], strict=True))
         print(f"max |Δscore| ours vs PyLate per-document MaxSim: {delta:.2e}")
         print(f"max |Δscore| ours vs PyLate rank.rerank (zero-padded, unmasked): {padded:.2e}")
+        deltas |= {"max_abs_delta_vs_pylate": delta, "max_abs_delta_vs_pylate_rerank": padded}
+    harness.write_json(args.json, "bench_colbert", results, args=args, extra=deltas)
 
 
 if __name__ == "__main__":

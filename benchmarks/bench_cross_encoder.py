@@ -28,32 +28,28 @@ CPU (small config, a few minutes)::
 GPU (full ModernBERT-base shape, bf16)::
 
     python benchmarks/bench_cross_encoder.py --device cuda
+
+``--smoke``: a tiny model and workloads, one round, every engine (seconds; checks that the
+script runs). Timing, workloads, tables and JSON come from ``harness.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import datetime
-import gc
-import json
 import math
-import os
-import platform
-import random
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import harness
 import torch
+from harness import Column, Run, Workload
 
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer
-from rerank_plugins.testing import make_modernbert_checkpoint, random_text
+from rerank_plugins.testing import make_modernbert_checkpoint
 
 QUERY_WORDS = 9  # the pair adds [CLS] [SEP] [SEP]: a 512-token pair holds 500 document words
 SPECIALS = 3
@@ -67,6 +63,8 @@ ENGINE_NAMES = {
     "st": "sentence-transformers",
     "transformers": "transformers (padded sdpa)",
 }
+
+Engine = Callable[[str, list[str]], list[float]]
 
 
 @dataclass
@@ -94,6 +92,17 @@ class Shape:
         }
 
 
+# Tiny shape and workloads of --smoke (every script's check that it still runs).
+SMOKE_SHAPE = Shape(layers=2, hidden=32, heads=2, intermediate=48, vocab=50368)
+SMOKE_WORKLOADS: dict[str, int] = {
+    "docs": 6,
+    "fixed": 64,
+    "median": 32,
+    "longest": 256,
+    "single": 512,
+}
+
+
 def pair_flops(shape: Shape, length: int) -> float:
     """Useful forward FLOPs for one pair of ``length`` tokens (multiply-add = 2 FLOPs).
 
@@ -112,191 +121,52 @@ def pair_flops(shape: Shape, length: int) -> float:
     return total
 
 
-def long_tailed_lengths(rng: random.Random, n: int, *, median: int, longest: int) -> list[int]:
-    """Log-normal document lengths (sigma 1.1) around ``median``, the longest set to ``longest``."""
-    lengths = [
-        max(8, min(longest, round(math.exp(rng.gauss(math.log(median), 1.1))))) for _ in range(n)
-    ]
-    lengths[rng.randrange(n)] = longest
-    return lengths
-
-
-def _trim_heap() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: RSS growth may then under-count
-        pass
-
-
-class PeakMemory:
-    """Peak memory during a ``with`` block: CUDA peak allocated, or CPU RSS growth (sampled)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak = 0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self, base: int) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss() - base)
-            time.sleep(0.005)
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            gc.collect()
-            _trim_heap()  # give freed pages back, so that RSS growth measures this run
-            self._thread = threading.Thread(target=self._sample, args=(self._rss(),), daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self._base
-        else:
-            self._stop.set()
-            self._thread.join()
-
-
-@dataclass
-class Run:
-    engine: str
-    seconds: float  # best wall-clock seconds
-    cpu_seconds: float  # process CPU seconds (all threads) of that same run
-    logits: list[float]
-    peak_bytes: int
-    error: str | None = None
-
-
-@dataclass
-class Workload:
-    name: str
-    query: str
-    docs: list[str]
-    pair_lengths: list[int] = field(default_factory=list)
-
-
-def make_workloads(names: str, seed: int) -> list[Workload]:
-    """The workloads named in ``names``; each drawn from its own seed, so a subset run
-    scores the same documents as a full run."""
-    query = random_text(random.Random(seed), QUERY_WORDS)
-    room = lambda total: total - QUERY_WORDS - SPECIALS  # noqa: E731
-    out = []
-    if "a" in names:
-        rng = random.Random(seed + 1)
-        out.append(
-            Workload("a: 100 x 512", query, [random_text(rng, room(512)) for _ in range(100)])
-        )
-    if "b" in names:
-        rng = random.Random(seed + 2)
-        lengths = long_tailed_lengths(rng, 100, median=300, longest=room(8192))
-        out.append(Workload("b: 100 x long-tail", query, [random_text(rng, n) for n in lengths]))
-    if "c" in names:
-        rng = random.Random(seed + 3)
-        out.append(Workload("c: 1 x 32768", query, [random_text(rng, room(32768))]))
-    for w in out:
-        w.pair_lengths = [len(d.split()) + QUERY_WORDS + SPECIALS for d in w.docs]
-    return out
-
-
-def time_once(
-    name: str, device: torch.device, fn: Callable[[str, list[str]], list[float]], workload: Workload
-) -> Run:
-    """One timed call: wall and process-CPU seconds, peak memory, the logits."""
-    with PeakMemory(device) as mem:
-        cpu = time.process_time()
-        start = time.perf_counter()
-        logits = fn(workload.query, workload.docs)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - start
-        cpu = time.process_time() - cpu
-    return Run(name, wall, cpu, logits, mem.peak)
-
-
-def time_round_robin(
-    engines: dict[str, Callable[[str, list[str]], list[float]]],
-    device: torch.device,
-    workload: Workload,
-    rounds: int,
-) -> list[Run]:
-    """Best-of-``rounds`` runs per engine, every round timing every engine once (so that
-    background load on a shared machine spreads over all engines)."""
-    best: dict[str, Run] = {}
-    for _ in range(rounds):
-        for name, fn in engines.items():
-            if name in best and best[name].error:
-                continue
-            try:
-                run = time_once(name, device, fn, workload)
-            except (RuntimeError, MemoryError) as exc:  # e.g. CUDA out of memory
-                run = Run(
-                    name, math.nan, math.nan, [], 0, error=f"{type(exc).__name__}: {exc}"[:200]
-                )
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            previous = best.get(name)
-            if previous is None or run.error or run.seconds < previous.seconds:
-                if previous is not None and not run.error:
-                    run.peak_bytes = max(run.peak_bytes, previous.peak_bytes)
-                best[name] = run
-            else:
-                previous.peak_bytes = max(previous.peak_bytes, run.peak_bytes)
-    return list(best.values())
-
-
-def build_engines(
-    directory: Path, device: torch.device, dtype: torch.dtype, window: int, args: argparse.Namespace
-) -> dict[str, Callable[[str, list[str]], list[float]]]:
-    from sentence_transformers import CrossEncoder
-
-    native = CrossEncoderScorer(
-        directory,
-        device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
-        output="logit",
-        engine="native",
-        batch_tokens=args.batch_tokens,
-    )
-    padded = CrossEncoderScorer(
-        directory,
-        device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
-        output="logit",
-        engine="transformers",
-        batch_tokens=args.batch_tokens,
-    )
-    st = CrossEncoder(
-        str(directory),
-        device=str(device),
-        max_length=window,
-        model_kwargs={"attn_implementation": "sdpa", "dtype": dtype},
-    )
+def st_engine(model: Any, batch_size: int) -> Engine:
+    """sentence-transformers ``CrossEncoder.predict`` returning raw logits."""
     identity = torch.nn.Identity()
 
-    def run_st(query: str, docs: list[str]) -> list[float]:
-        out = st.predict(
+    def run(query: str, docs: list[str]) -> list[float]:
+        out = model.predict(
             [(query, d) for d in docs],
-            batch_size=args.st_batch_size,
+            batch_size=batch_size,
             activation_fn=identity,
             convert_to_tensor=True,
             show_progress_bar=False,
         )
         return [float(x) for x in out.float().flatten().cpu()]
 
+    return run
+
+
+def scorer_engine(scorer: CrossEncoderScorer) -> Engine:
+    return lambda q, d: [s.value for s in scorer.score(q, d)]
+
+
+def build_engines(
+    directory: Path, device: torch.device, dtype: torch.dtype, window: int, args: argparse.Namespace
+) -> dict[str, Engine]:
+    from sentence_transformers import CrossEncoder
+
+    def scorer(engine: Literal["native", "transformers"]) -> CrossEncoderScorer:
+        return CrossEncoderScorer(
+            directory,
+            device=str(device),
+            dtype=str(dtype).removeprefix("torch."),
+            output="logit",
+            engine=engine,
+            batch_tokens=args.batch_tokens,
+        )
+
+    st = CrossEncoder(
+        str(directory),
+        device=str(device),
+        max_length=window,
+        model_kwargs={"attn_implementation": "sdpa", "dtype": dtype},
+    )
     engines = {
-        "native": lambda q, d: [s.value for s in native.score(q, d)],
-        "st": run_st,
-        "transformers": lambda q, d: [s.value for s in padded.score(q, d)],
+        "native": scorer_engine(scorer("native")),
+        "st": st_engine(st, args.st_batch_size),
+        "transformers": scorer_engine(scorer("transformers")),
     }
     wanted = args.engines.split(",")
     return {ENGINE_NAMES[k]: fn for k, fn in engines.items() if k in wanted}
@@ -304,10 +174,9 @@ def build_engines(
 
 def reference_logits(directory: Path, workload: Workload, args: argparse.Namespace) -> list[float]:
     """fp32 transformers (padded sdpa) on the benchmark device: the reference scores."""
-    device = torch.device(args.device)
     ref = CrossEncoderScorer(
         directory,
-        device=str(device),
+        device=args.device,
         dtype="float32",
         output="logit",
         engine="transformers",
@@ -328,49 +197,62 @@ def peak_flops(device: torch.device, override: float | None) -> float | None:
     return None
 
 
-def fmt_bytes(n: int) -> str:
-    return f"{n / 2**20:,.0f} MiB"
+def time_engines(
+    engines: dict[str, Engine], device: torch.device, workload: Workload, rounds: int, **kw: Any
+) -> list[Run]:
+    """:func:`harness.round_robin` of every engine on ``workload`` (wall clock, peak memory;
+    an out-of-memory engine becomes a failed run). ``kw`` goes to ``round_robin``."""
+    calls = {
+        name: (lambda fn=fn: fn(workload.query, workload.docs)) for name, fn in engines.items()
+    }
+    cuda = device.type == "cuda"
+    runs = harness.round_robin(
+        calls,
+        rounds,
+        sync=harness.cuda_sync(device),
+        memory=device.type,
+        on_error=torch.cuda.empty_cache if cuda else None,
+        **kw,
+    )
+    return list(runs.values())
 
 
-def print_table(
+TABLE = [
+    Column("engine", "engine", 28, "s", left=True),
+    Column("docs_per_s", "docs/s", 8, ".2f"),
+    Column("tokens_per_s", "tokens/s", 9, ",.0f"),
+    Column("ours_over_this", "ours/x", 7, ".2f"),
+    Column("docs_per_cpu_s", "docs/cpu-s", 10, ".2f"),
+    Column("ours_over_this_cpu", "ours/x", 7, ".2f"),
+    Column("max_abs_delta", "max|Δ|", 9, ".2e"),
+    Column("peak_bytes", "peak mem", 10, harness.fmt_bytes),
+]
+
+
+def table_rows(
     workload: Workload,
     runs: Sequence[Run],
     reference: Sequence[float] | None,
     flops: float,
-    device: torch.device,
-    args: argparse.Namespace,
-    results: list[dict[str, Any]],
-) -> Run | None:
-    """Print one workload's table and append its rows to ``results``.
+    peak: float | None,
+) -> tuple[list[dict[str, Any]], Run | None]:
+    """One workload's result rows and our (``native``) run.
 
     Columns: docs/s and tokens/s (wall clock), our ratio to each engine, docs per
     CPU-second and its ratio, max |Δ| to ``reference`` and peak memory; with a known
-    device peak, the roofline fraction of ``flops``. Returns our (``native``) run.
+    device peak ``peak``, the roofline fraction of ``flops``.
     """
     ours = next((r for r in runs if r.engine == "native" and not r.error), None)
-    peak = peak_flops(device, args.peak_tflops)
     n, tokens = len(workload.docs), sum(workload.pair_lengths)
-    print(
-        f"{'engine':28s} {'docs/s':>8s} {'tokens/s':>9s} {'ours/x':>7s} "
-        f"{'docs/cpu-s':>10s} {'ours/x':>7s} {'max|Δ|':>9s} {'peak mem':>10s}"
-        + ("  roofline" if peak else "")
-    )
+    rows: list[dict[str, Any]] = []
     for run in runs:
         if run.error:
-            print(f"{run.engine:28s} failed: {run.error}")
-            results.append({"workload": workload.name, "engine": run.engine, "error": run.error})
+            rows.append({"workload": workload.name, "engine": run.engine, "error": run.error})
             continue
         delta = (
-            max(abs(a - b) for a, b in zip(run.logits, reference, strict=True))
+            max(abs(a - b) for a, b in zip(run.value, reference, strict=True))
             if reference is not None
             else math.nan
-        )
-        ratio = run.seconds / ours.seconds if ours else math.nan
-        cpu_ratio = run.cpu_seconds / ours.cpu_seconds if ours else math.nan
-        line = (
-            f"{run.engine:28s} {n / run.seconds:8.2f} {tokens / run.seconds:9,.0f} "
-            f"{ratio:7.2f} {n / run.cpu_seconds:10.2f} {cpu_ratio:7.2f} "
-            f"{delta:9.2e} {fmt_bytes(run.peak_bytes):>10s}"
         )
         row = {
             "workload": workload.name,
@@ -379,19 +261,24 @@ def print_table(
             "cpu_seconds": run.cpu_seconds,
             "docs_per_s": n / run.seconds,
             "tokens_per_s": tokens / run.seconds,
-            "ours_over_this": ratio,
-            "ours_over_this_cpu": cpu_ratio,
+            "ours_over_this": harness.ratio(run.seconds, ours.seconds if ours else None),
+            "docs_per_cpu_s": n / run.cpu_seconds,
+            "ours_over_this_cpu": harness.ratio(
+                run.cpu_seconds, ours.cpu_seconds if ours else None
+            ),
             "max_abs_delta": delta,
             "peak_bytes": run.peak_bytes,
             "gflop": flops / 1e9,
         }
         if peak:
-            frac = flops / run.seconds / peak
-            line += f"  {frac:8.1%}"
-            row["roofline"] = frac
-        print(line)
-        results.append(row)
-    return ours
+            row["roofline"] = flops / run.seconds / peak
+        rows.append(row)
+    return rows, ours
+
+
+def print_rows(rows: list[dict[str, Any]], peak: float | None) -> None:
+    roofline = [Column("roofline", "roofline", 9, ".1%")] if peak else []
+    print(harness.format_table(rows, [*TABLE, *roofline]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,64 +293,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-tokens", type=int, default=16384)
     p.add_argument("--st-batch-size", type=int, default=32)
     p.add_argument(
-        "--repeats", type=int, default=1, help="rounds; each engine's best round is kept"
-    )
-    p.add_argument(
         "--baselines-on-c",
         action="store_true",
         help="CPU: also run the baselines on workload c (dense L x L attention: many minutes)",
     )
     p.add_argument("--peak-tflops", type=float, help="bf16 dense peak, for the roofline")
-    p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--engines", default="native,st,transformers", help="comma-separated subset to time"
     )
+    harness.add_common_args(p, repeats=1)
     args = p.parse_args(argv)
+    harness.apply_threads(args)
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     full = Shape(layers=22, hidden=768, heads=12, intermediate=1152, vocab=50368)
     small = Shape(layers=6, hidden=384, heads=6, intermediate=576, vocab=50368)
-    shape = full if cuda else small
+    shape = SMOKE_SHAPE if args.smoke else full if cuda else small
     shape.layers = args.layers or shape.layers
     shape.hidden = args.hidden or shape.hidden
     shape.heads = args.heads or shape.heads
     shape.intermediate = args.intermediate or shape.intermediate
     dtype = torch.bfloat16 if cuda else torch.float32
-    window = 32768
+    sizes = SMOKE_WORKLOADS if args.smoke else {}
+    window = 1024 if args.smoke else 32768
+    if args.smoke:
+        args.repeats = 1
+        args.baselines_on_c = True  # tiny: dense attention over 512 tokens is cheap
 
-    print(f"# bench_cross_encoder  {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(
-        f"# machine: {platform.node()} {platform.machine()} cpus={os.cpu_count()} "
-        f"torch={torch.__version__} threads={torch.get_num_threads()}"
-    )
-    if cuda:
-        print(f"# gpu: {torch.cuda.get_device_name(device)}")
-    print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(
-        f"# model: ModernBERT random weights, {shape.layers} layers, hidden {shape.hidden}, "
-        f"{shape.heads} heads, intermediate {shape.intermediate}, local window "
-        f"{shape.local_attention}, global every {shape.global_every}; {dtype}; window {window}"
+    harness.print_header(
+        "bench_cross_encoder",
+        device=args.device,
+        lines=[
+            f"model: ModernBERT random weights, {shape.layers} layers, hidden {shape.hidden}, "
+            f"{shape.heads} heads, intermediate {shape.intermediate}, local window "
+            f"{shape.local_attention}, global every {shape.global_every}; {dtype}; "
+            f"window {window}"
+        ],
     )
 
+    peak = peak_flops(device, args.peak_tflops)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         directory = make_modernbert_checkpoint(
             Path(tmp) / "ckpt", config=shape.config(window), seed=args.seed
         )
         engines = build_engines(directory, device, dtype, window, args)
-        warm = make_workloads("a", args.seed + 100)[0]
+        warm = harness.pair_workloads(
+            "a", args.seed + 100, specials=SPECIALS, query_words=QUERY_WORDS, **sizes
+        )[0]
         for fn in engines.values():  # load kernels, allocate pools
             fn(warm.query, warm.docs[:4])
-        for workload in make_workloads(args.workloads, args.seed):
+        workloads = harness.pair_workloads(
+            args.workloads, args.seed, specials=SPECIALS, query_words=QUERY_WORDS, **sizes
+        )
+        for workload in workloads:
             tokens = sum(workload.pair_lengths)
-            n = len(workload.docs)
-            lengths = sorted(workload.pair_lengths)
-            print(
-                f"\n## workload {workload.name}: {n} docs, {tokens:,} pair tokens "
-                f"(median {lengths[n // 2]}, max {lengths[-1]})"
-            )
+            print(f"\n## workload {workload.name}: {harness.describe(workload)}")
             chosen = {}
             for name, fn in engines.items():
                 if (
@@ -474,23 +360,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"{name:28s} skipped (dense attention over 32K tokens; --baselines-on-c)")
                     continue
                 chosen[name] = fn
-            runs = time_round_robin(chosen, device, workload, args.repeats)
+            runs = time_engines(chosen, device, workload, args.repeats)
             ref_run = next((r for r in runs if r.engine.startswith("transformers")), None)
             reference: list[float] | None = None
             if ref_run is not None and not ref_run.error and not cuda:
-                reference = ref_run.logits  # already fp32 on CPU
+                reference = ref_run.value  # already fp32 on CPU
             elif cuda or not workload.name.startswith("c"):
                 # On CPU the dense fp32 reference over 32K tokens takes many minutes: skipped.
                 reference = reference_logits(directory, workload, args)
             flops = sum(pair_flops(shape, length) for length in workload.pair_lengths)
-            ours = print_table(workload, runs, reference, flops, device, args, results)
+            rows, ours = table_rows(workload, runs, reference, flops, peak)
+            print_rows(rows, peak)
+            results += rows
             rate = f"; native {flops / ours.seconds / 1e9:,.1f} GFLOP/s" if ours else ""
             print(
                 f"(useful work {flops / 1e9:,.0f} GFLOP = {flops / tokens / 1e9:.3f} "
                 f"GFLOP/token{rate})"
             )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    harness.write_json(args.json, "bench_cross_encoder", results, args=args)
     return 0
 
 

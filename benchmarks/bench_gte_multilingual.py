@@ -27,7 +27,8 @@ to the fp32 reference (transformers, padded sdpa, fp32; on CPU that is the timed
 transformers run itself) and peak memory (CUDA: peak allocated; CPU: peak RSS growth).
 On CUDA also the fraction of the bf16 dense roofline. Engines are timed round-robin,
 ``--repeats`` rounds, best kept; sentence-transformers, by far the slowest on (b), only in
-the first ``--st-repeats`` rounds (helpers from ``bench_cross_encoder.py``). On a shared
+the first ``--st-repeats`` rounds (table and timing from ``bench_cross_encoder.py`` and
+``harness.py``). On a shared
 machine, ``--threads 1`` and the CPU-time columns are the steadier figures (two intra-op
 threads on two cores that other jobs also use wait on each other).
 
@@ -40,40 +41,38 @@ GPU (the full shape: 12 layers, hidden 768, 12 heads, intermediate 3072, vocab 2
 bf16)::
 
     python benchmarks/bench_gte_multilingual.py --device cuda --full
+
+``--smoke``: a tiny trunk (the real 250,002 vocabulary) on tiny workloads, one round.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import random
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 from bench_cross_encoder import (
-    Run,
+    SMOKE_WORKLOADS,
+    Engine,
     Shape,
-    Workload,
-    long_tailed_lengths,
     pair_flops,
-    print_table,
-    time_round_robin,
+    peak_flops,
+    print_rows,
+    scorer_engine,
+    st_engine,
+    table_rows,
+    time_engines,
 )
+from harness import Workload
 
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer
-from rerank_plugins.testing import (
-    make_gte_new_checkpoint,
-    make_gte_reference_checkpoint,
-    random_text,
-)
+from rerank_plugins.testing import make_gte_new_checkpoint, make_gte_reference_checkpoint
 
 QUERY_WORDS = 9
 SPECIALS = 4  # <s> q </s></s> d </s>
@@ -104,38 +103,17 @@ def gte_new_config(
     }
 
 
-def make_workloads(names: str, seed: int) -> list[Workload]:
-    """The workloads named in ``names``, each from its own seed (the same documents as
-    ``bench_cross_encoder.py`` draws for the same seed, one word shorter: the XLM-R pair
-    template has 4 special tokens, ModernBERT's 3)."""
-    query = random_text(random.Random(seed), QUERY_WORDS)
-    room = lambda total: total - QUERY_WORDS - SPECIALS  # noqa: E731
-    out = []
-    if "a" in names:
-        rng = random.Random(seed + 1)
-        out.append(
-            Workload("a: 100 x 512", query, [random_text(rng, room(512)) for _ in range(100)])
-        )
-    if "b" in names:
-        rng = random.Random(seed + 2)
-        lengths = long_tailed_lengths(rng, 100, median=300, longest=room(WINDOW))
-        out.append(Workload("b: 100 x long-tail", query, [random_text(rng, n) for n in lengths]))
-    for w in out:
-        w.pair_lengths = [len(d.split()) + QUERY_WORDS + SPECIALS for d in w.docs]
-    return out
-
-
 def build_engines(
     directory: Path,
     reference: Path,
     device: torch.device,
     dtype: torch.dtype,
     args: argparse.Namespace,
-) -> tuple[dict[str, Callable[[str, list[str]], list[float]]], str]:
+) -> tuple[dict[str, Engine], str]:
     """The engines to time, and a note on how sentence-transformers was loaded."""
     wanted = args.engines.split(",")
     dtype_name = str(dtype).removeprefix("torch.")
-    engines: dict[str, Callable[[str, list[str]], list[float]]] = {}
+    engines: dict[str, Engine] = {}
     if "native" in wanted:
         native = CrossEncoderScorer(
             directory,
@@ -145,7 +123,7 @@ def build_engines(
             engine="native",
             batch_tokens=args.batch_tokens,
         )
-        engines[ENGINE_NAMES["native"]] = lambda q, d: [s.value for s in native.score(q, d)]
+        engines[ENGINE_NAMES["native"]] = scorer_engine(native)
     note = "not run"
     if "st" in wanted:
         from sentence_transformers import CrossEncoder
@@ -165,19 +143,7 @@ def build_engines(
                 "runs on the transformers 'gte' directory"
             )
             st = CrossEncoder(str(reference), **kwargs)
-        identity = torch.nn.Identity()
-
-        def run_st(query: str, docs: list[str]) -> list[float]:
-            out = st.predict(
-                [(query, d) for d in docs],
-                batch_size=args.st_batch_size,
-                activation_fn=identity,
-                convert_to_tensor=True,
-                show_progress_bar=False,
-            )
-            return [float(x) for x in out.float().flatten().cpu()]
-
-        engines[ENGINE_NAMES["st"]] = run_st
+        engines[ENGINE_NAMES["st"]] = st_engine(st, args.st_batch_size)
     if "transformers" in wanted:
         padded = CrossEncoderScorer(
             reference,
@@ -189,37 +155,8 @@ def build_engines(
         )
         model = padded.classifier.model  # type: ignore[attr-defined]
         assert type(model).__name__ == "GteForSequenceClassification", type(model)
-        engines[ENGINE_NAMES["transformers"]] = lambda q, d: [s.value for s in padded.score(q, d)]
+        engines[ENGINE_NAMES["transformers"]] = scorer_engine(padded)
     return engines, note
-
-
-def time_rounds(
-    engines: dict[str, Callable[[str, list[str]], list[float]]],
-    device: torch.device,
-    workload: Workload,
-    rounds: int,
-    st_rounds: int,
-) -> list[Run]:
-    """``bench_cross_encoder.time_round_robin`` one round at a time, sentence-transformers
-    only in the first ``st_rounds`` rounds; per engine the fastest run is kept (with the
-    highest peak memory seen), a failed engine is not run again."""
-    best: dict[str, Run] = {}
-    for r in range(rounds):
-        chosen = {
-            name: fn
-            for name, fn in engines.items()
-            if (name != ENGINE_NAMES["st"] or r < st_rounds)
-            and not (name in best and best[name].error)
-        }
-        for run in time_round_robin(chosen, device, workload, 1):
-            previous = best.get(run.engine)
-            if previous is None or run.error or run.seconds < previous.seconds:
-                if previous is not None and not run.error:
-                    run.peak_bytes = max(run.peak_bytes, previous.peak_bytes)
-                best[run.engine] = run
-            else:
-                previous.peak_bytes = max(previous.peak_bytes, run.peak_bytes)
-    return [best[name] for name in engines if name in best]
 
 
 def reference_logits(reference: Path, workload: Workload, args: argparse.Namespace) -> list[float]:
@@ -258,29 +195,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--batch-tokens", type=int, default=16384)
     p.add_argument("--st-batch-size", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=2, help="rounds; each engine's best is kept")
     p.add_argument(
         "--st-repeats",
         type=int,
         default=1,
         help="rounds that include sentence-transformers (the slowest engine on (b))",
     )
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--peak-tflops", type=float, help="bf16 dense peak, for the roofline")
-    p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--engines", default="native,st,transformers", help="comma-separated subset to time"
     )
+    harness.add_common_args(p, repeats=2)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    harness.apply_threads(args)
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     # Every GTE "new" layer is global: Shape(global_every=1) makes pair_flops count
     # full attention on all of them; its 3*h*I MLP term is the [up|gate] GLU's as well.
-    if args.full:
+    if args.smoke:
+        shape = Shape(layers=2, hidden=32, heads=2, intermediate=64, vocab=250002)
+        args.repeats = 1
+    elif args.full:
         shape = Shape(layers=12, hidden=768, heads=12, intermediate=3072, vocab=250002)
     else:
         shape = Shape(layers=6, hidden=384, heads=6, intermediate=1536, vocab=250002)
@@ -291,21 +227,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     shape.intermediate = args.intermediate or shape.intermediate
     dtype = torch.bfloat16 if cuda else torch.float32
 
-    print(f"# bench_gte_multilingual  {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(
-        f"# machine: {platform.node()} {platform.machine()} cpus={os.cpu_count()} "
-        f"torch={torch.__version__} threads={torch.get_num_threads()}"
+    harness.print_header(
+        "bench_gte_multilingual",
+        device=args.device,
+        lines=[
+            f"model: GTE 'new' random weights, {shape.layers} layers, hidden {shape.hidden}, "
+            f"{shape.heads} heads, intermediate {shape.intermediate} (GLU), vocab {shape.vocab}, "
+            f"NTK RoPE theta {args.rope_theta:g} factor {args.rope_factor:g}, init std "
+            f"{args.init_std:g}; {dtype}; window {WINDOW}"
+        ],
     )
-    if cuda:
-        print(f"# gpu: {torch.cuda.get_device_name(device)}")
-    print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(
-        f"# model: GTE 'new' random weights, {shape.layers} layers, hidden {shape.hidden}, "
-        f"{shape.heads} heads, intermediate {shape.intermediate} (GLU), vocab {shape.vocab}, "
-        f"NTK RoPE theta {args.rope_theta:g} factor {args.rope_factor:g}, init std "
-        f"{args.init_std:g}; {dtype}; "
-        f"window {WINDOW}"
-    )
+    # The same documents as bench_cross_encoder.py draws for the same seed, one word
+    # shorter: the XLM-R pair template has 4 special tokens, ModernBERT's 3.
+    sizes: dict[str, int] = {"longest": WINDOW}
+    if args.smoke:
+        sizes = {k: v for k, v in SMOKE_WORKLOADS.items() if k != "single"}
+    names = "".join(c for c in args.workloads if c in "ab")
+    peak = peak_flops(device, args.peak_tflops)
 
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -322,25 +260,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference = make_gte_reference_checkpoint(directory, Path(tmp) / "gte-transformers")
         engines, st_note = build_engines(directory, reference, device, dtype, args)
         print(f"# sentence-transformers: {st_note}")
-        warm = make_workloads("a", args.seed + 100)[0]
+        warm = harness.pair_workloads(
+            "a", args.seed + 100, specials=SPECIALS, query_words=QUERY_WORDS, **sizes
+        )[0]
         for fn in engines.values():  # load kernels, allocate pools
             fn(warm.query, warm.docs[:4])
-        for workload in make_workloads(args.workloads, args.seed):
+        for workload in harness.pair_workloads(
+            names, args.seed, specials=SPECIALS, query_words=QUERY_WORDS, **sizes
+        ):
             tokens = sum(workload.pair_lengths)
-            n = len(workload.docs)
-            lengths = sorted(workload.pair_lengths)
-            print(
-                f"\n## workload {workload.name}: {n} docs, {tokens:,} pair tokens "
-                f"(median {lengths[n // 2]}, max {lengths[-1]})"
+            print(f"\n## workload {workload.name}: {harness.describe(workload)}")
+            # sentence-transformers, by far the slowest on (b), only in the first rounds.
+            runs = time_engines(
+                engines,
+                device,
+                workload,
+                args.repeats,
+                max_rounds={ENGINE_NAMES["st"]: args.st_repeats},
             )
-            runs = time_rounds(engines, device, workload, args.repeats, args.st_repeats)
             ref_run = next((r for r in runs if r.engine.startswith("transformers")), None)
             if ref_run is not None and not ref_run.error and not cuda:
-                ref = ref_run.logits  # already fp32 on CPU
+                ref = ref_run.value  # already fp32 on CPU
             else:
                 ref = reference_logits(reference, workload, args)
             flops = sum(pair_flops(shape, length) for length in workload.pair_lengths)
-            ours = print_table(workload, runs, ref, flops, device, args, results)
+            rows, ours = table_rows(workload, runs, ref, flops, peak)
+            print_rows(rows, peak)
+            results += rows
             # max |Δ| means something only next to how far apart the documents score.
             print(
                 f"(reference logits: range {max(ref) - min(ref):.3e}, "
@@ -351,8 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(useful work {flops / 1e9:,.0f} GFLOP = {flops / tokens / 1e9:.3f} "
                 f"GFLOP/token{rate})"
             )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    harness.write_json(args.json, "bench_gte_multilingual", results, args=args)
     return 0
 
 

@@ -22,27 +22,28 @@ CPU (22 layers as mmBERT, hidden 64; a few minutes on 2 cores)::
 GPU (the full mmBERT shape, bf16; untested here)::
 
     python benchmarks/bench_matryoshka.py --device cuda
+
+``--smoke``: 4 layers, hidden 32, 2 x 2 exits, 6 short documents, one round (seconds;
+checks the script runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import random
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 import torch.nn.functional as F
-from bench_cross_encoder import Shape, long_tailed_lengths, pair_flops
+from bench_cross_encoder import Shape, pair_flops
+from harness import CLOCKS, Column, long_tailed_lengths
 
 from rerank_plugins.local.engine.packing import token_budget_batches
 from rerank_plugins.local.matryoshka import MatryoshkaScorer
@@ -58,30 +59,22 @@ def make_docs(rng: random.Random, n: int, median: int, longest: int) -> tuple[st
     return query, [random_text(rng, k) for k in lengths]
 
 
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def time_round_robin(
+def time_exits(
     scorers: dict[tuple[int, int], MatryoshkaScorer],
     query: str,
     docs: list[str],
     rounds: int,
-    clock: Callable[[], float],
+    clock: harness.Clock,
 ) -> dict[tuple[int, int], float]:
-    """Best seconds (on ``clock``) of one ``score`` call per exit over ``rounds`` rounds.
-
-    Every round times every exit once, so that background load (a shared machine) spreads
-    over all exits instead of biasing the ones measured during it.
-    """
-    best = dict.fromkeys(scorers, math.inf)
-    for _ in range(rounds):
-        for key, scorer in scorers.items():
-            start = clock()
-            scorer.score(query, docs)
-            if scorer.device.type == "cuda":
-                torch.cuda.synchronize()
-            best[key] = min(best[key], clock() - start)
-    return best
+    """Best seconds (on ``clock``) of one ``score`` call per exit over ``rounds`` rounds of
+    :func:`harness.round_robin` (every round times every exit once)."""
+    calls = {
+        f"{layer}.{dim}": (lambda s=scorer: s.score(query, docs))
+        for (layer, dim), scorer in scorers.items()
+    }
+    device = next(iter(scorers.values())).device
+    runs = harness.round_robin(calls, rounds, clock=clock, sync=harness.cuda_sync(device), catch=())
+    return {key: runs[f"{key[0]}.{key[1]}"].on(clock) for key in scorers}
 
 
 def reference_logits(
@@ -101,7 +94,8 @@ def reference_logits(
     transformers.utils.logging.disable_progress_bar()
     model = transformers.ModernBertModel.from_pretrained(
         str(directory), attn_implementation="sdpa", dtype=torch.float32
-    ).to(device)
+    )
+    model = model.to(device)  # type: ignore[arg-type]  # transformers' stub of .to wants a model
     model.eval()
     heads = torch.load(str(directory / "classification_heads.pt"), weights_only=True)
     heads = {k: v.to(device) for k, v in heads.items()}
@@ -140,6 +134,17 @@ def reference_logits(
     return out, seconds
 
 
+TABLE = [
+    Column("layer", "layer", 5, "d"),
+    Column("dim", "dim", 5, "d"),
+    Column("docs_per_s", "docs/s", 9, ".2f"),
+    Column("tokens_per_s", "tokens/s", 10, ",.0f"),
+    Column("speed_vs_full", "speed", 7, lambda x: f"{x:.2f}x"),
+    Column("flop_predicted_speed", "FLOP-pred", 9, lambda x: f"{x:.2f}x"),
+    Column("max_abs_delta", "max|Δ|", 9, ".2e"),
+]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -148,52 +153,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--longest", type=int, default=4096, help="longest pair (tokens)")
     p.add_argument("--hidden", type=int, help="hidden size (CPU default 64, CUDA 768)")
     p.add_argument("--batch-tokens", type=int, default=16384)
-    p.add_argument("--repeats", type=int, default=3, help="rounds; best of N per exit")
     p.add_argument("--no-reference", dest="reference", action="store_false")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    p.add_argument(
-        "--clock",
-        choices=sorted(CLOCKS),
-        default="wall",
-        help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine,\n"
-        "with --threads 1 it is single-core time)",
-    )
-    p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--seed", type=int, default=0)
+    harness.add_common_args(p, repeats=3, clock=True)
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    clock = CLOCKS["wall" if cuda else args.clock]
-    hidden = args.hidden or (768 if cuda else 64)
+    harness.apply_threads(args)
+    if args.smoke:
+        args.docs, args.median, args.longest, args.repeats = 6, 32, 256, 1
+    clock_name: harness.Clock = "wall" if cuda else args.clock
+    clock = CLOCKS[clock_name]
+    hidden = args.hidden or (32 if args.smoke else 768 if cuda else 64)
     # mmBERT-base: 22 layers, global every 3rd, local window 128, intermediate 1.5 x hidden.
     heads = hidden // 64 if hidden >= 256 else 4  # head_dim 64 as mmBERT, 16 when small
-    shape = Shape(layers=22, hidden=hidden, heads=heads, intermediate=hidden * 3 // 2, vocab=305)
+    shape = Shape(
+        layers=4 if args.smoke else 22,
+        hidden=hidden,
+        heads=heads,
+        intermediate=hidden * 3 // 2,
+        vocab=305,
+    )
     dtype = "bfloat16" if cuda else "float32"
     window = 32768
 
-    print(f"# bench_matryoshka  {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(
-        f"# machine: {platform.node()} {platform.machine()} cpus={os.cpu_count()} "
-        f"torch={torch.__version__} threads={torch.get_num_threads()}"
-    )
-    if cuda:
-        print(f"# gpu: {torch.cuda.get_device_name(device)}")
-    print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(
-        f"# model: mmBERT-shaped 2D-Matryoshka reranker, random weights, {shape.layers} layers, "
-        f"hidden {shape.hidden}, {shape.heads} heads, intermediate {shape.intermediate}, "
-        f"local window {shape.local_attention}, global every {shape.global_every}, RoPE theta "
-        f"160000; {dtype}; window {window}"
+    harness.print_header(
+        "bench_matryoshka",
+        device=args.device,
+        lines=[
+            f"model: mmBERT-shaped 2D-Matryoshka reranker, random weights, {shape.layers} "
+            f"layers, hidden {shape.hidden}, {shape.heads} heads, intermediate "
+            f"{shape.intermediate}, local window {shape.local_attention}, global every "
+            f"{shape.global_every}, RoPE theta 160000; {dtype}; window {window}"
+        ],
     )
     rng = random.Random(args.seed)
     query, docs = make_docs(rng, args.docs, args.median, args.longest)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         config = {**shape.config(window), "initializer_range": 0.2}
-        directory = make_matryoshka_checkpoint(Path(tmp) / "ckpt", config=config, seed=args.seed)
+        # --smoke: 4 exits of a 4-layer trunk instead of mmBERT's 4 x 5 grid over 22 layers.
+        smoke_exits = {"layer_indices": [2, 4], "dim_indices": [32, 16]} if args.smoke else None
+        directory = make_matryoshka_checkpoint(
+            Path(tmp) / "ckpt", config=config, matryoshka=smoke_exits, seed=args.seed
+        )
         grid = json.loads((directory / "matryoshka_config.json").read_text())
         layers, dims = grid["layer_indices"], grid["dim_indices"]
         print(f"# exits: layers {layers} x dims {dims}")
@@ -218,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"# workload: 1 query x {n} docs, {tokens:,} pair tokens "
             f"(median {lengths[n // 2]}, max {lengths[-1]}), batch_tokens {args.batch_tokens}, "
-            f"best of {args.repeats} rounds on the {'wall' if cuda else args.clock} clock"
+            f"best of {args.repeats} rounds on the {clock_name} clock"
         )
 
         reference: dict[tuple[int, int], list[float]] = {}
@@ -234,15 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         for each in scorers.values():  # load kernels, allocate pools
             each.score(query, docs[:4])
-        seconds = time_round_robin(scorers, query, docs, args.repeats, clock)
+        seconds = time_exits(scorers, query, docs, args.repeats, clock_name)
         if clock is not CLOCKS["wall"]:
             print("# docs/s and tokens/s below are per CPU-second of this process")
         full_flops = sum(pair_flops(shape, k) for k in lengths)
         base = seconds[layers[-1], dims[0]]
-        print(
-            f"\n{'layer':>5s} {'dim':>5s} {'docs/s':>9s} {'tokens/s':>10s} {'speed':>7s} "
-            f"{'FLOP-pred':>9s} {'max|Δ|':>9s}"
-        )
         for layer in reversed(layers):
             part = Shape(**{**shape.__dict__, "layers": layer})
             predicted = full_flops / sum(pair_flops(part, k) for k in lengths)
@@ -253,11 +252,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ours = [x.value for x in scorers[layer, dim].score(query, docs)]
                     ref = reference[layer, dim]
                     delta = max(abs(a - b) for a, b in zip(ours, ref, strict=True))
-                print(
-                    f"{layer:5d} {dim:5d} {n / t:9.2f} {tokens / t:10,.0f} "
-                    f"{base / t:6.2f}x {predicted:8.2f}x "
-                    + (f"{delta:9.2e}" if reference else f"{'-':>9s}")
-                )
                 results.append(
                     {
                         "layer": layer,
@@ -267,11 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "tokens_per_s": tokens / t,
                         "speed_vs_full": base / t,
                         "flop_predicted_speed": predicted,
-                        "max_abs_delta": delta,
+                        "max_abs_delta": delta if reference else None,
                     }
                 )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        print()
+        print(harness.format_table(results, TABLE))
+    harness.write_json(args.json, "bench_matryoshka", results, args=args)
     return 0
 
 

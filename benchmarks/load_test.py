@@ -14,6 +14,9 @@ Reports calls/s, HTTP requests/s, p50/p99 latency and client CPU per call; the c
 overhead is RemoteScorer minus raw httpx.
 
     python benchmarks/load_test.py --callers 16 --seconds 10 --docs 20
+
+``--smoke``: 2 callers, 0.5 s per phase, 4 documents per call (checks the script runs).
+The table and ``--json`` come from ``harness.py``.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import harness
 import httpx
+from harness import Column
 
 from rerank_plugins.errors import RerankError
 from rerank_plugins.remote import RemoteScorer, RetryPolicy
@@ -53,22 +59,38 @@ class Phase:
     cpu: float = 0.0
     requests: int = 0  # as counted by the server
 
-    def row(self) -> str:
+    def row(self) -> dict[str, Any]:
+        """The phase's figures (a table row and a JSON result)."""
         lat = sorted(self.latencies)
         p50 = statistics.median(lat) * 1e3 if lat else float("nan")
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3 if lat else float("nan")
-        cpu_per_call = self.cpu / max(1, self.calls) * 1e6
-        return (
-            f"| {self.name} | {self.calls / self.wall:,.0f} | {self.requests / self.wall:,.0f} "
-            f"| {p50:.2f} | {p99:.2f} | {cpu_per_call:,.0f} | {self.documents:,} "
-            f"| {self.lost} | {self.errors} |"
-        )
+        return {
+            "phase": self.name,
+            "calls_per_s": self.calls / self.wall,
+            "requests_per_s": self.requests / self.wall,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "client_cpu_us_per_call": self.cpu / max(1, self.calls) * 1e6,
+            "documents": self.documents,
+            "lost": self.lost,
+            "errors": self.errors,
+            "calls": self.calls,
+            "wall_seconds": self.wall,
+            "cpu_seconds": self.cpu,
+        }
 
 
-HEADER = (
-    "| phase | calls/s | HTTP req/s | p50 ms | p99 ms | client CPU µs/call | documents "
-    "| lost | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-)
+TABLE = [
+    Column("phase", "phase", left=True, fmt=""),
+    Column("calls_per_s", "calls/s", fmt=",.0f"),
+    Column("requests_per_s", "HTTP req/s", fmt=",.0f"),
+    Column("p50_ms", "p50 ms", fmt=".2f"),
+    Column("p99_ms", "p99 ms", fmt=".2f"),
+    Column("client_cpu_us_per_call", "client CPU µs/call", fmt=",.0f"),
+    Column("documents", "documents", fmt=","),
+    Column("lost", "lost", fmt="d"),
+    Column("errors", "errors", fmt="d"),
+]
 
 
 class Server:
@@ -278,10 +300,10 @@ def sync_phases(args: argparse.Namespace, work: list[tuple[str, list[str]]]) -> 
     return phases
 
 
-async def in_process_overhead(docs: int, calls: int = 2000) -> tuple[float, float]:
+def in_process_overhead(docs: int, calls: int = 2000) -> tuple[float, float]:
     """CPU µs per call of raw httpx and of RemoteScorer.ascore against one canned answer
     through ``httpx.MockTransport``: the client's own cost, without server or network.
-    Best of three alternating rounds."""
+    Best of three rounds of :func:`harness.round_robin` on the CPU clock."""
     documents = [f"w{i} w{i + 1}" for i in range(docs)]
     payload = json.dumps(
         {"results": [{"index": i, "relevance_score": 0.5} for i in range(docs)]}
@@ -308,15 +330,25 @@ async def in_process_overhead(docs: int, calls: int = 2000) -> tuple[float, floa
     async def ours() -> None:
         await scorer.ascore("w1", documents)
 
-    best = {"raw": float("inf"), "ours": float("inf")}
-    for _ in range(3):
-        for name, fn in (("raw", raw), ("ours", ours)):
-            began = time.process_time()
-            for _ in range(calls):
-                await fn()
-            best[name] = min(best[name], (time.process_time() - began) / calls * 1e6)
-    await client.aclose()
-    return best["raw"], best["ours"]
+    async def many(fn: Callable[[], Awaitable[None]]) -> None:
+        for _ in range(calls):
+            await fn()
+
+    loop = asyncio.new_event_loop()
+    try:
+        best = harness.round_robin(
+            {
+                "raw": lambda: loop.run_until_complete(many(raw)),
+                "ours": lambda: loop.run_until_complete(many(ours)),
+            },
+            3,
+            clock="cpu",
+            catch=(),
+        )
+        loop.run_until_complete(client.aclose())
+    finally:
+        loop.close()
+    return best["raw"].cpu_seconds / calls * 1e6, best["ours"].cpu_seconds / calls * 1e6
 
 
 def main() -> None:
@@ -327,8 +359,10 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=60, help="max words per document")
     parser.add_argument("--fail-rate", type=float, default=0.10)
     parser.add_argument("--mode", choices=["async", "sync", "both"], default="both")
-    parser.add_argument("--seed", type=int, default=0)
+    harness.add_common_args(parser, repeats=None, threads=False)
     args = parser.parse_args()
+    if args.smoke:
+        args.callers, args.seconds, args.docs, args.words = 2, 0.5, 4, 20
     if not 0 < args.seconds <= 120:
         parser.error("--seconds must be in (0, 120]")
     work = workload(args.docs, args.words, args.seed)
@@ -343,9 +377,9 @@ def main() -> None:
         f"python {platform.python_version()}, httpx {httpx.__version__}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
     )
-    print(HEADER)
-    for phase in phases:
-        print(phase.row())
+    results = [phase.row() for phase in phases]
+    print(harness.format_table(results, TABLE, markdown=True))
+    extra: dict[str, float] = {}
     by_name = {p.name: p for p in phases}
     raw, ours = by_name.get("raw httpx.AsyncClient (floor)"), by_name.get("RemoteScorer.ascore")
     if raw and ours and raw.calls and ours.calls:
@@ -355,7 +389,8 @@ def main() -> None:
             f"\nclient overhead vs raw httpx: {overhead_cpu:+,.0f} µs CPU per call, "
             f"{overhead_p50:+.2f} ms p50 latency"
         )
-    raw_cpu, ours_cpu = asyncio.run(in_process_overhead(args.docs))
+        extra |= {"overhead_cpu_us_per_call": overhead_cpu, "overhead_p50_ms": overhead_p50}
+    raw_cpu, ours_cpu = in_process_overhead(args.docs, 50 if args.smoke else 2000)
     print(
         f"in-process (MockTransport, no network): raw httpx {raw_cpu:,.0f} µs CPU per call, "
         f"RemoteScorer.ascore {ours_cpu:,.0f} µs: overhead {ours_cpu - raw_cpu:+,.0f} µs "
@@ -363,6 +398,8 @@ def main() -> None:
     )
     lost = sum(p.lost for p in phases)
     print(f"documents lost across all phases: {lost}")
+    extra |= {"in_process_raw_cpu_us": raw_cpu, "in_process_ours_cpu_us": ours_cpu}
+    harness.write_json(args.json, "load_test", results, args=args, extra={**extra, "lost": lost})
     if lost:
         sys.exit(1)
 

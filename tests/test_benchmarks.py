@@ -1,0 +1,248 @@
+"""The benchmark scripts still run, and the shared harness keeps its promises.
+
+Every script in ``benchmarks/`` runs once in its ``--smoke`` mode (tiny shapes, one round)
+as a subprocess, the way a person runs it, and must exit 0 and write a JSON results file
+with the expected keys and sane values. The figures themselves mean nothing at that size;
+no speed is asserted. The five scripts start together (one torch thread each) so that the
+suite waits for the slowest, not for the sum.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+SCRIPTS = [
+    "bench_cross_encoder.py",
+    "bench_gte_multilingual.py",
+    "bench_matryoshka.py",
+    "bench_colbert.py",
+    "load_test.py",
+]
+TIMEOUT_S = 300
+
+
+def load_harness() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_harness", BENCHMARKS / "harness.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = load_harness()
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Start every script's smoke run at once; yield script -> (returncode, output, json)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = {}
+    for script in SCRIPTS:
+        out = tmp / f"{script}.json"
+        procs[script] = (
+            subprocess.Popen(
+                [sys.executable, str(BENCHMARKS / script), "--smoke", "--json", str(out)],
+                cwd=tmp,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ),
+            out,
+        )
+    results: dict[str, Any] = {}
+    try:
+        for script, (proc, out) in procs.items():
+            output, _ = proc.communicate(timeout=TIMEOUT_S)
+            document = json.loads(out.read_text()) if out.exists() else None
+            results[script] = (proc.returncode, output, document)
+        yield results
+    finally:
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+def finished(smoke_runs: dict[str, Any], script: str) -> dict[str, Any]:
+    code, output, document = smoke_runs[script]
+    assert code == 0, f"{script} --smoke exited {code}:\n{output[-4000:]}"
+    assert document is not None, f"{script} wrote no JSON:\n{output[-2000:]}"
+    assert {"benchmark", "created", "command", "machine", "args", "results"} <= document.keys()
+    assert document["benchmark"] == script.removesuffix(".py")
+    assert document["args"]["smoke"] is True
+    assert document["results"], "no result rows"
+    return dict(document)
+
+
+def positive(row: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        assert isinstance(row[key], (int, float)) and row[key] > 0, (key, row)
+
+
+CROSS_ENCODER_KEYS = {
+    "workload", "engine", "seconds", "cpu_seconds", "docs_per_s", "tokens_per_s",
+    "ours_over_this", "docs_per_cpu_s", "ours_over_this_cpu", "max_abs_delta", "peak_bytes",
+}  # fmt: skip
+ENGINES = {"native", "sentence-transformers", "transformers (padded sdpa)"}
+
+
+@pytest.mark.parametrize(
+    ("script", "workloads"),
+    [
+        ("bench_cross_encoder.py", {"a: 6 x 64", "b: 6 x long-tail", "c: 1 x 512"}),
+        ("bench_gte_multilingual.py", {"a: 6 x 64", "b: 6 x long-tail"}),
+    ],
+)
+def test_cross_encoder_benchmarks_time_every_engine_on_every_workload(
+    smoke_runs: dict[str, Any], script: str, workloads: set[str]
+) -> None:
+    rows = finished(smoke_runs, script)["results"]
+    assert {(r["workload"], r["engine"]) for r in rows} == {
+        (w, e) for w in workloads for e in ENGINES
+    }
+    for row in rows:
+        assert CROSS_ENCODER_KEYS <= row.keys(), row
+        positive(row, "seconds", "cpu_seconds", "docs_per_s", "tokens_per_s")
+        # Same weights, fp32 on both sides: the engines agree with the reference.
+        assert row["max_abs_delta"] < 1e-3, row
+        if row["engine"] == "native":
+            assert row["ours_over_this"] == 1.0 and row["ours_over_this_cpu"] == 1.0
+
+
+def test_matryoshka_benchmark_reports_every_exit(smoke_runs: dict[str, Any]) -> None:
+    rows = finished(smoke_runs, "bench_matryoshka.py")["results"]
+    assert {(r["layer"], r["dim"]) for r in rows} == {(4, 32), (4, 16), (2, 32), (2, 16)}
+    for row in rows:
+        positive(row, "seconds", "docs_per_s", "tokens_per_s", "speed_vs_full")
+        assert row["max_abs_delta"] < 1e-3, row
+    full = next(r for r in rows if (r["layer"], r["dim"]) == (4, 32))
+    assert full["speed_vs_full"] == 1.0 and full["flop_predicted_speed"] == 1.0
+    half = next(r for r in rows if (r["layer"], r["dim"]) == (2, 32))
+    assert half["flop_predicted_speed"] == pytest.approx(2.0)  # 2 of 4 identical layers
+
+
+def test_colbert_benchmark_compares_cold_warm_and_loop(smoke_runs: dict[str, Any]) -> None:
+    document = finished(smoke_runs, "bench_colbert.py")
+    engines = [r["engine"] for r in document["results"]]
+    assert engines == [
+        "ours cold (empty cache)",
+        "ours warm (cached vectors)",
+        "loop: 1 document per forward",
+    ]
+    for row in document["results"]:
+        positive(row, "seconds", "docs_per_s", "speedup_vs_loop")
+    assert document["max_abs_delta_vs_loop"] < 1e-3
+
+
+def test_load_test_loses_no_document(smoke_runs: dict[str, Any]) -> None:
+    document = finished(smoke_runs, "load_test.py")
+    assert len(document["results"]) == 5
+    assert document["lost"] == 0
+    for row in document["results"]:
+        positive(row, "calls", "documents", "calls_per_s")
+        assert row["lost"] == 0 and row["errors"] == 0, row
+    positive(document, "in_process_raw_cpu_us", "in_process_ours_cpu_us")
+
+
+# --- the harness on its own (no timing asserted) ----------------------------------------
+
+
+def test_pair_workloads_subset_draws_the_same_documents_as_a_full_run() -> None:
+    full = harness.pair_workloads("abc", 7, specials=3, docs=5, fixed=40, longest=90, single=120)
+    only_b = harness.pair_workloads("b", 7, specials=3, docs=5, fixed=40, longest=90, single=120)
+    assert [w.name for w in full] == ["a: 5 x 40", "b: 5 x long-tail", "c: 1 x 120"]
+    assert only_b[0].docs == full[1].docs and only_b[0].query == full[1].query
+    a, b, c = full
+    assert a.pair_lengths == [40] * 5
+    assert max(b.pair_lengths) == 90
+    assert c.pair_lengths == [120]
+
+
+def test_long_tailed_lengths_stay_in_bounds_and_reach_the_longest() -> None:
+    lengths = harness.long_tailed_lengths(random.Random(0), 200, median=30, longest=500)
+    assert min(lengths) >= 8 and max(lengths) == 500
+    assert 15 < sorted(lengths)[100] < 60  # median near 30
+
+
+def test_round_robin_interleaves_engines_and_honours_max_rounds() -> None:
+    calls: list[str] = []
+    runs = harness.round_robin(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        3,
+        max_rounds={"b": 1},
+    )
+    assert calls == ["a", "b", "a", "a"]
+    assert list(runs) == ["a", "b"]
+    assert all(r.seconds >= 0 and r.cpu_seconds >= 0 and r.error is None for r in runs.values())
+
+
+def test_round_robin_records_a_failure_and_stops_running_that_engine() -> None:
+    calls: list[str] = []
+
+    def fails() -> None:
+        calls.append("x")
+        raise MemoryError("out of memory")
+
+    runs = harness.round_robin({"x": fails, "ok": lambda: 1}, 3)
+    assert calls == ["x"]
+    assert runs["x"].error == "MemoryError: out of memory" and math.isnan(runs["x"].seconds)
+    assert runs["ok"].value == 1 and runs["ok"].error is None
+
+
+def test_round_robin_keeps_the_best_run_on_the_chosen_clock() -> None:
+    values = iter(range(10))
+    runs = harness.round_robin({"e": lambda: next(values)}, 4, clock="cpu")
+    run = runs["e"]
+    # Whichever round won, it is the run with the least CPU time and carries its value.
+    assert run.value in range(4)
+    assert run.on("cpu") == run.cpu_seconds and run.on("wall") == run.seconds
+
+
+def test_format_table_aligns_columns_and_prints_failures() -> None:
+    columns = [
+        harness.Column("name", "engine", 8, "s", left=True),
+        harness.Column("rate", "docs/s", 7, ".1f"),
+    ]
+    rows = [{"name": "fast", "rate": 12.345}, {"name": "slow", "error": "boom"}]
+    assert harness.format_table(rows, columns).splitlines() == [
+        "engine    docs/s",
+        "fast        12.3",
+        "slow     failed: boom",
+    ]
+    markdown = harness.format_table(rows[:1], columns, markdown=True).splitlines()
+    assert markdown == ["| engine | docs/s |", "|---|---:|", "| fast | 12.3 |"]
+
+
+def test_write_json_writes_strict_json_with_nan_as_null(tmp_path: Path) -> None:
+    path = tmp_path / "out.json"
+    harness.write_json(path, "demo", [{"x": math.nan, "y": 1.5}], extra={"z": math.inf})
+    document = json.loads(path.read_text())  # strict: no NaN tokens
+    assert document["benchmark"] == "demo"
+    assert document["results"] == [{"x": None, "y": 1.5}] and document["z"] is None
