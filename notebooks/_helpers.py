@@ -4,15 +4,14 @@
   is already cached), else a tiny random-weight checkpoint built on the spot.
 - :func:`load_corpus`: the small bundled corpus (``data/corpus.jsonl``).
 - :func:`side_by_side`: first-stage order beside reranked order, as a text table.
-- :func:`measure`: wall seconds and peak RSS growth of one call (for the plots).
+- :func:`round_robin`: the benchmarks' timer (``benchmarks/harness.py``): interleaved
+  best-of-N with wall and CPU clocks and peak memory, for the plots.
 - :func:`start_server`: ``rerank-plugins serve`` in a child process, ready to call.
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
-import gc
 import json
 import logging
 import os
@@ -21,13 +20,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 # Progress bars (weights loading, shard writing) would fill the saved outputs; quiet them
 # before transformers and tqdm are imported.
@@ -38,6 +35,24 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 from rerank_plugins import DEFAULT_MODEL  # noqa: E402
 from rerank_plugins.testing import make_modernbert_checkpoint  # noqa: E402
 from rerank_plugins.testing.first_stage import minilm_path  # noqa: E402
+
+# The notebooks time things the way the benchmark scripts do, with the same code.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from harness import round_robin  # noqa: E402
+
+__all__ = [
+    "CORPUS",
+    "WORKDIR",
+    "Model",
+    "Server",
+    "choose_model",
+    "hub_has",
+    "load_corpus",
+    "round_robin",
+    "side_by_side",
+    "start_server",
+    "tiny_reranker",
+]
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "data" / "corpus.jsonl"
@@ -154,68 +169,6 @@ def side_by_side(
             right = f"{doc_id:<24} {score:7.3f}{'  (cut)' if cut else ''}"
         rows.append(f"{i + 1:>2}  {left:<32}  {right:<34}".rstrip())
     return "\n".join(rows)
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _trim_heap() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the RSS growth may under-count
-        pass
-
-
-@dataclass(frozen=True)
-class Measurement:
-    seconds: float
-    """Best wall-clock time of the repeats."""
-    cpu_seconds: float
-    """Process CPU time (all threads) of the best repeat: steadier than wall time on a busy
-    machine, and the work done when the machine is not busy."""
-    peak_bytes: int
-    """Largest resident-memory growth over the process's size before the call."""
-
-
-def measure(fn: Callable[[], Any], *, repeats: int = 2, warmup: bool = True) -> Measurement:
-    """Time ``fn()`` (best of ``repeats``, after one warm-up call unless ``warmup=False``) and
-    sample the peak RSS growth it causes.
-
-    CPU only (Linux ``/proc``; elsewhere the memory column reads 0). The same method as
-    ``benchmarks/bench_cross_encoder.py``: freed heap pages are returned first, then a
-    thread samples the resident size every 2 ms.
-    """
-    if warmup:  # first-call allocations and lazy initialisation are not what we measure
-        fn()
-    best, best_cpu, peak = float("inf"), 0.0, 0
-    for _ in range(repeats):
-        gc.collect()
-        _trim_heap()
-        try:
-            base = _rss()
-        except OSError:
-            base = -1
-        stop = threading.Event()
-        seen = [0]
-
-        def sample(base: int = base, stop: threading.Event = stop, seen: list[int] = seen) -> None:
-            while not stop.is_set() and base >= 0:
-                seen[0] = max(seen[0], _rss() - base)
-                time.sleep(0.002)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-        if seconds < best:
-            best, best_cpu = seconds, cpu
-        stop.set()
-        thread.join()
-        peak = max(peak, seen[0])
-    return Measurement(best, best_cpu, peak)
 
 
 @dataclass
