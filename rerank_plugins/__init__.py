@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rerank_plugins.convenience import rerank
 from rerank_plugins.errors import (
     EndpointError,
     InputTooLongError,
     InvalidInputError,
     InvalidScoreError,
     MissingExtraError,
+    ModelLoadError,
     RerankError,
     ScoringError,
+    UnknownOptionError,
     UnsupportedModelError,
 )
 from rerank_plugins.loading import DEFAULT_MODEL, load_scorer
@@ -40,6 +43,7 @@ __all__ = [
     "InvalidScoreError",
     "MatryoshkaScorer",
     "MissingExtraError",
+    "ModelLoadError",
     "OverflowPolicy",
     "Ranked",
     "RemoteScorer",
@@ -48,9 +52,11 @@ __all__ = [
     "ScoreKind",
     "Scorer",
     "ScoringError",
+    "UnknownOptionError",
     "UnsupportedModelError",
     "load_scorer",
     "rank",
+    "rerank",
 ]
 
 __version__ = "0.1.0"

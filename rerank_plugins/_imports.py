@@ -13,9 +13,13 @@ _EXTRA_OF = {
     "tokenizers": "torch",
     "safetensors": "torch",
     "huggingface_hub": "torch",
+    "tqdm": "torch",
     "langchain_core": "langchain",
     "llama_index": "llama-index",
     "httpx": "remote",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "prometheus_client": "serve",
 }
 
 

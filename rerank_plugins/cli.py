@@ -2,7 +2,9 @@
 
 ``rerank-plugins rerank QUERY [DOC ...]`` scores documents given as arguments, from a file
 (``--file``: one per line, a JSON list of strings, or JSON lines) or from standard input,
-and prints them ranked (a table, or JSON with ``--json``).
+and prints them ranked (a table, JSON with ``--json``, or JSON lines when the input was
+JSON lines: each input object comes back with ``index``, ``score``, ``tokens`` and
+``truncated`` added). Options go before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,23 +23,20 @@ from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.ranking import rank
 from rerank_plugins.scoring import check_scores
+from rerank_plugins.serve.cli import add_serve_command, run_server
 
 __all__ = ["main"]
 
 
-def _parse_documents(text: str, fmt: str) -> list[str]:
-    """Documents from text: ``lines`` (blank lines skipped), ``json`` or ``jsonl``."""
+def _parse_items(text: str, fmt: str) -> list[Any]:
+    """The raw items of a document file: strings, or JSON values for ``json``/``jsonl``."""
     if fmt == "json":
         data = json.loads(text)
         if not isinstance(data, list):
             raise InvalidInputError("a JSON document file must hold a list of strings")
-        return [_doc_text(item, i) for i, item in enumerate(data)]
+        return data
     if fmt == "jsonl":
-        return [
-            _doc_text(json.loads(line), i)
-            for i, line in enumerate(text.splitlines())
-            if line.strip()
-        ]
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -55,43 +55,127 @@ def _format_of(path: str, explicit: str | None) -> str:
     return {".json": "json", ".jsonl": "jsonl"}.get(suffix, "lines")
 
 
+def _read_stdin(stdin: TextIO) -> str:
+    try:
+        text = stdin.read()
+        text.encode("utf-8")  # under a C locale Python reads bad bytes as lone surrogates
+    except UnicodeError as exc:
+        raise InvalidInputError(f"standard input is not UTF-8 text: {exc}") from exc
+    return text
+
+
+def _parse_or_refuse(text: str, fmt: str, source: str) -> list[Any]:
+    try:
+        return _parse_items(text, fmt)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidInputError(f"{source} is not valid {fmt.upper()}: {exc}") from exc
+
+
 def _read_documents(args: argparse.Namespace, stdin: TextIO) -> list[str]:
-    documents = list(args.documents)
+    return [_doc_text(item, i) for i, item in enumerate(_read_items(args, stdin))]
+
+
+def _read_items(args: argparse.Namespace, stdin: TextIO) -> list[Any]:
+    """Documents as given: strings, or the JSON objects of a JSON / JSON-lines input."""
+    documents: list[Any] = list(args.documents)
+    args.jsonl_input = False
     if args.file:
         if args.file == "-":
-            text = stdin.read()
+            text = _read_stdin(stdin)
         else:
             try:
                 text = Path(args.file).read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInputError(f"{args.file} is not UTF-8 text: {exc}") from exc
             except OSError as exc:
                 raise InvalidInputError(f"cannot read {args.file}: {exc}") from exc
-        try:
-            documents += _parse_documents(text, _format_of(args.file, args.format))
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{args.file} is not valid JSON: {exc}") from exc
+        fmt = _format_of(args.file, args.format)
+        documents += _parse_or_refuse(text, fmt, args.file)
+        args.jsonl_input = fmt == "jsonl"
     elif not documents and not stdin.isatty():
-        documents = _parse_documents(stdin.read(), args.format or "lines")
+        fmt = args.format or "lines"
+        documents = _parse_or_refuse(_read_stdin(stdin), fmt, "standard input")
+        args.jsonl_input = fmt == "jsonl"
+    for i, item in enumerate(documents):
+        _doc_text(item, i)  # every item checked before anything is loaded
     if not documents:
         raise InvalidInputError("no documents: pass them as arguments, with --file, or on stdin")
     return documents
 
 
+# The variable each hosted API's own tools read for its key, tried after $RERANK_API_KEY.
+_DIALECT_KEY_ENV = {
+    "cohere": "COHERE_API_KEY",
+    "voyage": "VOYAGE_API_KEY",
+    "mixedbread": "MXBAI_API_KEY",
+    "nim": "NVIDIA_API_KEY",
+}
+_LOCAL_ONLY = {
+    "device": "--device",
+    "dtype": "--dtype",
+    "batch_tokens": "--batch-tokens",
+    "progress": "--progress/--no-progress",
+    "max_length": "--max-length",
+}
+_REMOTE_ONLY = {"dialect": "--dialect", "api_key": "--api-key"}
+
+
+def _is_remote(model: str) -> bool:
+    return model.startswith(("http://", "https://"))
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
+    remote = _is_remote(args.model)
+    wrong = _LOCAL_ONLY if remote else _REMOTE_ONLY
+    given = [flag for name, flag in wrong.items() if getattr(args, name, None) is not None]
+    if given:
+        where = "local models" if remote else "http(s) endpoints"
+        raise InvalidInputError(f"{', '.join(given)} only apply to {where}")
     options: dict[str, Any] = {"overflow": args.overflow}
-    if args.device is not None:
-        options["device"] = args.device
     if args.max_length is not None:
         options["max_length"] = args.max_length
-    if args.dialect is not None:
-        options["dialect"] = args.dialect
+    if remote:
+        dialect = args.dialect or "cohere"
+        if args.dialect is not None:
+            options["dialect"] = args.dialect
+        if args.output is not None:
+            options["score_kind"] = args.output
+        if args.api_key is not None:
+            options["api_key"] = args.api_key
+        elif not os.environ.get("RERANK_API_KEY") and os.environ.get(
+            _DIALECT_KEY_ENV.get(dialect, "")
+        ):
+            options["api_key_env"] = _DIALECT_KEY_ENV[dialect]
+        return options
+    for name in ("device", "dtype", "batch_tokens", "output"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    # A bar only where someone watches: stderr a terminal and more than a few batches
+    # (show_progress=None), unless --progress / --no-progress says otherwise.
+    options["show_progress"] = args.progress
     return options
 
 
 def _rerank(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
-    documents = _read_documents(args, stdin)
-    scorer = load_scorer(args.model, **_options(args))
+    items = _read_items(args, stdin)
+    documents = [_doc_text(item, i) for i, item in enumerate(items)]
+    options = _options(args)
+    scorer = load_scorer(args.model, **options)
     scores = check_scores(scorer.score(args.query, documents), len(documents))
     ranked = rank(scores, top_n=args.top_n, score_threshold=args.threshold)
+    if args.jsonl_input and not args.json:
+        # JSON lines in, JSON lines out: each object keeps its own fields (id, metadata).
+        for r in ranked:
+            item = items[r.index]
+            record = dict(item) if isinstance(item, dict) else {"text": item}
+            record.update(
+                index=r.index,
+                score=r.score.value,
+                tokens=r.score.tokens,
+                truncated=r.score.truncated,
+            )
+            stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return 0
     if args.json:
         rows = [
             {
@@ -119,40 +203,128 @@ def _rerank(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
     return 0
 
 
+def _add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The subcommand's options, on the top-level parser too so that they are accepted
+    before the subcommand as well. The subcommand's copy has no defaults (``defaults=False``),
+    so it does not reset a value given before it."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    model = os.environ.get("RERANK_MODEL") or DEFAULT_MODEL
+    add = parser.add_argument
+    add(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="log progress and throughput (INFO) to stderr",
+    )
+    add(
+        "-f",
+        "--file",
+        default=default(None),
+        help="read documents from this file ('-' for stdin)",
+    )
+    add(
+        "--format",
+        choices=["lines", "json", "jsonl"],
+        default=default(None),
+        help="document file format (default: from the suffix; one document per line)",
+    )
+    add(
+        "-m",
+        "--model",
+        default=default(model),
+        help="hub id, local checkpoint directory or http(s) endpoint "
+        f"(default: $RERANK_MODEL, else {DEFAULT_MODEL})",
+    )
+    add(
+        "-n",
+        "--top-n",
+        type=int,
+        default=default(None),
+        help="keep only the best N documents",
+    )
+    add(
+        "--threshold",
+        type=float,
+        default=default(None),
+        help="drop documents scoring below this",
+    )
+    add(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print JSON instead of a table",
+    )
+    add(
+        "--output",
+        choices=["probability", "logit"],
+        default=default(None),
+        help="score as sigmoid probability (default) or raw logit",
+    )
+    add("--device", default=default(None), help="auto (default), cpu, cuda, cuda:1, ...")
+    add(
+        "--dtype",
+        default=default(None),
+        help="auto (default: bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16",
+    )
+    add(
+        "--max-length",
+        type=int,
+        default=default(None),
+        help="token window (default: the model's own)",
+    )
+    add(
+        "--batch-tokens",
+        type=int,
+        default=default(None),
+        help="token budget per forward pass (local models)",
+    )
+    add(
+        "--overflow",
+        choices=["truncate", "error"],
+        default=default("truncate"),
+        help="documents over the window: truncate and flag them (default) or fail",
+    )
+    add(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=default(None),
+        help="progress bar on stderr (default: when stderr is a terminal and the "
+        "job is more than a few batches)",
+    )
+    add(
+        "--dialect",
+        default=default(None),
+        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score)",
+    )
+    add(
+        "--api-key",
+        default=default(None),
+        help="remote endpoint key (default: $RERANK_API_KEY, else the dialect's own "
+        "variable: $COHERE_API_KEY, $VOYAGE_API_KEY, $MXBAI_API_KEY, "
+        "$NVIDIA_API_KEY)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rerank-plugins", description="Long-context reranking from the command line."
+        prog="rerank-plugins",
+        description="Long-context reranking from the command line. "
+        "Options are accepted before or after the subcommand.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    _add_rerank_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True)
     rr = commands.add_parser("rerank", help="rank documents by relevance to a query")
     rr.add_argument("query", help="the query")
     rr.add_argument("documents", nargs="*", help="documents (or use --file / stdin)")
-    rr.add_argument("-f", "--file", help="read documents from this file ('-' for stdin)")
-    rr.add_argument(
-        "--format",
-        choices=["lines", "json", "jsonl"],
-        help="document file format (default: from the suffix; one document per line)",
-    )
-    rr.add_argument(
-        "-m",
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"hub id, local checkpoint directory or http(s) endpoint (default: {DEFAULT_MODEL})",
-    )
-    rr.add_argument("-n", "--top-n", type=int, help="keep only the best N documents")
-    rr.add_argument("--threshold", type=float, help="drop documents scoring below this")
-    rr.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    rr.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    rr.add_argument("--max-length", type=int, help="token window (default: the model's own)")
-    rr.add_argument(
-        "--overflow",
-        choices=["truncate", "error"],
-        default="truncate",
-        help="documents over the window: truncate and flag them (default) or fail",
-    )
-    rr.add_argument("--dialect", help="remote endpoint API dialect (cohere, tei, ...)")
+    # SUPPRESS defaults: a value given before the subcommand is not reset by the
+    # subcommand's parser.
+    _add_rerank_options(rr, defaults=False)
+    add_serve_command(commands)
     return parser
 
 
@@ -161,6 +333,8 @@ def main(
 ) -> int:
     """Run the command line; returns the exit status (2 for a rerank error)."""
     args = _parser().parse_args(argv)
+    if args.command == "serve":  # a long-running server: its own logging and errors
+        return run_server(args)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

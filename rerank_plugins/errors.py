@@ -7,14 +7,18 @@
     ├── InvalidInputError (also ValueError)    bad query, documents or options
     │   └── InputTooLongError                  over the window with overflow="error"
     ├── UnsupportedModelError (also ValueError) a checkpoint no scorer can run
+    │   └── CheckpointError                    an unreadable or inconsistent checkpoint file
+    ├── ModelLoadError                         the model's files could not be fetched
+    ├── UnknownOptionError (also TypeError)    an option no scorer/adapter has (valid ones named)
     └── ScoringError                           a backend could not score some documents
         ├── InvalidScoreError                  a backend produced NaN (or another non-number)
         └── EndpointError                      a remote endpoint failed
             ├── EndpointStatusError            an HTTP error status (status, body excerpt)
             │   └── EndpointInputTooLongError  refused over-length input (also InputTooLongError)
-            ├── EndpointTimeoutError           the request timed out
+            ├── EndpointTimeoutError           the request (or the call's deadline) timed out
             ├── EndpointConnectionError        the server could not be reached
-            └── MalformedResponseError         the body is not what the dialect promises
+            ├── MalformedResponseError         the body is not what the dialect promises
+            │   └── ResponseTooLargeError      the body (decoded) is over the size cap
 
 Every error that concerns particular documents carries ``indices``: the positions, in
 the caller's input, of the documents it affected.
@@ -25,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "CheckpointError",
     "EndpointConnectionError",
     "EndpointError",
     "EndpointInputTooLongError",
@@ -35,8 +40,11 @@ __all__ = [
     "InvalidScoreError",
     "MalformedResponseError",
     "MissingExtraError",
+    "ModelLoadError",
     "RerankError",
+    "ResponseTooLargeError",
     "ScoringError",
+    "UnknownOptionError",
     "UnsupportedModelError",
 ]
 
@@ -74,6 +82,21 @@ class InputTooLongError(InvalidInputError):
 
 class UnsupportedModelError(RerankError, ValueError):
     """The checkpoint is not one that any scorer can run."""
+
+
+class ModelLoadError(RerankError):
+    """A model's files could not be obtained (hub unreachable, offline, unknown or gated id).
+
+    Not an :class:`UnsupportedModelError`: nothing is known about the model yet. The
+    message says what failed and the ways out; the hub's own exception is ``__cause__``.
+    """
+
+
+class UnknownOptionError(InvalidInputError, TypeError):
+    """An option that the scorer or adapter does not have; the message lists the valid ones.
+
+    Also a ``TypeError``, what Python raises for an unexpected keyword argument.
+    """
 
 
 class ScoringError(RerankError):
@@ -121,3 +144,16 @@ class EndpointConnectionError(EndpointError):
 
 class MalformedResponseError(EndpointError):
     """The endpoint's body does not match the dialect (bad JSON, missing or repeated indices)."""
+
+
+class CheckpointError(UnsupportedModelError):
+    """A checkpoint file is unreadable, inconsistent, unsafe (needs the checkpoint's own
+    code) or outside the checkpoint directory; ``path`` names the file."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ResponseTooLargeError(MalformedResponseError):
+    """The endpoint's body, after decompression, is larger than ``max_response_bytes``."""

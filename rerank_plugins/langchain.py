@@ -4,11 +4,14 @@
 
     from rerank_plugins.langchain import RerankCompressor
     compressor = RerankCompressor(model="Alibaba-NLP/gte-reranker-modernbert-base", top_n=3)
+
+``CrossEncoder`` is LangChain's ``BaseCrossEncoder`` over any scorer, for code built on
+``CrossEncoderReranker(model=CrossEncoder(model=...), top_n=3)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +20,12 @@ from rerank_plugins._imports import require
 require("langchain_core")
 
 from langchain_core.callbacks import Callbacks
+from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
+from rerank_plugins._options import check_fields
+from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
 from rerank_plugins.scoring import check_scores
@@ -27,7 +33,7 @@ from rerank_plugins.scoring import check_scores
 if TYPE_CHECKING:
     from rerank_plugins.scoring import Scorer
 
-__all__ = ["RerankCompressor"]
+__all__ = ["CrossEncoder", "RerankCompressor"]
 
 METADATA_KEY = "rerank_plugins"
 """Namespaced metadata: ``{"kind", "tokens", "truncated", "index"}`` of each result."""
@@ -42,7 +48,7 @@ class RerankCompressor(BaseDocumentCompressor):
     ``model_kwargs``; with neither, the default local model is loaded.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     scorer: Any = Field(default=None, exclude=True, description="A rerank_plugins Scorer.")
     model: str | None = Field(
@@ -51,8 +57,10 @@ class RerankCompressor(BaseDocumentCompressor):
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Options for load_scorer (device, max_length, ...)."
     )
+    # The default is the one of LangChain's own CrossEncoderReranker and CohereRerank
+    # (README, "Defaults"); None keeps every document, reordered.
     top_n: PositiveInt | None = Field(
-        default=None, description="How many documents to keep (None: all, reordered)."
+        default=3, description="How many documents to keep (None: all, reordered)."
     )
     score_threshold: float | None = Field(
         default=None, description="Drop documents scoring below this value."
@@ -66,6 +74,9 @@ class RerankCompressor(BaseDocumentCompressor):
         return values
 
     def __init__(self, **data: Any) -> None:
+        # Unknown fields are refused (a silently ignored top_k= or model_name= returns
+        # every document, or loads the default model instead of the caller's).
+        check_fields(type(self).__name__, data, type(self).model_fields)
         super().__init__(**data)
         # Loaded after field validation so that loading errors keep their own type.
         self.scorer = scorer_from(self.scorer, self.model, self.model_kwargs)
@@ -109,3 +120,42 @@ class RerankCompressor(BaseDocumentCompressor):
             }
             out.append(doc.model_copy(update={"metadata": metadata}))
         return out
+
+
+class CrossEncoder(BaseCrossEncoder):
+    """LangChain's ``BaseCrossEncoder`` (``score(text_pairs) -> list[float]``) over a scorer.
+
+    ``CrossEncoder(model="Alibaba-NLP/gte-reranker-modernbert-base")`` or
+    ``CrossEncoder(scorer=...)``; ``model_kwargs`` go to :func:`rerank_plugins.load_scorer`.
+    Pairs that share a query are scored in one call (one packed batch job), and the scores
+    come back in the order of ``text_pairs``.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        scorer: Scorer | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model = None if model is None else str(model)
+        self.scorer: Scorer = scorer_from(scorer, model, dict(model_kwargs or {}))
+
+    def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
+        by_query: dict[str, list[int]] = {}
+        for i, pair in enumerate(text_pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise InvalidInputError(
+                    f"text_pairs[{i}] is not a (query, document) pair", indices=[i]
+                )
+            by_query.setdefault(pair[0], []).append(i)
+        out = [0.0] * len(text_pairs)
+        for query, positions in by_query.items():
+            documents = [text_pairs[i][1] for i in positions]
+            scores = check_scores(self.scorer.score(query, documents), len(documents))
+            for i, s in zip(positions, scores, strict=True):
+                out[i] = s.value
+        return out
+
+    def __repr__(self) -> str:
+        return f"CrossEncoder(model={self.model!r}, scorer={self.scorer!r})"

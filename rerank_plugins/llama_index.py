@@ -20,8 +20,9 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
+from rerank_plugins._options import check_fields
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
@@ -44,6 +45,8 @@ class RerankPostprocessor(BaseNodePostprocessor):
     ``ReRankEndEvent`` and the ``RERANKING`` callback event on every call.
     """
 
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
     scorer: Any = Field(default=None, exclude=True, description="A rerank_plugins Scorer.")
     model: str | None = Field(
         default=None, description="Hub id, local directory or http(s) endpoint URL."
@@ -51,8 +54,10 @@ class RerankPostprocessor(BaseNodePostprocessor):
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Options for load_scorer (device, max_length, ...)."
     )
+    # The default is the one of LlamaIndex's SentenceTransformerRerank and CohereRerank
+    # (README, "Defaults"); None keeps every node, reordered.
     top_n: PositiveInt | None = Field(
-        default=None, description="How many nodes to keep (None: all, reordered)."
+        default=2, description="How many nodes to keep (None: all, reordered)."
     )
     score_threshold: float | None = Field(
         default=None, description="Drop nodes scoring below this value."
@@ -72,6 +77,9 @@ class RerankPostprocessor(BaseNodePostprocessor):
         return values
 
     def __init__(self, **data: Any) -> None:
+        # Unknown fields are refused (a silently ignored top_k= or model_name= returns
+        # every document, or loads the default model instead of the caller's).
+        check_fields(type(self).__name__, data, type(self).model_fields)
         super().__init__(**data)
         # Loaded after field validation so that loading errors keep their own type.
         self.scorer = scorer_from(self.scorer, self.model, self.model_kwargs)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from rerank_plugins.errors import InvalidInputError, ScoringError
 
 __all__ = [
     "OverflowPolicy",
+    "PairScorer",
+    "PreparedPair",
     "Score",
     "ScoreKind",
     "Scorer",
@@ -59,6 +61,41 @@ class Scorer(Protocol):
     async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]: ...
 
 
+class PreparedPair(Protocol):
+    """One ``(query, document)`` pair made ready by :meth:`PairScorer.encode_pairs`."""
+
+    @property
+    def tokens(self) -> int:
+        """Length in tokens: what the pair costs in a batch."""
+        ...
+
+    @property
+    def truncated(self) -> bool: ...
+
+
+@runtime_checkable
+class PairScorer(Scorer, Protocol):
+    """A scorer whose work splits in two, so that a server can batch across requests.
+
+    ``encode_pairs`` prepares one query's documents (tokenisation, the overflow check:
+    raises as ``score`` would); ``score_pairs`` scores any prepared pairs together,
+    whatever query each came from, in their order. ``score(q, d)`` equals
+    ``score_pairs(encode_pairs(q, d))``. ``raw=True`` asks for the model's raw output
+    (a logit) where the scorer's usual score is a transformation of it.
+    """
+
+    def encode_pairs(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        overflow: OverflowPolicy | None = None,
+        max_document_tokens: int | None = None,
+    ) -> Sequence[PreparedPair]: ...
+
+    def score_pairs(self, pairs: Sequence[Any], *, raw: bool = False) -> list[Score]: ...
+
+
 def check_inputs(query: object, documents: object) -> list[str]:
     """Validate a scorer's inputs and return the documents as a fresh list.
 
@@ -69,6 +106,8 @@ def check_inputs(query: object, documents: object) -> list[str]:
         raise InvalidInputError(f"query must be a str, got {type(query).__name__}")
     if not query.strip():
         raise InvalidInputError("query is empty")
+    if not _is_unicode_text(query):
+        raise InvalidInputError("the query holds lone surrogates: it is not valid Unicode text")
     return check_documents(documents)
 
 
@@ -77,7 +116,8 @@ def check_documents(documents: object) -> list[str]:
 
     Raises :class:`InvalidInputError` for ``documents`` that is not a sequence (a bare
     string counts as a mistake) and for documents that are not strings (their indices are
-    listed). Empty-string documents are valid: they are scored like any other text.
+    listed) or hold lone surrogates. Empty-string documents are valid: they are scored
+    like any other text.
     """
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
         raise InvalidInputError(
@@ -89,7 +129,24 @@ def check_documents(documents: object) -> list[str]:
         raise InvalidInputError(
             f"documents at indices {bad} are not str ({', '.join(kinds)})", indices=bad
         )
+    # Lone surrogates ("\ud800") are valid str but no tokenizer or HTTP body takes them.
+    if _is_unicode_text("".join(documents)):  # one pass for the common case
+        return list(documents)
+    bad = [i for i, doc in enumerate(documents) if not _is_unicode_text(doc)]
+    if bad:
+        raise InvalidInputError(
+            f"documents at indices {bad[:20]} hold lone surrogates: not valid Unicode text",
+            indices=bad,
+        )
     return list(documents)
+
+
+def _is_unicode_text(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_scores(scores: object, n_documents: int) -> list[Score]:

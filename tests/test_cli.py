@@ -107,3 +107,65 @@ def test_console_script_runs_as_a_module(modernbert_dir: Path) -> None:
         timeout=300,
     )
     assert len(json.loads(proc.stdout)) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "message"),
+    [
+        (["--device", "cpu"], None, "--device"),
+        (["--max-length", "64"], None, "--max-length"),
+    ],
+)
+def test_local_only_options_with_an_endpoint_are_one_line_and_exit_2(
+    argv: list[str], stdin: str | None, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = run(["rerank", "q", "d", "--model", "http://127.0.0.1:9/v1", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_dialect_with_a_local_model_is_refused(
+    modernbert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = run(["rerank", "q", "d", "--model", str(modernbert_dir), "--dialect", "tei"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--dialect" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("binary.txt", bytes(range(256)) * 4), ("latin1.txt", "caf\xe9 cr\xe8me\n".encode("latin-1"))],
+)
+def test_a_file_that_is_not_utf8_is_one_line_and_exit_2(
+    modernbert_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: bytes,
+) -> None:
+    (tmp_path / name).write_bytes(content)
+    code, _ = run(["rerank", "q", "-f", str(tmp_path / name), "--model", str(modernbert_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "UTF-8" in err and len(err.strip().splitlines()) == 1
+
+
+def test_invalid_jsonl_on_stdin_is_one_line_and_exit_2(
+    modernbert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["rerank", "q", "--format", "jsonl", "--model", str(modernbert_dir)]
+    code, _ = run(argv, stdin='{"text": "a"}\n{not json\n', tty=False)
+    err = capsys.readouterr().err
+    assert code == 2 and "JSONL" in err and len(err.strip().splitlines()) == 1
+
+
+def test_binary_stdin_is_one_line_and_exit_2(modernbert_dir: Path) -> None:
+    process = subprocess.run(
+        [sys.executable, "-m", "rerank_plugins", "rerank", "q", "--model", str(modernbert_dir)],
+        input=b"\xff\xfe\x00binary\x80\n",
+        capture_output=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    err = process.stderr.decode()
+    assert process.returncode == 2, err
+    assert "UTF-8" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

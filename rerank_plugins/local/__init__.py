@@ -15,15 +15,17 @@ if TYPE_CHECKING:
 
 __all__ = ["load_local_scorer"]
 
-_HUB_OPTIONS = ("revision", "local_files_only")
-
 
 def load_local_scorer(spec: str | Path, **options: Any) -> Scorer:
-    """The local scorer for a hub id or checkpoint directory; ``options`` go to it."""
-    from rerank_plugins.local.checkpoint import resolve_checkpoint
+    """The local scorer for a hub id or checkpoint directory; ``options`` go to it.
+
+    The hub options (``revision``, ``cache_dir``, ``local_files_only``, ``token``) are
+    used for the download only; the scorer gets the resolved directory.
+    """
+    from rerank_plugins.local.checkpoint import HUB_OPTIONS, resolve_checkpoint
     from rerank_plugins.local.detect import detect_kind
 
-    hub = {k: options[k] for k in _HUB_OPTIONS if k in options}
+    hub = {k: options.pop(k) for k in HUB_OPTIONS if k in options}
     directory = resolve_checkpoint(spec, **hub)
     kind = detect_kind(directory)
     if kind == "colbert":

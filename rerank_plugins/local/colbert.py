@@ -47,6 +47,7 @@ same candidates for many queries then encodes each document once.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import string
@@ -55,14 +56,21 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rerank_plugins._options import Rebuildable, checked_options
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
-from rerank_plugins.local.checkpoint import load_tokenizer, read_json, resolve_checkpoint
+from rerank_plugins.local.checkpoint import (
+    HUB_OPTIONS,
+    guard_checkpoint_init,
+    load_tokenizer,
+    read_json,
+    resolve_checkpoint,
+)
 from rerank_plugins.local.detect import is_colbert_checkpoint
 from rerank_plugins.local.engine.attention import pack_sequences
 from rerank_plugins.local.engine.device import pick_device, pick_dtype
@@ -70,8 +78,13 @@ from rerank_plugins.local.engine.modernbert import ModernBertTrunk, activation, 
 from rerank_plugins.local.engine.packing import token_budget_batches
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.maxsim import Reduce, maxsim_many
+from rerank_plugins.local.progress import BatchProgress, check_show_progress
+from rerank_plugins.local.weights import checkpoint_key, shared_weights
 from rerank_plugins.local.worker import LocalWorker
 from rerank_plugins.scoring import OverflowPolicy, Score, check_documents, check_inputs
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -191,10 +204,10 @@ class DocumentVectorCache:
     Size is the bytes of the stored vectors, at most ``max_bytes``: storing an entry first
     evicts the least recently used ones (a hit refreshes an entry) until it fits; an entry
     larger than ``max_bytes`` is not stored. Keys are built by the scorer from the model
-    (checkpoint, device, dtype, prefix, skiplist), the document length settings and the
-    document text, so one cache can be shared by several scorers. Vectors live on the
-    scorer's device (GPU memory on CUDA). ``hits``, ``misses`` and ``evictions`` count
-    what happened since creation or :meth:`clear`.
+    (checkpoint, device, dtype, prefix, skiplist), the document length settings and a
+    fixed-size digest of the document text (never the text itself), so one cache can be
+    shared by several scorers. Vectors live on the scorer's device (GPU memory on CUDA).
+    ``hits``, ``misses`` and ``evictions`` count what happened since creation or :meth:`clear`.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
@@ -327,7 +340,15 @@ class _Encoded:
     truncated: bool
 
 
-class ColBERTScorer:
+class _ColBERTWeights:
+    """Trunk and projection of one checkpoint: the unit shared through the weight cache."""
+
+    def __init__(self, trunk: ModernBertTrunk, projection: nn.Sequential) -> None:
+        self.trunk = trunk
+        self.projection = projection
+
+
+class ColBERTScorer(Rebuildable):
     """Scores documents with a PyLate ColBERT checkpoint: MaxSim over token vectors.
 
     ``model`` is a hub id or a local directory in PyLate's layout with a ModernBERT trunk
@@ -342,9 +363,17 @@ class ColBERTScorer:
     ("truncate": cut and flag, or "error"), ``batch_tokens`` (token budget per forward;
     default 4,096 on the CPU, 32,768 on a GPU),
     ``cache`` (a :class:`DocumentVectorCache` to use or share, its size in bytes, or
-    ``None``/0 for none; default 256 MiB).
+    ``None``/0 for none; default 256 MiB; ``False`` also turns off weight sharing),
+    ``show_progress`` (a tqdm bar over document batches: False, True, or None for "when
+    stderr is a terminal and the call is more than a few batches").
+    Loaded weights are shared with other scorers on the same checkpoint, device and dtype.
+    Hub options, used for the download only: ``revision``, ``cache_dir``,
+    ``local_files_only``, ``token`` (default ``$HF_TOKEN``). Pickling or deep-copying
+    re-creates the scorer from its checkpoint directory (with an empty vector cache).
     """
 
+    @checked_options
+    @guard_checkpoint_init
     def __init__(
         self,
         model: str | Path,
@@ -360,7 +389,10 @@ class ColBERTScorer:
         cache: DocumentVectorCache | int | None = DEFAULT_CACHE_BYTES,
         backend: str = "auto",
         revision: str | None = None,
+        cache_dir: str | Path | None = None,
         local_files_only: bool = False,
+        token: str | SecretStr | None = None,
+        show_progress: bool | None = False,
     ) -> None:
         if overflow not in _POLICIES:
             raise InvalidInputError(f"overflow must be one of {_POLICIES}, got {overflow!r}")
@@ -370,8 +402,13 @@ class ColBERTScorer:
             raise InvalidInputError(f"batch_tokens must be positive, got {batch_tokens}")
         if document_length is not None and max_length is not None:
             raise InvalidInputError("pass document_length or its alias max_length, not both")
+        self.show_progress = check_show_progress(show_progress)
         self.directory = resolve_checkpoint(
-            model, revision=revision, local_files_only=local_files_only
+            model,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
         )
         self.name = str(model)
         if not is_colbert_checkpoint(self.directory):
@@ -412,14 +449,22 @@ class ColBERTScorer:
         )
         self.expansion_id = self._expansion_id() if self.settings.do_query_expansion else None
 
-        self.trunk: ModernBertTrunk = load_modernbert(
-            self.directory,
-            device=self.device,
-            dtype=self.dtype,
-            backend=backend,
-            config=self.config,
-        ).trunk
-        self.projection = load_projection(self.directory, device=self.device)
+        self._weights = shared_weights(
+            (ColBERTScorer, backend, checkpoint_key(self.directory), str(self.device), self.dtype),
+            lambda: _ColBERTWeights(
+                load_modernbert(
+                    self.directory,
+                    device=self.device,
+                    dtype=self.dtype,
+                    backend=backend,
+                    config=self.config,
+                ).trunk,
+                load_projection(self.directory, device=self.device),
+            ),
+            cache=cache is not False,
+        )
+        self.trunk: ModernBertTrunk = self._weights.trunk
+        self.projection = self._weights.projection
         first = self.projection[0]
         assert isinstance(first, DenseProjection)
         if first.in_features != self.trunk.spec.hidden_size:
@@ -439,6 +484,17 @@ class ColBERTScorer:
         self._warned_documents = False
         self._warned_query = False
         self._worker = LocalWorker("rerank-colbert")
+
+    def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        # From the resolved directory (no download, no token); a fresh vector cache of the
+        # same size, since a shared cache object is not meant to travel.
+        args, kwargs = super()._rebuild_arguments()
+        for name in HUB_OPTIONS:
+            kwargs.pop(name, None)
+        kwargs.pop("model", None)
+        if isinstance(kwargs.get("cache"), DocumentVectorCache):
+            kwargs["cache"] = kwargs["cache"].max_bytes
+        return (str(self.directory), *args[1:]), kwargs
 
     # --- set-up helpers -----------------------------------------------------------------
 
@@ -573,14 +629,22 @@ class ColBERTScorer:
         batches = token_budget_batches(
             [len(e.ids) for e in encoded], max_tokens=self.batch_tokens, padded=False
         )
-        for batch in batches:
-            packed = pack_sequences([encoded[i].ids for i in batch], self.device)
-            vectors = self._project(self.trunk.encode(packed))
-            keep = ~torch.isin(packed.input_ids, self._skip)
-            for i, v, k in zip(
-                batch, vectors.split(packed.lengths), keep.split(packed.lengths), strict=True
-            ):
-                out[i] = v[k]  # boolean indexing copies: the batch tensor is not kept alive
+        progress = BatchProgress(
+            batches=len(batches),
+            tokens=sum(len(e.ids) for e in encoded),
+            show=self.show_progress,
+            desc="encode documents",
+        )
+        with progress:
+            for batch in batches:
+                packed = pack_sequences([encoded[i].ids for i in batch], self.device)
+                vectors = self._project(self.trunk.encode(packed))
+                keep = ~torch.isin(packed.input_ids, self._skip)
+                for i, v, k in zip(
+                    batch, vectors.split(packed.lengths), keep.split(packed.lengths), strict=True
+                ):
+                    out[i] = v[k]  # boolean indexing copies: the batch tensor is not kept alive
+                progress.update(sum(packed.lengths))
         return _filled(out)
 
     @torch.inference_mode()
@@ -614,7 +678,7 @@ class ColBERTScorer:
         todo: dict[str, list[int]] = {}  # duplicates are encoded once
         length = self.settings.document_length
         for i, text in enumerate(docs):
-            hit = None if self.cache is None else self.cache.get((self._model_key, length, text))
+            hit = None if self.cache is None else self.cache.get(self._cache_key(length, text))
             if hit is not None:
                 out[i] = hit
             else:
@@ -633,10 +697,17 @@ class ColBERTScorer:
             ):
                 entry = TokenVectors(vectors, len(e.ids), e.truncated)
                 if self.cache is not None:
-                    self.cache.put((self._model_key, length, text), entry)
+                    self.cache.put(self._cache_key(length, text), entry)
                 for i in todo[text]:
                     out[i] = entry
         return _filled(out)
+
+    def _cache_key(self, length: int, text: str) -> Hashable:
+        # A fixed-size digest, not the text: the cache bounds vector bytes, and keys holding
+        # whole documents would grow past that bound (6 MiB of text under a 1 MiB cap).
+        # surrogatepass: check_documents lets lone surrogates through (they are valid str).
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+        return (self._model_key, length, digest)
 
     def _overflowed(self, indices: list[int]) -> None:
         length = self.settings.document_length
@@ -669,7 +740,13 @@ class ColBERTScorer:
         with torch.inference_mode():
             values = maxsim_many(q.vectors, [e.vectors for e in encoded], reduce=self.reduce)
         return [
-            Score(value=v, kind="maxsim", tokens=q.tokens + e.tokens, truncated=e.truncated)
+            # A cut query is as much a silent loss as a cut document: flag both.
+            Score(
+                value=v,
+                kind="maxsim",
+                tokens=q.tokens + e.tokens,
+                truncated=e.truncated or q.truncated,
+            )
             for v, e in zip(values.tolist(), encoded, strict=True)
         ]
 

@@ -8,16 +8,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from rerank_plugins._options import Rebuildable, checked_options
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
-from rerank_plugins.local.checkpoint import load_tokenizer, read_json, resolve_checkpoint
+from rerank_plugins.local.checkpoint import (
+    HUB_OPTIONS,
+    guard_checkpoint_init,
+    load_tokenizer,
+    read_json,
+    resolve_checkpoint,
+)
 from rerank_plugins.local.engine.device import pick_device, pick_dtype
 from rerank_plugins.local.engine.packing import token_budget_batches
+from rerank_plugins.local.progress import BatchProgress, check_show_progress
 from rerank_plugins.local.tokenization import EncodedPair, PairEncoder
+from rerank_plugins.local.weights import checkpoint_key, shared_weights
 from rerank_plugins.local.worker import LocalWorker
 from rerank_plugins.scoring import OverflowPolicy, Score, check_inputs
 
 if TYPE_CHECKING:
     import torch
+    from pydantic import SecretStr
 
 __all__ = ["CrossEncoderScorer", "PairClassifier"]
 
@@ -51,7 +61,7 @@ def model_window(config: dict[str, Any]) -> int:
     return window
 
 
-class CrossEncoderScorer:
+class CrossEncoderScorer(Rebuildable):
     """Scores documents with a local sequence-classification cross-encoder.
 
     ``model`` is a hub id or a local directory. ModernBERT checkpoints run on the native
@@ -60,9 +70,19 @@ class CrossEncoderScorer:
 
     Options: ``device`` ("auto", "cpu", "cuda", ...), ``dtype`` ("auto" = bf16 on CUDA,
     fp32 on CPU), ``max_length`` (default: the model's window, clamped to it),
-    ``overflow`` ("truncate" or "error"), ``batch_tokens`` (token budget per forward).
+    ``overflow`` ("truncate" or "error"), ``batch_tokens`` (token budget per forward),
+    ``show_progress`` (a tqdm bar: False by default, True, or None for "when stderr is a
+    terminal and the call is more than a few batches"), ``cache`` (share loaded weights
+    with other scorers on the same checkpoint, device and dtype; default True).
+    Hub options, used for the download only: ``revision``, ``cache_dir``,
+    ``local_files_only``, ``token`` (default ``$HF_TOKEN``).
+
+    Pickling or deep-copying a scorer re-creates it from its checkpoint directory (the
+    copy shares the loaded weights within a process; another process loads them again).
     """
 
+    @checked_options
+    @guard_checkpoint_init
     def __init__(
         self,
         model: str | Path,
@@ -75,14 +95,24 @@ class CrossEncoderScorer:
         batch_tokens: int = 16384,
         engine: Engine = "auto",
         revision: str | None = None,
+        cache_dir: str | Path | None = None,
         local_files_only: bool = False,
+        token: str | SecretStr | None = None,
+        show_progress: bool | None = False,
+        cache: bool = True,
     ) -> None:
         if output not in ("probability", "logit"):
             raise InvalidInputError(f"output must be 'probability' or 'logit', got {output!r}")
         if batch_tokens <= 0:
             raise InvalidInputError(f"batch_tokens must be positive, got {batch_tokens}")
+        self.show_progress = check_show_progress(show_progress)
+        self.cache = bool(cache)
         self.directory = resolve_checkpoint(
-            model, revision=revision, local_files_only=local_files_only
+            model,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
         )
         self.name = str(model)
         self.config = read_json(self.directory / "config.json")
@@ -101,7 +131,12 @@ class CrossEncoderScorer:
         self.encoder = PairEncoder(
             load_tokenizer(self.directory), max_length=max_length, overflow=overflow
         )
-        self.classifier = self._load_classifier(engine)
+        self.engine = engine
+        self.classifier = shared_weights(
+            (*self._weights_key(), checkpoint_key(self.directory), str(self.device), self.dtype),
+            lambda: self._load_classifier(engine),
+            cache=self.cache,
+        )
         if self.classifier.num_labels not in (1, 2):
             raise UnsupportedModelError(
                 f"{self.name} has {self.classifier.num_labels} labels; a cross-encoder "
@@ -112,6 +147,18 @@ class CrossEncoderScorer:
     @property
     def max_length(self) -> int:
         return self.encoder.max_length
+
+    def _weights_key(self) -> tuple[Any, ...]:
+        """What, beyond checkpoint, device and dtype, tells this scorer's loaded model apart."""
+        return (CrossEncoderScorer, self.engine)
+
+    def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        # The copy is built from the resolved directory: no download, no token to carry.
+        args, kwargs = super()._rebuild_arguments()
+        for name in HUB_OPTIONS:
+            kwargs.pop(name, None)
+        kwargs.pop("model", None)
+        return (str(self.directory), *args[1:]), kwargs
 
     def _load_classifier(self, engine: Engine) -> PairClassifier:
         if engine not in ("auto", "native", "transformers"):
@@ -143,16 +190,42 @@ class CrossEncoderScorer:
         docs = check_inputs(query, documents)
         if not docs:
             return []
-        pairs = self.encoder.encode(query, docs)
+        return self.score_pairs(self.encoder.encode(query, docs))
+
+    def encode_pairs(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        overflow: OverflowPolicy | None = None,
+        max_document_tokens: int | None = None,
+    ) -> list[EncodedPair]:
+        """Tokenise ``(query, document)`` pairs for :meth:`score_pairs` (the
+        :class:`~rerank_plugins.scoring.PairScorer` seam). ``overflow`` overrides the
+        scorer's policy for this call; ``max_document_tokens`` cuts documents further."""
+        docs = check_inputs(query, documents)
+        return self.encoder.encode(
+            query, docs, overflow=overflow, max_document_tokens=max_document_tokens
+        )
+
+    def score_pairs(self, pairs: Sequence[EncodedPair], *, raw: bool = False) -> list[Score]:
+        """Scores of encoded pairs, in order; the pairs may come from different queries.
+
+        Batched by the scorer's token budget like :meth:`score`. ``raw=True`` returns the
+        relevance logit (kind ``"logit"``) whatever ``output`` says.
+        """
+        if not pairs:
+            return []
         logits = self._logits(pairs)
+        kind: Output = "logit" if raw else self.output
         return [
             Score(
-                value=self._value(logits[i]),
-                kind=self.output,
+                value=logit if raw else self._value(logit),
+                kind=kind,
                 tokens=len(pair.ids),
                 truncated=pair.truncated,
             )
-            for i, pair in enumerate(pairs)
+            for logit, pair in zip(logits, pairs, strict=True)
         ]
 
     async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
@@ -168,11 +241,19 @@ class CrossEncoderScorer:
             [len(p.ids) for p in pairs], max_tokens=self.batch_tokens, padded=self.classifier.padded
         )
         out = [math.nan] * len(pairs)
-        for batch in batches:
-            raw = self.classifier.logits([pairs[i] for i in batch])
-            rel = raw[:, 0] if raw.shape[1] == 1 else raw[:, 1] - raw[:, 0]
-            for i, value in zip(batch, rel.tolist(), strict=True):
-                out[i] = value
+        progress = BatchProgress(
+            batches=len(batches),
+            tokens=sum(len(p.ids) for p in pairs),
+            show=self.show_progress,
+            desc="rerank",
+        )
+        with progress:
+            for batch in batches:
+                raw = self.classifier.logits([pairs[i] for i in batch])
+                rel = raw[:, 0] if raw.shape[1] == 1 else raw[:, 1] - raw[:, 0]
+                for i, value in zip(batch, rel.tolist(), strict=True):
+                    out[i] = value
+                progress.update(sum(len(pairs[i].ids) for i in batch))
         return out
 
     def _value(self, logit: float) -> float:

@@ -14,7 +14,12 @@ from typing import Any
 
 from rerank_plugins._imports import require
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
-from rerank_plugins.local.checkpoint import load_tokenizer, read_json, resolve_checkpoint
+from rerank_plugins.local.checkpoint import (
+    guard_checkpoint_init,
+    load_tokenizer,
+    read_json,
+    resolve_checkpoint,
+)
 from rerank_plugins.local.engine.device import pick_device, pick_dtype
 
 __all__ = ["FillMask", "MaskPrediction"]
@@ -44,6 +49,7 @@ class FillMask:
     checkpoint. ``device``/``dtype`` as for the cross-encoder (bf16 on CUDA, fp32 on CPU).
     """
 
+    @guard_checkpoint_init
     def __init__(
         self,
         model: str | Path,

@@ -28,14 +28,15 @@ import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
-from rerank_plugins.local.checkpoint import read_json
+from rerank_plugins.local.checkpoint import guard_checkpoint_init, read_json
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer, Output
 from rerank_plugins.local.engine.attention import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.modernbert import (
@@ -47,6 +48,9 @@ from rerank_plugins.local.engine.modernbert import (
 )
 from rerank_plugins.local.tokenization import EncodedPair
 from rerank_plugins.scoring import OverflowPolicy
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 __all__ = [
     "CONFIG_FILE",
@@ -290,6 +294,8 @@ class MatryoshkaScorer(CrossEncoderScorer):
     Other options as :class:`~rerank_plugins.local.cross_encoder.CrossEncoderScorer`.
     """
 
+    @checked_options
+    @guard_checkpoint_init
     def __init__(
         self,
         model: str | Path,
@@ -303,7 +309,11 @@ class MatryoshkaScorer(CrossEncoderScorer):
         output: Output = "probability",
         batch_tokens: int = 16384,
         revision: str | None = None,
+        cache_dir: str | Path | None = None,
         local_files_only: bool = False,
+        token: str | SecretStr | None = None,
+        show_progress: bool | None = False,
+        cache: bool = True,
     ) -> None:
         self._exit = (layer, dim)
         super().__init__(
@@ -316,11 +326,18 @@ class MatryoshkaScorer(CrossEncoderScorer):
             batch_tokens=batch_tokens,
             engine="native",
             revision=revision,
+            cache_dir=cache_dir,
             local_files_only=local_files_only,
+            token=token,
+            show_progress=show_progress,
+            cache=cache,
         )
         assert isinstance(self.classifier, MatryoshkaPairClassifier)
         self.layer = self.classifier.layer
         self.dim = self.classifier.dim
+
+    def _weights_key(self) -> tuple[Any, ...]:
+        return (MatryoshkaScorer, *self._exit)
 
     def _load_classifier(self, engine: str) -> MatryoshkaPairClassifier:
         layer, dim = self._exit

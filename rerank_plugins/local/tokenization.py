@@ -34,6 +34,11 @@ class EncodedPair:
     type_ids: list[int]
     truncated: bool
 
+    @property
+    def tokens(self) -> int:
+        """The pair's length in tokens (special tokens included)."""
+        return len(self.ids)
+
 
 class PairEncoder:
     """Encodes ``(query, document)`` pairs to at most ``max_length`` tokens.
@@ -65,13 +70,33 @@ class PairEncoder:
             )
         return q
 
-    def encode(self, query: str, documents: Sequence[str]) -> list[EncodedPair]:
-        """Encode every pair, in input order."""
+    def encode(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        overflow: OverflowPolicy | None = None,
+        max_document_tokens: int | None = None,
+    ) -> list[EncodedPair]:
+        """Encode every pair, in input order.
+
+        ``overflow`` overrides the encoder's policy for this call. ``max_document_tokens``
+        cuts every document to at most that many tokens (flagged as truncated) whatever
+        the policy: an explicit cut asked by the caller (Cohere's ``max_tokens_per_doc``),
+        not an overflow of the window.
+        """
+        policy = self.overflow if overflow is None else overflow
+        if policy not in _POLICIES:
+            raise InvalidInputError(f"overflow must be one of {_POLICIES}, got {policy!r}")
+        if max_document_tokens is not None and max_document_tokens < 1:
+            raise InvalidInputError(
+                f"max_document_tokens must be at least 1, got {max_document_tokens}"
+            )
         q = self.encode_query(query)
         docs = self.tokenizer.encode_batch(list(documents), add_special_tokens=False)
         room = self.max_length - self._specials - len(q)
         over = [i for i, d in enumerate(docs) if len(d) > room]
-        if over and self.overflow == "error":
+        if over and policy == "error":
             raise InputTooLongError(
                 f"documents {over} exceed the {self.max_length}-token window "
                 f"(query {len(q)} tokens, room for {room} document tokens)",
@@ -85,11 +110,12 @@ class PairEncoder:
                 len(over),
                 self.max_length,
             )
+        keep = room if max_document_tokens is None else min(room, max_document_tokens)
         out = []
-        for i, d in enumerate(docs):
-            cut = i in over
+        for d in docs:
+            cut = len(d) > keep
             if cut:
-                d.truncate(room)
+                d.truncate(keep)
             pair = self.tokenizer.post_process(q, d, add_special_tokens=True)
             out.append(EncodedPair(pair.ids, pair.type_ids, cut))
         return out

@@ -10,10 +10,16 @@ from __future__ import annotations
 
 from rerank_plugins.remote.dialects import DIALECTS, DialectName
 from rerank_plugins.remote.retry import RetryPolicy
-from rerank_plugins.remote.scorer import API_KEY_ENV, DEFAULT_TIMEOUT, RemoteScorer
+from rerank_plugins.remote.scorer import (
+    API_KEY_ENV,
+    DEFAULT_DEADLINE,
+    DEFAULT_TIMEOUT,
+    RemoteScorer,
+)
 
 __all__ = [
     "API_KEY_ENV",
+    "DEFAULT_DEADLINE",
     "DEFAULT_TIMEOUT",
     "DIALECTS",
     "DialectName",

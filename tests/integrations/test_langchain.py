@@ -41,7 +41,7 @@ def make_docs() -> list[Document]:
 
 def test_documents_come_back_sorted_with_scores_and_ids() -> None:
     docs = make_docs()
-    out = RerankCompressor(scorer=FunctionScorer(overlap)).compress_documents(
+    out = RerankCompressor(scorer=FunctionScorer(overlap), top_n=None).compress_documents(
         docs, "which planet is the largest planet"
     )
     expected = sorted(PLANETS, key=lambda t: -overlap("which planet is the largest planet", t))

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rerank_plugins.errors import UnsupportedModelError
-from rerank_plugins.local.checkpoint import load_state_dict, read_json
+from rerank_plugins.errors import CheckpointError, UnsupportedModelError
+from rerank_plugins.local.checkpoint import config_float, config_int, load_state_dict, read_json
 from rerank_plugins.local.engine.attention import (
     PackedBatch,
     attention,
@@ -117,31 +117,35 @@ class GteNewConfig:
         mixed_b: float | None = None
         scaling = config.get("rope_scaling")
         if scaling is not None:
+            if not isinstance(scaling, dict):
+                raise CheckpointError(f"config.json: rope_scaling {scaling!r} is not an object")
             kind = scaling.get("type", scaling.get("rope_type"))
             if kind != "ntk":
                 raise UnsupportedModelError(f"GTE 'new' with {kind!r} RoPE scaling is unsupported")
-            factor = float(scaling["factor"])
-            mixed = scaling.get("mixed_b")
-            mixed_b = None if mixed is None else float(mixed)
-        hidden = int(config.get("hidden_size", 768))
-        heads = int(config.get("num_attention_heads", 12))
+            factor = config_float(scaling, "factor", 1.0)
+            mixed_b = (
+                None if scaling.get("mixed_b") is None else config_float(scaling, "mixed_b", 1)
+            )
+        hidden = config_int(config, "hidden_size", 768)
+        heads = config_int(config, "num_attention_heads", 12)
         if hidden % heads or (hidden // heads) % 2:
             raise UnsupportedModelError(
                 f"hidden_size {hidden} does not split into {heads} even-sized rotary heads"
             )
         labels = config.get("id2label")
-        num_labels = int(config.get("num_labels", len(labels) if labels else 2))
+        n_labels = len(labels) if isinstance(labels, dict) and labels else 2
+        num_labels = config_int(config, "num_labels", n_labels)
         return cls(
-            vocab_size=int(config.get("vocab_size", 30528)),
+            vocab_size=config_int(config, "vocab_size", 30528),
             hidden_size=hidden,
-            num_hidden_layers=int(config.get("num_hidden_layers", 12)),
+            num_hidden_layers=config_int(config, "num_hidden_layers", 12),
             num_attention_heads=heads,
-            intermediate_size=int(config.get("intermediate_size", 3072)),
-            type_vocab_size=int(config.get("type_vocab_size", 1) or 0),
-            layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+            intermediate_size=config_int(config, "intermediate_size", 3072),
+            type_vocab_size=config_int(config, "type_vocab_size", 1, minimum=0),
+            layer_norm_eps=config_float(config, "layer_norm_eps", 1e-12),
             hidden_act=act,
-            max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
-            rope_theta=float(config.get("rope_theta", 10000.0)),
+            max_position_embeddings=config_int(config, "max_position_embeddings", 2048),
+            rope_theta=config_float(config, "rope_theta", 10000.0),
             rope_factor=factor,
             rope_mixed_b=mixed_b,
             num_labels=num_labels,

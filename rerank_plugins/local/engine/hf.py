@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerank_plugins._imports import require
-from rerank_plugins.errors import UnsupportedModelError
+from rerank_plugins.errors import CheckpointError
+from rerank_plugins.local.checkpoint import remote_code_file
 from rerank_plugins.local.tokenization import EncodedPair
 
 if TYPE_CHECKING:
@@ -36,8 +37,17 @@ class TransformersPairClassifier:
                 use_safetensors=True,
                 trust_remote_code=False,
             )
-        except (ValueError, OSError, KeyError) as exc:
-            raise UnsupportedModelError(f"transformers cannot load {directory}: {exc}") from exc
+        except Exception as exc:  # transformers raises many types for a bad checkpoint
+            code = remote_code_file(directory)
+            if code is not None:
+                raise CheckpointError(
+                    f"transformers has no built-in class for {directory} and {code.name} asks "
+                    "for the checkpoint's own code (auto_map), which is never run",
+                    path=str(code),
+                ) from exc
+            raise CheckpointError(
+                f"transformers cannot load {directory}: {exc}", path=str(directory)
+            ) from exc
         self.model: Any = model.to(device).eval()
         self.device = device
         self.pad_token_id = pad_token_id

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rerank_plugins.errors import UnsupportedModelError
-from rerank_plugins.local.checkpoint import load_state_dict, read_json
+from rerank_plugins.errors import CheckpointError, UnsupportedModelError
+from rerank_plugins.local.checkpoint import config_float, config_int, load_state_dict, read_json
 from rerank_plugins.local.engine.attention import (
     PackedBatch,
     attention,
@@ -125,43 +125,57 @@ class ModernBertSpec:
         ``rope_parameters``)."""
         if config.get("model_type", "modernbert") != "modernbert":
             raise UnsupportedModelError(f"not a ModernBERT config: {config.get('model_type')!r}")
-        hidden = int(config.get("hidden_size", 768))
-        heads = int(config.get("num_attention_heads", 12))
+        hidden = config_int(config, "hidden_size", 768)
+        heads = config_int(config, "num_attention_heads", 12)
         if hidden % heads:
             raise UnsupportedModelError(f"hidden_size {hidden} is not a multiple of {heads} heads")
-        n_layers = int(config.get("num_hidden_layers", 22))
+        n_layers = config_int(config, "num_hidden_layers", 22)
         types = config.get("layer_types")
         if types is None:
-            every = int(config.get("global_attn_every_n_layers", 3))
+            every = config_int(config, "global_attn_every_n_layers", 3)
             types = [
                 "full_attention" if i % every == 0 else "sliding_attention" for i in range(n_layers)
             ]
-        if len(types) != n_layers or not set(types) <= {"full_attention", "sliding_attention"}:
-            raise UnsupportedModelError(f"unexpected layer_types {types!r}")
+        if (
+            not isinstance(types, list)
+            or len(types) != n_layers
+            or not all(t in ("full_attention", "sliding_attention") for t in types)
+        ):
+            raise CheckpointError(
+                f"config.json: layer_types must list {n_layers} of 'full_attention' / "
+                f"'sliding_attention', got {str(types)[:200]}",
+                path="config.json",
+            )
         if config.get("rope_scaling"):
             raise UnsupportedModelError("ModernBERT with rope_scaling is not supported natively")
         params = config.get("rope_parameters") or {}
+        if not isinstance(params, dict):
+            raise CheckpointError(f"config.json: rope_parameters {params!r} is not an object")
         theta = {
-            "full_attention": float(config.get("global_rope_theta", 160_000.0)),
-            "sliding_attention": float(config.get("local_rope_theta", 10_000.0)),
+            "full_attention": config_float(config, "global_rope_theta", 160_000.0),
+            "sliding_attention": config_float(config, "local_rope_theta", 10_000.0),
         }
         for kind in theta:
             p = params.get(kind) or {}
+            if not isinstance(p, dict):
+                raise CheckpointError(f"config.json: rope_parameters.{kind} is not an object")
             if p.get("rope_type", "default") != "default":
                 raise UnsupportedModelError(f"ModernBERT {kind} RoPE type {p['rope_type']!r}")
-            theta[kind] = float(p.get("rope_theta", theta[kind]))
-        half = int(config.get("local_attention", 128)) // 2
+            theta[kind] = config_float(p, "rope_theta", theta[kind])
+        # local_attention is the full window (keys within +-local_attention/2); a negative
+        # or zero one would silently change every local layer's scores.
+        half = config_int(config, "local_attention", 128, minimum=2) // 2
         pooling = str(config.get("classifier_pooling", "cls"))
         if pooling not in ("cls", "mean"):
             raise UnsupportedModelError(f"classifier_pooling {pooling!r} is not 'cls' or 'mean'")
         spec = cls(
-            vocab_size=int(config.get("vocab_size", 50368)),
+            vocab_size=config_int(config, "vocab_size", 50368),
             hidden_size=hidden,
-            intermediate_size=int(config.get("intermediate_size", 1152)),
+            intermediate_size=config_int(config, "intermediate_size", 1152),
             num_heads=heads,
             windows=tuple(None if t == "full_attention" else half for t in types),
             thetas=tuple(theta[t] for t in types),
-            norm_eps=float(config.get("norm_eps", 1e-5)),
+            norm_eps=config_float(config, "norm_eps", 1e-5),
             norm_bias=bool(config.get("norm_bias", False)),
             attention_bias=bool(config.get("attention_bias", False)),
             mlp_bias=bool(config.get("mlp_bias", False)),
@@ -170,7 +184,7 @@ class ModernBertSpec:
             classifier_pooling=pooling,
             classifier_bias=bool(config.get("classifier_bias", False)),
             decoder_bias=bool(config.get("decoder_bias", True)),
-            max_position_embeddings=int(config.get("max_position_embeddings", 8192)),
+            max_position_embeddings=config_int(config, "max_position_embeddings", 8192),
         )
         activation(spec.hidden_activation)  # fail at load time, not at the first forward
         activation(spec.classifier_activation)
