@@ -16,7 +16,12 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-WITH_PLOTS = {"01_langchain_rag.ipynb", "02_llama_index_rag.ipynb", "03_long_documents.ipynb"}
+WITH_PLOTS = {
+    "01_langchain_rag.ipynb",
+    "02_llama_index_rag.ipynb",
+    "03_long_documents.ipynb",
+    "04_serving_and_scale.ipynb",
+}
 
 
 def _images(nb: object) -> int:
