@@ -71,10 +71,6 @@ def _parse_or_refuse(text: str, fmt: str, source: str) -> list[Any]:
         raise InvalidInputError(f"{source} is not valid {fmt.upper()}: {exc}") from exc
 
 
-def _read_documents(args: argparse.Namespace, stdin: TextIO) -> list[str]:
-    return [_doc_text(item, i) for i, item in enumerate(_read_items(args, stdin))]
-
-
 def _read_items(args: argparse.Namespace, stdin: TextIO) -> list[Any]:
     """Documents as given: strings, or the JSON objects of a JSON / JSON-lines input."""
     documents: list[Any] = list(args.documents)
