@@ -514,9 +514,11 @@ class _AccessLog:
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            self.metrics.in_flight.dec()
             seconds = time.perf_counter() - start
             path = scope["path"] if scope["path"] in _ROUTES else "other"
             state = scope.get("state") or {}

@@ -31,6 +31,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.in_flight = Gauge(
+            "rerank_http_requests_in_flight", "HTTP requests being handled", registry=r
+        )
         self.documents = Counter("rerank_documents", "documents scored", registry=r)
         self.tokens = Counter(
             "rerank_tokens", "tokens scored (pairs, specials included)", registry=r

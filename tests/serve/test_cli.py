@@ -88,10 +88,19 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(
         threads = [threading.Thread(target=call, args=(docs,)) for docs in requests]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 30
-        while metric(httpx.get(f"{url}/metrics").text, "rerank_queue_requests") < 2:
-            assert time.monotonic() < deadline, "the requests never queued up"
-            time.sleep(0.01)
+        # SIGTERM once every request has been accepted and at least two are in flight.
+        deadline = time.monotonic() + 60
+        while True:
+            text = httpx.get(f"{url}/metrics").text
+            in_flight = metric(text, "rerank_http_requests_in_flight") - 1  # this scrape
+            done = metric(
+                text, 'rerank_http_requests_total{method="POST",path="/v1/rerank",status="200"}'
+            )
+            if in_flight >= 2 and in_flight + done == len(requests):
+                break
+            assert done < len(requests) - 1, "the requests finished before the signal"
+            assert time.monotonic() < deadline, "the requests never got in flight"
+            time.sleep(0.005)
         process.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(timeout=120)
