@@ -20,6 +20,8 @@ _EXTRA_OF = {
     "fastapi": "serve",
     "uvicorn": "serve",
     "prometheus_client": "serve",
+    "pyarrow": "bulk",
+    "ray": "ray",
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from rerank_plugins import __version__
 from rerank_plugins._model_args import add_model_options, is_remote, model_options
+from rerank_plugins.bulk import add_score_arguments, score_file, score_options
 from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.ranking import rank
@@ -273,8 +274,58 @@ def _parser() -> argparse.ArgumentParser:
     # SUPPRESS defaults: a value given before the subcommand is not reset by the
     # subcommand's parser.
     _add_rerank_options(rr, defaults=False)
-    add_serve_command(commands)
+    sv = add_serve_command(commands)
+    on_ray = sv.add_argument_group("Ray Serve (rerank-plugins[ray])")
+    on_ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="deploy on Ray Serve (ADDRESS, else $RAY_ADDRESS or a local Ray); same HTTP API",
+    )
+    on_ray.add_argument("--num-replicas", type=int, help="default: one per GPU, else 1")
+    on_ray.add_argument("--replica-gpus", type=float, help="GPUs per replica (default: 1 if any)")
+    on_ray.add_argument("--replica-cpus", type=float, help="CPUs per replica (default: Ray's 1)")
+    sc = commands.add_parser("score", help="score a Parquet/JSONL file of pairs (resumable)")
+    add_score_arguments(sc)
     return parser
+
+
+def _score(args: argparse.Namespace, stdout: TextIO) -> int:
+    """``rerank-plugins score``: resumable shards on this machine, or a Ray cluster (--ray)."""
+    common: dict[str, Any] = {
+        "model": args.model,
+        "query_column": args.query_column,
+        "document_column": args.document_column,
+        "keep_text": not args.drop_text,
+        "model_options": score_options(args),
+    }
+    if args.ray is not None:
+        if args.resume:
+            raise InvalidInputError("--resume is for the single-machine run; rerun --ray whole")
+        from rerank_plugins.ray import score_file_on_ray
+
+        ray_options = {"num_gpus": args.num_gpus, "num_cpus": args.num_cpus}
+        summary = score_file_on_ray(
+            args.input,
+            args.output,
+            address=args.ray or None,
+            concurrency=args.concurrency,
+            batch_size=args.batch_size,
+            **ray_options,
+            **common,
+        )
+    else:
+        summary = score_file(
+            args.input,
+            args.output,
+            shard_rows=args.shard_rows,
+            resume=args.resume,
+            progress=False if args.no_progress else args.progress,
+            **common,
+        )
+    stdout.write(summary.to_json() + "\n")
+    return 0
 
 
 def main(
@@ -283,6 +334,10 @@ def main(
     """Run the command line; returns the exit status (2 for a rerank error)."""
     args = _parser().parse_args(argv)
     if args.command == "serve":  # a long-running server: its own logging and errors
+        if args.ray is not None:
+            from rerank_plugins.ray import serve_on_ray
+
+            return serve_on_ray(args)
         return run_server(args)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -290,6 +345,8 @@ def main(
         stream=sys.stderr,
     )
     try:
+        if args.command == "score":
+            return _score(args, stdout or sys.stdout)
         return _rerank(args, stdout or sys.stdout, stdin or sys.stdin)
     except RerankError as exc:
         sys.stderr.write(f"rerank-plugins: error: {exc}\n")

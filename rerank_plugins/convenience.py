@@ -37,11 +37,12 @@ def rerank(
     ``model_kwargs``; with neither, the default model is loaded. For many calls, build
     the scorer once (``load_scorer``) and pass it: loading is the slow part.
 
-    >>> from rerank_plugins.testing import FunctionScorer
-    >>> scorer = FunctionScorer(lambda q, d: float(len(set(q.split()) & set(d.split()))))
-    >>> docs = ["a cat", {"text": "the big red cat"}, "a dog"]
-    >>> [(r.index, r.score.value) for r in rerank("big cat", docs, scorer=scorer, top_n=2)]
-    [(1, 2.0), (0, 1.0)]
+    Examples:
+        >>> from rerank_plugins.testing import FunctionScorer
+        >>> scorer = FunctionScorer(lambda q, d: float(len(set(q.split()) & set(d.split()))))
+        >>> docs = ["a cat", {"text": "the big red cat"}, "a dog"]
+        >>> [(r.index, r.score.value) for r in rerank("big cat", docs, scorer=scorer, top_n=2)]
+        [(1, 2.0), (0, 1.0)]
     """
     if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
         raise InvalidInputError(

@@ -5,7 +5,8 @@
     RerankError
     ├── MissingExtraError (also ImportError)   an optional dependency is not installed
     ├── InvalidInputError (also ValueError)    bad query, documents or options
-    │   └── InputTooLongError                  over the window with overflow="error"
+    │   ├── InputTooLongError                  over the window with overflow="error"
+    │   └── UnsupportedDeviceError             a device that cannot run the mode asked for
     ├── UnsupportedModelError (also ValueError) a checkpoint no scorer can run
     │   └── CheckpointError                    an unreadable or inconsistent checkpoint file
     ├── ModelLoadError                         the model's files could not be fetched
@@ -45,6 +46,7 @@ __all__ = [
     "ResponseTooLargeError",
     "ScoringError",
     "UnknownOptionError",
+    "UnsupportedDeviceError",
     "UnsupportedModelError",
 ]
 
@@ -157,3 +159,7 @@ class CheckpointError(UnsupportedModelError):
 
 class ResponseTooLargeError(MalformedResponseError):
     """The endpoint's body, after decompression, is larger than ``max_response_bytes``."""
+
+
+class UnsupportedDeviceError(InvalidInputError):
+    """The device cannot run the requested precision mode (or not fast enough to be worth it)."""

@@ -32,8 +32,9 @@ def rank(
     disables either. Raises :class:`InvalidScoreError` for a NaN score (naming its
     indices) and :class:`InvalidInputError` for ``top_n <= 0`` or a NaN threshold.
 
-    >>> [r.index for r in rank([Score(0.2, "logit"), Score(0.9, "logit"), Score(0.2, "logit")])]
-    [1, 0, 2]
+    Examples:
+        >>> [r.index for r in rank([Score(0.2, "logit"), Score(0.9, "logit"), Score(0.2, "logit")])]
+        [1, 0, 2]
     """
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int)):
         raise InvalidInputError(f"top_n must be an int or None, got {type(top_n).__name__}")

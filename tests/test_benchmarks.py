@@ -3,7 +3,7 @@
 Every script in ``benchmarks/`` runs once in its ``--smoke`` mode (tiny shapes, one round)
 as a subprocess, the way a person runs it, and must exit 0 and write a JSON results file
 with the expected keys and sane values. The figures themselves mean nothing at that size;
-no speed is asserted. The five scripts start together (one torch thread each) so that the
+no speed is asserted. The scripts start together (one torch thread each) so that the
 suite waits for the slowest, not for the sum.
 """
 
@@ -34,6 +34,7 @@ SCRIPTS = [
     "bench_matryoshka.py",
     "bench_colbert.py",
     "load_test.py",
+    "bench_bulk.py",
 ]
 TIMEOUT_S = 300
 
@@ -169,6 +170,16 @@ def test_load_test_loses_no_document(smoke_runs: dict[str, Any]) -> None:
         positive(row, "calls", "documents", "calls_per_s")
         assert row["lost"] == 0 and row["errors"] == 0, row
     positive(document, "in_process_raw_cpu_us", "in_process_ours_cpu_us")
+
+
+def test_bulk_benchmark_scores_every_row_on_every_path(smoke_runs: dict[str, Any]) -> None:
+    document = finished(smoke_runs, "bench_bulk.py")
+    rows = document["results"]
+    assert [r["path"][:3] for r in rows] == ["(1)", "(2)", "(3)"]
+    assert document["rows"] == 300  # the script exits non-zero when a path loses a row
+    for row in rows:
+        positive(row, "rows_per_s", "tokens_per_s", "seconds", "cpu_seconds")
+        assert row["max_abs_delta"] < 1e-6, row
 
 
 # --- the harness on its own (no timing asserted) ----------------------------------------

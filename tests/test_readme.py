@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from rerank_plugins.testing import (
+    FunctionScorer,
     make_colbert_checkpoint,
     make_gte_new_checkpoint,
     make_matryoshka_checkpoint,
@@ -63,6 +64,8 @@ SKIPPED: dict[str, str] = {
     "import cohere                                    # the official SDK, v1 or v2": (
         "talks to a running `rerank-plugins serve` (covered by tests/serve/test_server.py)"
     ),
+    "import ray": "starts a Ray cluster (covered by tests/test_ray.py)",
+    "from ray import serve": "deploys on Ray Serve (covered by tests/test_ray.py)",
 }
 # The example's first line -> what it needs from CONTEXT beyond its own imports.
 RUNS: dict[str, tuple[str, ...]] = {
@@ -82,6 +85,15 @@ RUNS: dict[str, tuple[str, ...]] = {
     'scorer = load_scorer("Alibaba-NLP/gte-multilingual-reranker-base")': ("load_scorer",),
     # Builds remote scorers only: nothing is sent until score() is called.
     "from rerank_plugins import load_scorer": (),
+    'scorer = load_scorer("http://127.0.0.1:8080", dialect="tei")   '
+    "# vLLM, TEI, Infinity, Cohere, Voyage, NIM, ...": ("load_scorer",),
+    "from rerank_plugins import InputTooLongError, InvalidInputError, RerankError, ScoringError": (
+        "scorer",
+        "query",
+        "documents",
+    ),
+    "import llama_index.core.instrumentation as instrument": (),
+    "from rerank_plugins import InputTooLongError, load_scorer": ("query", "documents"),
 }
 
 
@@ -141,6 +153,8 @@ def context_builders() -> dict[str, Callable[[], Any]]:
         "my_retriever": my_retriever,
         "index": index,
         "documents": lambda: list(DOCUMENTS),
+        "query": lambda: "Which planet is the largest?",
+        "scorer": lambda: FunctionScorer(lambda q, d: float(len(set(q.split()) & set(d.split())))),
         "load_scorer": load_scorer,
         "RerankCompressor": rerank_compressor,
     }

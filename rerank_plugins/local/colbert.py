@@ -88,6 +88,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
+    "ColBERTEncoder",
     "ColBERTScorer",
     "ColBERTSettings",
     "DenseProjection",
@@ -321,16 +322,27 @@ def load_projection(directory: Path, *, device: torch.device) -> nn.Sequential:
             raise UnsupportedModelError(
                 f"{folder} has no model.safetensors (pickled weights are not loaded)"
             )
-        dense = DenseProjection(read_json(folder / "config.json"))
         state = st.load_file(str(weights), device="cpu")
         try:
-            dense.load_state_dict(state, strict=True)
+            dense = build_dense(read_json(folder / "config.json"), state, device=device)
         except RuntimeError as exc:
             raise UnsupportedModelError(f"{weights} does not match its config.json: {exc}") from exc
         layers.append(dense)
     if not layers:
         raise UnsupportedModelError(f"{directory}/modules.json lists no Dense projection")
-    return nn.Sequential(*layers).to(device=device, dtype=torch.float32).eval()
+    return nn.Sequential(*layers).eval()
+
+
+def build_dense(
+    config: Mapping[str, Any], state: Mapping[str, torch.Tensor], *, device: torch.device
+) -> DenseProjection:
+    """A fp32 :class:`DenseProjection` on ``device`` from its config and state dict (the
+    tensors move first, then the ``meta``-built module takes them over)."""
+    with torch.device("meta"):
+        dense = DenseProjection(config)
+    placed = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()}
+    dense.load_state_dict(placed, strict=True, assign=True)
+    return dense
 
 
 @dataclass(frozen=True)
@@ -472,7 +484,9 @@ class ColBERTScorer(Rebuildable):
                 f"the projection reads {first.in_features} features but the trunk gives "
                 f"{self.trunk.spec.hidden_size}"
             )
-        self._skip = torch.tensor(sorted(self.skiplist_ids), dtype=torch.long, device=self.device)
+        self.encoder = ColBERTEncoder(
+            self.trunk, self.projection, skiplist_ids=self.skiplist_ids, device=self.device
+        )
 
         if isinstance(cache, DocumentVectorCache):
             self.cache: DocumentVectorCache | None = cache
@@ -621,41 +635,27 @@ class ColBERTScorer(Rebuildable):
     # --- vectors ------------------------------------------------------------------------
 
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(hidden.float()), p=2, dim=-1)
+        return self.encoder.project(hidden)
 
-    @torch.inference_mode()
     def _document_vectors(self, encoded: Sequence[_Encoded]) -> list[torch.Tensor]:
-        out: list[torch.Tensor | None] = [None] * len(encoded)
-        batches = token_budget_batches(
-            [len(e.ids) for e in encoded], max_tokens=self.batch_tokens, padded=False
-        )
         progress = BatchProgress(
-            batches=len(batches),
+            batches=len(
+                token_budget_batches(
+                    [len(e.ids) for e in encoded], max_tokens=self.batch_tokens, padded=False
+                )
+            ),
             tokens=sum(len(e.ids) for e in encoded),
             show=self.show_progress,
             desc="encode documents",
         )
         with progress:
-            for batch in batches:
-                packed = pack_sequences([encoded[i].ids for i in batch], self.device)
-                vectors = self._project(self.trunk.encode(packed))
-                keep = ~torch.isin(packed.input_ids, self._skip)
-                for i, v, k in zip(
-                    batch, vectors.split(packed.lengths), keep.split(packed.lengths), strict=True
-                ):
-                    out[i] = v[k]  # boolean indexing copies: the batch tensor is not kept alive
-                progress.update(sum(packed.lengths))
-        return _filled(out)
+            return self.encoder.documents(
+                [e.ids for e in encoded], batch_tokens=self.batch_tokens, progress=progress.update
+            )
 
-    @torch.inference_mode()
     def _query_vectors(self, encoded: _Encoded) -> torch.Tensor:
-        ids = encoded.ids
-        if encoded.real == len(ids) or self.settings.attend_to_expansion_tokens:
-            hidden = self.trunk.encode(pack_sequences([ids], self.device))
-        else:
-            tensor = torch.tensor(ids, dtype=torch.long, device=self.device)
-            hidden = encode_keys_limited(self.trunk, tensor, encoded.real)
-        return self._project(hidden)
+        limit = None if self.settings.attend_to_expansion_tokens else encoded.real
+        return self.encoder.query(encoded.ids, keys=limit)
 
     def encode_query(self, query: str) -> TokenVectors:
         """The query's token vectors, fp32 ``[n, dim]`` on the scorer's device (``n`` is
@@ -765,6 +765,71 @@ class ColBERTScorer(Rebuildable):
         )
 
 
+class ColBERTEncoder:
+    """Token ids → L2-normalised token vectors: trunk → projection → normalisation.
+
+    The device half of :class:`ColBERTScorer`, kept apart from tokenisation and caching so
+    that it can be built from modules on any device (CI traces it on a fake CUDA device).
+    Nothing is read back from the device: vectors stay there, and which tokens a document
+    keeps is decided on the host from its ids.
+    """
+
+    def __init__(
+        self,
+        trunk: ModernBertTrunk,
+        projection: nn.Module,
+        *,
+        skiplist_ids: frozenset[int],
+        device: torch.device,
+    ) -> None:
+        self.trunk = trunk
+        self.projection = projection
+        self.skiplist_ids = skiplist_ids
+        self.device = device
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[T, hidden]`` → fp32 ``[T, dim]`` unit vectors."""
+        return F.normalize(self.projection(hidden.float()), p=2, dim=-1)
+
+    @torch.inference_mode()
+    def documents(
+        self,
+        ids: Sequence[Sequence[int]],
+        *,
+        batch_tokens: int,
+        progress: Callable[[int], object] | None = None,
+    ) -> list[torch.Tensor]:
+        """Each document's vectors ``[n_i, dim]`` (skiplist tokens dropped), input order;
+        ``progress(tokens)`` is called after each batch."""
+        out: list[torch.Tensor | None] = [None] * len(ids)
+        batches = token_budget_batches([len(i) for i in ids], max_tokens=batch_tokens, padded=False)
+        skip = self.skiplist_ids
+        for batch in batches:
+            packed = pack_sequences([ids[i] for i in batch], self.device)
+            vectors = self.project(self.trunk.encode(packed))
+            # Kept tokens are chosen on the host (a device boolean mask would sync).
+            kept = [j for j, t in enumerate(t for i in batch for t in ids[i]) if t not in skip]
+            counts = [sum(t not in skip for t in ids[i]) for i in batch]
+            index = torch.tensor(kept, dtype=torch.long).to(self.device, non_blocking=True)
+            parts = vectors.index_select(0, index).split(counts)
+            for i, part in zip(batch, parts, strict=True):
+                out[i] = part.clone()  # its own storage: a cached entry holds only its rows
+            if progress is not None:
+                progress(sum(packed.lengths))  # tokens done (a progress bar)
+        return _filled(out)
+
+    @torch.inference_mode()
+    def query(self, ids: Sequence[int], *, keys: int | None = None) -> torch.Tensor:
+        """The query's vectors ``[len(ids), dim]``; with ``keys=n`` every token attends
+        only to the first ``n`` tokens (query expansion without attending to it)."""
+        if keys is None or keys >= len(ids):
+            hidden = self.trunk.encode(pack_sequences([ids], self.device))
+        else:
+            tensor = torch.tensor(list(ids), dtype=torch.long).to(self.device)
+            hidden = encode_keys_limited(self.trunk, tensor, keys)
+        return self.project(hidden)
+
+
 def _filled(items: list[Any]) -> list[Any]:
     missing = [i for i, v in enumerate(items) if v is None]
     if missing:
@@ -786,8 +851,8 @@ def encode_keys_limited(trunk: ModernBertTrunk, ids: torch.Tensor, n_keys: int) 
     length = int(ids.shape[0])
     heads, head_dim = spec.num_heads, spec.head_dim
     positions = torch.arange(length, device=ids.device)
-    distance = (positions[:, None] - positions[None, :]).abs()
-    keys = (positions < n_keys)[None, :]
+    distance = (positions.unsqueeze(1) - positions.unsqueeze(0)).abs()
+    keys = (positions < n_keys).unsqueeze(0)
     act = activation(spec.hidden_activation)
     x = trunk.embeddings.norm(trunk.embeddings.tok_embeddings(ids))
     tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -805,10 +870,10 @@ def encode_keys_limited(trunk: ModernBertTrunk, ids: torch.Tensor, n_keys: int) 
             apply_rotary(q, cos, sin).transpose(0, 1),
             apply_rotary(k, cos, sin).transpose(0, 1),
             v.transpose(0, 1),
-            attn_mask=allowed[None],
+            attn_mask=allowed.unsqueeze(0),
             scale=head_dim**-0.5,
         )  # [H, L, D]
-        a = torch.where(allowed.any(dim=-1)[None, :, None], a, 0.0)
+        a = torch.where(allowed.any(dim=-1).view(1, length, 1), a, 0.0)
         x = x + layer_.attn.Wo(a.transpose(0, 1).reshape(length, spec.hidden_size))
         gate_in, gate = layer_.mlp.Wi(layer_.mlp_norm(x)).chunk(2, dim=-1)
         x = x + layer_.mlp.Wo(act(gate_in) * gate)

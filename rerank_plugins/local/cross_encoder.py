@@ -17,7 +17,7 @@ from rerank_plugins.local.checkpoint import (
     read_json,
     resolve_checkpoint,
 )
-from rerank_plugins.local.engine.device import pick_device, pick_dtype
+from rerank_plugins.local.engine.device import default_batch_tokens, pick_device, pick_mode
 from rerank_plugins.local.engine.packing import token_budget_batches
 from rerank_plugins.local.progress import BatchProgress, check_show_progress
 from rerank_plugins.local.tokenization import EncodedPair, PairEncoder
@@ -68,13 +68,17 @@ class CrossEncoderScorer(Rebuildable):
     packed engine; other architectures run through transformers (``engine`` overrides).
     Scores are ``sigmoid(logit)`` (``output="probability"``) or the raw logit.
 
-    Options: ``device`` ("auto", "cpu", "cuda", ...), ``dtype`` ("auto" = bf16 on CUDA,
-    fp32 on CPU), ``max_length`` (default: the model's window, clamped to it),
-    ``overflow`` ("truncate" or "error"), ``batch_tokens`` (token budget per forward),
-    ``show_progress`` (a tqdm bar: False by default, True, or None for "when stderr is a
-    terminal and the call is more than a few batches"), ``cache`` (share loaded weights
-    with other scorers on the same checkpoint, device and dtype; default True).
-    Hub options, used for the download only: ``revision``, ``cache_dir``,
+    Options: ``device`` ("auto" = CUDA, else Apple MPS, else CPU; or "cpu", "cuda", "mps",
+    ...), ``dtype`` ("auto" = bf16 on CUDA, fp32 on CPU and MPS; "float32", "bfloat16",
+    "float16", or "int8" = dynamic int8 linear layers on CPUs with VNNI/AMX, native engines
+    only; a CPU mode the processor cannot run fast raises ``UnsupportedDeviceError``),
+    ``max_length`` (default: the model's window, clamped to it), ``overflow`` ("truncate"
+    or "error"), ``batch_tokens`` (token budget per forward; default 4,096 on CPU, 16,384
+    on GPUs), ``backend`` (the native engine's attention: "auto", "varlen", "flex" or
+    "sdpa"), ``show_progress`` (a tqdm bar: False by default, True, or None for "when
+    stderr is a terminal and the call is more than a few batches"), ``cache`` (share loaded
+    weights with other scorers on the same checkpoint, device, dtype and mode; default
+    True). Hub options, used for the download only: ``revision``, ``cache_dir``,
     ``local_files_only``, ``token`` (default ``$HF_TOKEN``).
 
     Pickling or deep-copying a scorer re-creates it from its checkpoint directory (the
@@ -92,8 +96,9 @@ class CrossEncoderScorer(Rebuildable):
         max_length: int | None = None,
         overflow: OverflowPolicy = "truncate",
         output: Output = "probability",
-        batch_tokens: int = 16384,
+        batch_tokens: int | None = None,
         engine: Engine = "auto",
+        backend: str = "auto",
         revision: str | None = None,
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
@@ -101,9 +106,10 @@ class CrossEncoderScorer(Rebuildable):
         show_progress: bool | None = False,
         cache: bool = True,
     ) -> None:
+        self.backend = backend
         if output not in ("probability", "logit"):
             raise InvalidInputError(f"output must be 'probability' or 'logit', got {output!r}")
-        if batch_tokens <= 0:
+        if batch_tokens is not None and batch_tokens <= 0:
             raise InvalidInputError(f"batch_tokens must be positive, got {batch_tokens}")
         self.show_progress = check_show_progress(show_progress)
         self.cache = bool(cache)
@@ -125,15 +131,23 @@ class CrossEncoderScorer(Rebuildable):
             )
             max_length = self.window
         self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
+        self.dtype, self.quantize = pick_mode(dtype, self.device)
         self.output: Output = output
-        self.batch_tokens = batch_tokens
+        self.batch_tokens = (
+            default_batch_tokens(self.device) if batch_tokens is None else batch_tokens
+        )
         self.encoder = PairEncoder(
             load_tokenizer(self.directory), max_length=max_length, overflow=overflow
         )
         self.engine = engine
         self.classifier = shared_weights(
-            (*self._weights_key(), checkpoint_key(self.directory), str(self.device), self.dtype),
+            (
+                *self._weights_key(),
+                checkpoint_key(self.directory),
+                str(self.device),
+                self.dtype,
+                self.quantize,  # int8 rewrites the loaded model's linears in place
+            ),
             lambda: self._load_classifier(engine),
             cache=self.cache,
         )
@@ -150,7 +164,7 @@ class CrossEncoderScorer(Rebuildable):
 
     def _weights_key(self) -> tuple[Any, ...]:
         """What, beyond checkpoint, device and dtype, tells this scorer's loaded model apart."""
-        return (CrossEncoderScorer, self.engine)
+        return (CrossEncoderScorer, self.engine, self.backend)
 
     def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         # The copy is built from the resolved directory: no download, no token to carry.
@@ -170,13 +184,28 @@ class CrossEncoderScorer(Rebuildable):
             from rerank_plugins.local.engine.gte import GteNewPairClassifier
 
             return GteNewPairClassifier(
-                self.directory, device=self.device, dtype=self.dtype, config=self.config
+                self.directory,
+                device=self.device,
+                dtype=self.dtype,
+                backend=self.backend,
+                config=self.config,
+                quantize=self.quantize,
             )
         if self.config.get("model_type") == "modernbert" and engine != "transformers":
             from rerank_plugins.local.engine.modernbert import ModernBertPairClassifier
 
             return ModernBertPairClassifier(
-                self.directory, device=self.device, dtype=self.dtype, config=self.config
+                self.directory,
+                device=self.device,
+                dtype=self.dtype,
+                backend=self.backend,
+                config=self.config,
+                quantize=self.quantize,
+            )
+        if self.quantize is not None:
+            raise InvalidInputError(
+                f"dtype={self.quantize!r} runs on the native engines only (ModernBERT, GTE), "
+                f"not through transformers for {self.config.get('model_type')!r}"
             )
         if engine == "native":
             raise UnsupportedModelError(f"no native engine for {self.config.get('model_type')!r}")

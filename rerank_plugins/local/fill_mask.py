@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rerank_plugins._imports import require
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
@@ -22,7 +22,12 @@ from rerank_plugins.local.checkpoint import (
 )
 from rerank_plugins.local.engine.device import pick_device, pick_dtype
 
-__all__ = ["FillMask", "MaskPrediction"]
+if TYPE_CHECKING:
+    import torch
+
+    from rerank_plugins.local.engine.modernbert import ModernBert
+
+__all__ = ["FillMask", "MaskPrediction", "top_predictions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +93,6 @@ class FillMask:
         self, texts: Sequence[str], *, top_k: int = 5
     ) -> list[list[list[MaskPrediction]]]:
         """:meth:`predict` for many texts, in one packed forward; results in input order."""
-        torch = require("torch")
-        from rerank_plugins.local.engine.attention import pack_sequences
-
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise InvalidInputError("texts must be a sequence of strings")
         if top_k < 1:
@@ -107,15 +109,11 @@ class FillMask:
             raise InputTooLongError(
                 f"texts {too_long} exceed the {self.window}-token window", indices=too_long
             )
-        batch = pack_sequences(ids, self.device)
-        positions = (batch.input_ids == self.mask_id).nonzero().flatten()
-        with torch.inference_mode():
-            probs = self.model.masked_lm_logits(batch, positions).float().softmax(-1)
-            top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-        values, indices = top.values.cpu().tolist(), top.indices.cpu().tolist()
-        owners = batch.seq_ids[positions].cpu().tolist()
+        values, indices, owners = top_predictions(
+            self.model, ids, mask_id=self.mask_id, top_k=top_k, device=self.device
+        )
         out: list[list[list[MaskPrediction]]] = [[] for _ in texts]
-        for owner, vals, idx in zip(owners, values, indices, strict=True):
+        for owner, vals, idx in zip(owners, values.tolist(), indices.tolist(), strict=True):
             out[owner].append(
                 [
                     MaskPrediction(self.tokenizer.decode([t]), t, v)
@@ -123,3 +121,32 @@ class FillMask:
                 ]
             )
         return out
+
+
+def top_predictions(
+    model: ModernBert,
+    ids: Sequence[Sequence[int]],
+    *,
+    mask_id: int,
+    top_k: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The ``top_k`` probabilities (fp32 CPU ``[M, k]``) and token ids (long CPU
+    ``[M, k]``) at the ``M`` ``mask_id`` tokens of ``ids`` (one packed forward), with the
+    index of the sequence each mask belongs to.
+
+    Mask positions are found on the host from the ids, so the only device-to-host
+    copies are the two results at the end.
+    """
+    torch = require("torch")
+    from rerank_plugins.local.engine.attention import pack_sequences
+
+    batch = pack_sequences(ids, device)
+    flat = (t for seq in ids for t in seq)
+    positions = [j for j, t in enumerate(flat) if t == mask_id]
+    owners = [i for i, seq in enumerate(ids) for t in seq if t == mask_id]
+    index = torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True)
+    with torch.inference_mode():
+        probs = model.masked_lm_logits(batch, index).float().softmax(-1)
+        top = probs.topk(min(top_k, int(probs.shape[-1])), dim=-1)
+    return top.values.cpu(), top.indices.cpu(), owners

@@ -59,6 +59,7 @@ __all__ = [
     "MatryoshkaHead",
     "MatryoshkaPairClassifier",
     "MatryoshkaScorer",
+    "build_head",
     "exit_features",
     "load_heads",
 ]
@@ -150,8 +151,8 @@ class MatryoshkaHead(nn.Module):
         )
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.layers(pooled[:, : self.dim])
-        return out[:, 0]
+        out: torch.Tensor = self.layers(pooled.narrow(1, 0, self.dim))
+        return out.select(1, 0)
 
 
 def load_heads(path: Path) -> dict[str, torch.Tensor]:
@@ -176,15 +177,20 @@ def load_heads(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _build_head(state: Mapping[str, torch.Tensor], layer: int, dim: int) -> MatryoshkaHead:
+def build_head(
+    state: Mapping[str, torch.Tensor], layer: int, dim: int, *, device: torch.device
+) -> MatryoshkaHead:
+    """The fp32 ``(layer, dim)`` head of a heads state dict, on ``device``."""
     prefix = f"{layer}.{dim}."
     names = ("0.weight", "0.bias", "3.weight", "3.bias")
     missing = [prefix + n for n in names if prefix + n not in state]
     if missing:
         raise UnsupportedModelError(f"{HEADS_FILE} lacks {missing}")
-    head = MatryoshkaHead(dim)
+    with torch.device("meta"):
+        head = MatryoshkaHead(dim)
+    weights = {n: state[prefix + n].to(device=device, dtype=torch.float32) for n in names}
     try:
-        head.layers.load_state_dict({n: state[prefix + n].float() for n in names}, strict=True)
+        head.layers.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as exc:
         raise UnsupportedModelError(
             f"{HEADS_FILE} head {layer}.{dim} has wrong shapes: {exc}"
@@ -215,7 +221,7 @@ def exit_features(
     if pooling == "cls":
         rows = cls_pool(hidden, batch)
     elif pooling == "last":
-        rows = hidden[batch.cu_seqlens[1:].long() - 1].float()
+        rows = hidden.index_select(0, batch.ends).float()
     else:
         raise InvalidInputError(f"pooling {pooling!r} is not one of {_POOLINGS}")
     return rows if norm is None else norm(rows)
@@ -255,14 +261,41 @@ class MatryoshkaPairClassifier:
         self.layer = self.grid.layer_indices[-1] if layer is None else int(layer)
         self.dim = self.grid.dim_indices[0] if dim is None else int(dim)
         self.grid.check(self.layer, self.dim)
-        self.device = device
-        self.head = _build_head(load_heads(directory / HEADS_FILE), self.layer, self.dim).to(device)
-        self.model: ModernBert = load_modernbert(
-            directory, device=device, dtype=dtype, backend=backend, config=cfg
+        heads = load_heads(directory / HEADS_FILE)
+        self._adopt(
+            load_modernbert(directory, device=device, dtype=dtype, backend=backend, config=cfg),
+            build_head(heads, self.layer, self.dim, device=device),
+            device,
         )
+
+    @classmethod
+    def from_parts(
+        cls,
+        model: ModernBert,
+        grid: MatryoshkaConfig,
+        heads: Mapping[str, torch.Tensor],
+        *,
+        device: torch.device,
+        layer: int | None = None,
+        dim: int | None = None,
+    ) -> MatryoshkaPairClassifier:
+        """Assemble from an already built encoder (e.g. ``build_modernbert``), the exit grid
+        and the heads state dict."""
+        self = cls.__new__(cls)
+        self.grid = grid
+        self.layer = grid.layer_indices[-1] if layer is None else int(layer)
+        self.dim = grid.dim_indices[0] if dim is None else int(dim)
+        grid.check(self.layer, self.dim)
+        self._adopt(model, build_head(heads, self.layer, self.dim, device=device), device)
+        return self
+
+    def _adopt(self, model: ModernBert, head: MatryoshkaHead, device: torch.device) -> None:
+        self.device = device
+        self.head = head
+        self.model = model
         # final_norm before the heads of layers below the last; the last reads the raw
         # state (module docstring). has_final_norm=false: no normalisation anywhere.
-        self.normalised = self.grid.has_final_norm and self.layer < spec.num_layers
+        self.normalised = self.grid.has_final_norm and self.layer < model.spec.num_layers
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's ``final_norm`` computed in fp32 (its weights may be bf16)."""
@@ -280,7 +313,7 @@ class MatryoshkaPairClassifier:
     def logits(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
         packed = pack_sequences([p.ids for p in batch], self.device)
         with torch.inference_mode():
-            return self.exit_logits(packed)[:, None].float().cpu()
+            return self.exit_logits(packed).unsqueeze(1).float().cpu()
 
 
 class MatryoshkaScorer(CrossEncoderScorer):
@@ -340,6 +373,11 @@ class MatryoshkaScorer(CrossEncoderScorer):
         return (MatryoshkaScorer, *self._exit)
 
     def _load_classifier(self, engine: str) -> MatryoshkaPairClassifier:
+        if self.quantize is not None:  # never run a mode silently as another one
+            raise InvalidInputError(
+                f"dtype={self.quantize!r} is available for CrossEncoderScorer's ModernBERT and "
+                "GTE engines, not for MatryoshkaScorer; use 'float32' or 'bfloat16'"
+            )
         layer, dim = self._exit
         return MatryoshkaPairClassifier(
             self.directory,

@@ -43,8 +43,10 @@ def pad_vectors(vectors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     if not vectors:
         raise ValueError("pad_vectors needs at least one tensor")
     padded = torch.nn.utils.rnn.pad_sequence(list(vectors), batch_first=True)
-    lengths = torch.tensor([int(v.shape[0]) for v in vectors], device=padded.device)
-    mask = torch.arange(padded.shape[1], device=padded.device)[None, :] < lengths[:, None]
+    lengths = torch.tensor([int(v.shape[0]) for v in vectors])
+    # Built on the host and copied over: no device tensor is indexed from Python.
+    mask = torch.arange(padded.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+    mask = mask.to(padded.device, non_blocking=True)
     return padded, mask
 
 
@@ -80,15 +82,14 @@ def maxsim(
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
     sims = torch.matmul(documents, query.T.to(documents.dtype)).float()  # [B, Ld, Lq]
     if mask is not None:
-        sims = sims.masked_fill(~mask[:, :, None], float("-inf"))
+        sims = sims.masked_fill(~mask.unsqueeze(2), float("-inf"))
     best = sims.amax(dim=1)  # [B, Lq]
-    if query_mask is not None:
-        best = best.masked_fill(~query_mask[None, :], 0.0)
-        count = int(query_mask.sum())
-    else:
-        count = int(query.shape[0])
-    total = best.sum(dim=1)
-    return total / max(count, 1) if reduce == "mean" else total
+    total = best.sum(dim=1) if query_mask is None else best.masked_fill(~query_mask, 0.0).sum(1)
+    if reduce == "sum":
+        return total
+    if query_mask is None:
+        return total / max(int(query.shape[0]), 1)
+    return total / query_mask.sum().clamp(min=1)  # counted on the device: no read-back
 
 
 def maxsim_many(
@@ -140,7 +141,7 @@ def maxsim_many(
         size = max(1, chunk_tokens // longest)
         members = order[start : start + size]
         vectors, mask = pad_vectors([documents[i] for i in members])
-        index = torch.tensor(members, device=out.device)
-        out[index] = maxsim(query, vectors, mask, reduce=reduce).to(out.device)
+        index = torch.tensor(members).to(out.device, non_blocking=True)
+        out.index_copy_(0, index, maxsim(query, vectors, mask, reduce=reduce).to(out.device))
         start += size
     return out

@@ -157,3 +157,19 @@ def test_ntk_inv_freq_formula() -> None:
     i = torch.arange(0, d, 2).double()
     expected = (theta * f) ** (-i / d) / f ** (2 / d)
     assert torch.allclose(ntk_inv_freq(d, theta, f).double(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("window", "lengths"), [(None, [300, 5, 260]), (64, [700, 40, 300]), (200, [520])]
+)
+def test_flex_block_mask_skips_and_fills_blocks_exactly(
+    window: int | None, lengths: list[int]
+) -> None:
+    # Several 128-token blocks per sequence: full, partial and skipped block pairs all occur.
+    batch = pack_sequences([[1] * n for n in lengths], CPU)
+    t = batch.num_tokens
+    q, k, v = (torch.randn(t, 2, 8) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # uncompiled flex on CPU warns
+        out = attention(q, k, v, batch, window=window, backend="flex")
+    assert (out - dense_reference(q, k, v, batch, window)).abs().max() < 1e-5

@@ -6,9 +6,11 @@ sequences; ``window=w`` restricts it further to keys with ``|i - j| <= w`` (incl
 ModernBERT's local layers). Backends:
 
 - ``"varlen"``: ``torch.nn.attention.varlen.varlen_attn`` (flash attention on packed
-  tokens, window ``(w, w)``), CUDA with fp16/bf16 only.
+  tokens, window ``(w, w)``), CUDA with fp16/bf16 only. Torches whose ``varlen_attn``
+  takes no ``window_size`` (2.10) run local layers on the ``local`` backend instead.
 - ``"flex"``: FlexAttention on the packed axis with a document (+ sliding window) block
-  mask; compiled on CUDA. On CPU it runs uncompiled (a reference, for tests only).
+  mask built on the host from the sequence lengths (no ``T x T`` mask evaluation);
+  compiled on CUDA. On CPU it runs uncompiled (a reference, for tests only).
 - ``"sdpa"``: ``scaled_dot_product_attention`` anywhere (the CPU default). Global
   attention gathers sequences into length buckets, padded with a key-padding mask of shape
   ``[n, 1, 1, L]`` (the fused CPU/CUDA kernels broadcast it: no ``L x L`` tensor). Local
@@ -26,6 +28,8 @@ torch.Size([5, 2, 4])
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,9 +42,13 @@ from rerank_plugins.errors import InvalidInputError
 
 __all__ = [
     "BACKENDS",
+    "AttentionFeatures",
+    "Backends",
     "PackedBatch",
     "attention",
     "choose_backend",
+    "choose_backends",
+    "contiguous",
     "has_flex",
     "has_varlen",
     "pack_sequences",
@@ -79,17 +87,30 @@ class PackedBatch:
         """Sequence index of every token, long ``[T]`` on the device."""
         ids = self.cache.get("seq_ids")
         if ids is None:
-            counts = torch.tensor(self.lengths, device=self.input_ids.device)
-            ids = torch.repeat_interleave(
-                torch.arange(len(self.lengths), device=self.input_ids.device), counts
-            )
+            # Built on the host from the host lengths: a device repeat_interleave without
+            # output_size would read its output size back from the GPU (a sync).
+            ids = _host_seq_ids(self.lengths).to(self.input_ids.device, non_blocking=True)
             self.cache["seq_ids"] = ids
         return ids
 
     @property
     def starts(self) -> torch.Tensor:
         """Index of every sequence's first token (its CLS), long ``[B]`` on the device."""
-        return self.cu_seqlens[:-1].long()
+        # narrow, not [:-1]: Python indexing needs a device guard that fake CUDA lacks.
+        return self.cu_seqlens.narrow(0, 0, len(self.lengths)).long()
+
+    @property
+    def ends(self) -> torch.Tensor:
+        """Index of every sequence's last token (its SEP), long ``[B]`` on the device."""
+        return self.cu_seqlens.narrow(0, 1, len(self.lengths)).long() - 1
+
+
+def _host_seq_ids(lengths: Sequence[int]) -> torch.Tensor:
+    """Sequence index of every token on the CPU, long ``[sum(lengths)]``."""
+    counts = torch.tensor(lengths, dtype=torch.long)
+    return torch.repeat_interleave(
+        torch.arange(len(lengths)), counts, output_size=int(sum(lengths))
+    )
 
 
 def pack_sequences(sequences: Sequence[Sequence[int]], device: torch.device) -> PackedBatch:
@@ -102,7 +123,10 @@ def pack_sequences(sequences: Sequence[Sequence[int]], device: torch.device) -> 
     counts = torch.tensor(lengths, dtype=torch.long)
     cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     torch.cumsum(counts, 0, out=cu[1:])
-    starts = torch.repeat_interleave(cu[:-1].long(), counts)
+    # output_size: the size is known on the host, so nothing is read back from a tensor.
+    starts = torch.repeat_interleave(
+        cu.narrow(0, 0, len(lengths)).long(), counts, output_size=len(flat)
+    )
     positions = torch.arange(len(flat), dtype=torch.long) - starts
     return PackedBatch(
         input_ids=ids.to(device, non_blocking=True),
@@ -113,13 +137,15 @@ def pack_sequences(sequences: Sequence[Sequence[int]], device: torch.device) -> 
     )
 
 
+def contiguous(x: torch.Tensor) -> torch.Tensor:
+    """``x.contiguous()`` without the Python method, whose binding takes a device guard
+    that fake CUDA tensors (the CI trace, CPU-only torch) cannot provide."""
+    return x if x.is_contiguous() else x.clone(memory_format=torch.contiguous_format)
+
+
 def has_varlen() -> bool:
     """Whether this torch ships ``torch.nn.attention.varlen.varlen_attn``."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _varlen_parameters() is not None
 
 
 def has_flex() -> bool:
@@ -131,35 +157,122 @@ def has_flex() -> bool:
     return True
 
 
-def choose_backend(
-    device: torch.device, requested: str = "auto", *, dtype: torch.dtype | None = None
-) -> str:
-    """The attention backend for ``device``: ``"varlen"``, ``"flex"`` or ``"sdpa"``.
+@functools.cache
+def _varlen_parameters() -> frozenset[str] | None:
+    """The keyword names ``varlen_attn`` takes (they changed between torch releases:
+    2.10 has ``is_causal`` and no window; 2.11+ has ``window_size`` and ``scale``), or
+    ``None`` when this torch has no ``varlen_attn``."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return frozenset(inspect.signature(varlen_attn).parameters)
 
-    ``"auto"``: on CUDA ``varlen`` when available and ``dtype`` is fp16/bf16 (or not
-    given), else ``flex``, else ``sdpa``; elsewhere ``sdpa``. A named backend is checked
-    and returned.
+
+@dataclass(frozen=True)
+class AttentionFeatures:
+    """What the installed torch and a device offer for attention.
+
+    ``varlen``: ``varlen_attn`` exists; ``varlen_window``: it takes ``window_size``;
+    ``flex``: FlexAttention exists; ``capability``: the CUDA compute capability, ``None``
+    off CUDA. :meth:`detect` reads them; tests build them by hand to fake another torch.
     """
+
+    varlen: bool
+    varlen_window: bool
+    flex: bool
+    capability: tuple[int, int] | None
+
+    @classmethod
+    def detect(cls, device: torch.device) -> AttentionFeatures:
+        params = _varlen_parameters()
+        capability = None
+        if device.type == "cuda":
+            major, minor = torch.cuda.get_device_capability(device)
+            capability = (int(major), int(minor))
+        return cls(
+            varlen=params is not None,
+            varlen_window=params is not None and "window_size" in params,
+            flex=has_flex(),
+            capability=capability,
+        )
+
+    @property
+    def flash(self) -> bool:
+        """Flash-attention kernels (``varlen_attn``) need Ampere (sm80) or newer."""
+        return self.varlen and self.capability is not None and self.capability >= (8, 0)
+
+    @property
+    def triton(self) -> bool:
+        """Compiled FlexAttention needs Triton, which supports Volta (sm70) and newer."""
+        return self.flex and self.capability is not None and self.capability >= (7, 0)
+
+
+@dataclass(frozen=True)
+class Backends:
+    """The attention backend of global layers (``full``) and of sliding-window ones
+    (``local``): they differ only when ``varlen_attn`` cannot take a window."""
+
+    full: str
+    local: str
+
+    @classmethod
+    def of(cls, backend: str | Backends) -> Backends:
+        return backend if isinstance(backend, Backends) else cls(backend, backend)
+
+    def for_window(self, window: int | None) -> str:
+        return self.full if window is None else self.local
+
+
+def choose_backends(
+    device: torch.device,
+    requested: str = "auto",
+    *,
+    dtype: torch.dtype | None = None,
+    features: AttentionFeatures | None = None,
+) -> Backends:
+    """The attention backends for ``device`` by feature detection (``features``, detected
+    when not given), never by torch version number.
+
+    ``"auto"`` on CUDA: ``varlen`` on flash-capable GPUs (sm80+) with fp16/bf16 (or
+    ``dtype`` not given) — on every layer when ``varlen_attn`` takes a window, else on
+    global layers only and ``flex`` (or ``sdpa``) on local ones; otherwise ``flex`` where
+    Triton runs (sm70+); otherwise length-bucketed ``sdpa``. Elsewhere ``sdpa``. A named
+    backend is checked (:class:`InvalidInputError` when it cannot run) and returned.
+    """
+    f = AttentionFeatures.detect(device) if features is None else features
     half = dtype is None or dtype in (torch.float16, torch.bfloat16)
-    # varlen_attn runs flash attention kernels: Ampere (sm80) or newer.
     cuda = device.type == "cuda"
-    flash = cuda and torch.cuda.get_device_capability(device) >= (8, 0)
+    local_fallback = "flex" if cuda and f.triton else "sdpa"
     if requested == "auto":
-        if flash and half and has_varlen():
-            return "varlen"
-        if cuda and has_flex():
-            return "flex"
-        return "sdpa"
+        if cuda and f.flash and half:
+            return Backends("varlen", "varlen" if f.varlen_window else local_fallback)
+        if cuda and f.triton:
+            return Backends("flex", "flex")
+        return Backends("sdpa", "sdpa")
     if requested not in BACKENDS:
         raise InvalidInputError(f"unknown attention backend {requested!r}; use one of {BACKENDS}")
-    if requested == "varlen" and not (flash and half and has_varlen()):
-        raise InvalidInputError(
-            "the 'varlen' backend needs a CUDA GPU of compute capability 8.0 or newer, "
-            "fp16/bf16 weights and a torch with torch.nn.attention.varlen"
-        )
-    if requested == "flex" and not has_flex():
+    if requested == "varlen":
+        if not (cuda and f.flash and half):
+            raise InvalidInputError(
+                "the 'varlen' backend needs a CUDA GPU of compute capability 8.0 or newer, "
+                "fp16/bf16 weights and a torch with torch.nn.attention.varlen"
+            )
+        return Backends("varlen", "varlen" if f.varlen_window else local_fallback)
+    if requested == "flex" and not f.flex:
         raise InvalidInputError("this torch has no FlexAttention")
-    return requested
+    return Backends(requested, requested)
+
+
+def choose_backend(
+    device: torch.device,
+    requested: str = "auto",
+    *,
+    dtype: torch.dtype | None = None,
+    features: AttentionFeatures | None = None,
+) -> str:
+    """The global layers' backend of :func:`choose_backends` (models without local layers)."""
+    return choose_backends(device, requested, dtype=dtype, features=features).full
 
 
 def attention(
@@ -206,18 +319,29 @@ def _varlen(
 ) -> torch.Tensor:
     from torch.nn.attention.varlen import varlen_attn
 
-    # Flash attention's window (left, right) keeps keys i - left <= j <= i + right.
-    size = (-1, -1) if window is None else (window, window)
+    params = _varlen_parameters() or frozenset()
+    kwargs: dict[str, Any] = {}
+    if window is not None:
+        if "window_size" not in params:
+            raise InvalidInputError(
+                "this torch's varlen_attn takes no window_size; local layers need another "
+                "backend (choose_backends picks one)"
+            )
+        # Flash attention's window (left, right) keeps keys i - left <= j <= i + right.
+        kwargs["window_size"] = (window, window)
+    if "scale" in params:
+        kwargs["scale"] = scale
+    elif not math.isclose(scale, q.shape[-1] ** -0.5):
+        q = q * (scale * q.shape[-1] ** 0.5)  # the kernel applies D ** -0.5 itself
     out = varlen_attn(
-        q.contiguous(),  # q and k arrive as strided views of one rotated [T, 2H, D] tensor
-        k.contiguous(),
-        v.contiguous(),
+        contiguous(q),  # q and k arrive as strided views of one rotated [T, 2H, D] tensor
+        contiguous(k),
+        contiguous(v),
         batch.cu_seqlens,
         batch.cu_seqlens,
         batch.max_seqlen,
         batch.max_seqlen,
-        scale=scale,
-        window_size=size,
+        **kwargs,
     )
     assert isinstance(out, torch.Tensor)
     return out
@@ -247,22 +371,10 @@ def _flex(
     window: int | None,
     scale: float,
 ) -> torch.Tensor:
-    from torch.nn.attention.flex_attention import create_block_mask
-
     key = ("flex_mask", window)
     block_mask = batch.cache.get(key)
     if block_mask is None:
-        seq = batch.seq_ids
-
-        # On the packed axis, two tokens of one sequence are as far apart as their positions.
-        def mask_mod(b: Any, h: Any, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
-            same = seq[qi] == seq[ki]
-            if window is None:
-                return same
-            return same & ((qi - ki).abs() <= window)
-
-        t = batch.num_tokens
-        block_mask = create_block_mask(mask_mod, None, None, t, t, device=q.device)
+        block_mask = flex_block_mask(batch.lengths, window, q.device)
         batch.cache[key] = block_mask
     out = _flex_fn(q.device)(
         q.transpose(0, 1).unsqueeze(0),
@@ -271,7 +383,60 @@ def _flex(
         block_mask=block_mask,
         scale=scale,
     )
-    return out[0].transpose(0, 1)
+    return out.select(0, 0).transpose(0, 1)
+
+
+FLEX_BLOCK = 128  # FlexAttention's default (and compiled kernels') block size
+
+
+def flex_block_mask(lengths: Sequence[int], window: int | None, device: torch.device) -> Any:
+    """A FlexAttention ``BlockMask`` for sequences of ``lengths`` packed on one axis:
+    tokens attend within their sequence (and to keys ``|i - j| <= window``).
+
+    The block structure comes from the host lengths: a block pair is skipped when the
+    two blocks share no sequence (or lie beyond the window), computed without the mask
+    (``full``) when both hold one and the same sequence within the window, and masked
+    token by token otherwise. This replaces ``create_block_mask``, which evaluates the
+    mask on all ``T x T`` token pairs on the device.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    t = int(sum(lengths))
+    n = math.ceil(t / FLEX_BLOCK)
+    tail = n * FLEX_BLOCK - t
+    # Padding tokens get their own sequence id (len(lengths)): they never meet real ones.
+    seq = F.pad(_host_seq_ids(lengths), (0, tail), value=len(lengths))
+    blocks = seq.view(n, FLEX_BLOCK)
+    lo, hi = blocks.amin(1), blocks.amax(1)
+    meets = (lo[:, None] <= hi[None, :]) & (lo[None, :] <= hi[:, None])
+    single = (lo == hi) & (hi < len(lengths))
+    full = single[:, None] & single[None, :] & (lo[:, None] == lo[None, :])
+    if window is not None:
+        gap = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs()
+        meets &= (gap - 1) * FLEX_BLOCK + 1 <= window  # nearest tokens of the two blocks
+        full &= (gap + 1) * FLEX_BLOCK - 1 <= window  # farthest tokens of the two blocks
+    partial = meets & ~full
+
+    def ordered(kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = kind.sum(1, dtype=torch.int32)
+        index = torch.argsort((~kind).to(torch.int8), dim=1, stable=True).to(torch.int32)
+        return count[None, None], index[None, None]
+
+    kv_num, kv_index = ordered(partial)
+    full_num, full_index = ordered(full)
+    seq_device = seq.to(device, non_blocking=True)
+
+    # On the packed axis, two tokens of one sequence are as far apart as their positions.
+    def mask_mod(b: Any, h: Any, qi: torch.Tensor, ki: torch.Tensor) -> torch.Tensor:
+        same = seq_device[qi] == seq_device[ki]
+        if window is None:
+            return same
+        return same & ((qi - ki).abs() <= window)
+
+    mask = BlockMask.from_kv_blocks(
+        kv_num, kv_index, full_num, full_index, FLEX_BLOCK, mask_mod, seq_lengths=(t, t)
+    )
+    return mask.to(device)
 
 
 # --- sdpa: bucketed global attention ---------------------------------------------------
@@ -279,14 +444,23 @@ def _flex(
 
 @dataclass(frozen=True)
 class _Bucket:
-    """Sequences padded together: ``index [n, L]`` into the packed axis (0 on padding)."""
+    """Sequences padded together into ``[n, L]`` (``L`` = ``length``).
 
-    start: int  # packed start when the bucket is one sequence (no gather), else -1
+    ``start`` is the packed start when the bucket is one sequence (no gather), else -1.
+    ``index [n * L]``: packed index of every padded slot (0 on padding); ``valid [R]``: the
+    slots holding real tokens, ``dest [R]``: their packed index (for one sequence: its
+    packed positions); ``key_mask [n, 1, 1, L]``
+    (``None`` when nothing is padded). All built on the host from the lengths: gathering
+    and scattering need no boolean mask on the device (which would sync).
+    """
+
+    start: int
     length: int
+    count: int
     index: torch.Tensor | None
-    valid: torch.Tensor | None  # bool [n * L], real tokens of the padded bucket
-    dest: torch.Tensor | None  # packed index of every real token, in bucket order
-    key_mask: torch.Tensor | None  # bool [n, 1, 1, L], None when nothing is padded
+    valid: torch.Tensor | None
+    dest: torch.Tensor | None
+    key_mask: torch.Tensor | None
 
 
 def _bucket_lengths(lengths: Sequence[int], slack: float = _BUCKET_SLACK) -> list[list[int]]:
@@ -322,26 +496,41 @@ def _global_plan(batch: PackedBatch) -> list[_Bucket]:
     starts = [0]
     for n in batch.lengths:
         starts.append(starts[-1] + n)
+
+    def on_device(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+
     plan = []
     for members in _bucket_lengths(batch.lengths):
         longest = batch.lengths[members[0]]
         if len(members) == 1:
-            plan.append(_Bucket(starts[members[0]], longest, None, None, None, None))
+            s = starts[members[0]]
+            span = on_device(list(range(s, s + longest)))
+            plan.append(_Bucket(s, longest, 1, None, None, span, None))
             continue
-        offsets = torch.arange(longest)
-        first = torch.tensor([starts[i] for i in members])[:, None]
-        lens = torch.tensor([batch.lengths[i] for i in members])[:, None]
-        valid = offsets[None, :] < lens
-        index = torch.where(valid, first + offsets[None, :], 0)
-        padded = not bool(valid.all())
+        index: list[int] = []
+        valid: list[int] = []
+        dest: list[int] = []
+        for row, m in enumerate(members):
+            n = batch.lengths[m]
+            index += [starts[m] + j for j in range(n)] + [0] * (longest - n)
+            valid += range(row * longest, row * longest + n)
+            dest += range(starts[m], starts[m] + n)
+        padded = any(batch.lengths[m] != longest for m in members)
+        key_mask = None
+        if padded:
+            lens = torch.tensor([batch.lengths[m] for m in members])
+            mask = torch.arange(longest).unsqueeze(0) < lens.unsqueeze(1)
+            key_mask = mask.view(len(members), 1, 1, longest).to(device, non_blocking=True)
         plan.append(
             _Bucket(
-                start=-1,
-                length=longest,
-                index=index.to(device),
-                valid=valid.reshape(-1).to(device),
-                dest=index[valid].to(device),
-                key_mask=valid[:, None, None, :].to(device) if padded else None,
+                -1,
+                longest,
+                len(members),
+                on_device(index),
+                on_device(valid),
+                on_device(dest),
+                key_mask,
             )
         )
     batch.cache["sdpa_global"] = plan
@@ -355,7 +544,8 @@ def _one_sequence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     path, which materialises the ``L x L`` scores (16 GiB at 32K tokens, 2 heads).
     """
     q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
-    return F.scaled_dot_product_attention(q4, k4, v4, scale=scale)[0].transpose(0, 1)
+    out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale)
+    return out.select(0, 0).transpose(0, 1)
 
 
 def _sdpa_global(
@@ -367,14 +557,21 @@ def _sdpa_global(
         return _one_sequence(q, k, v, scale)
     out = q.new_empty(t, h, d)
     for bucket in plan:
+        n, length = bucket.count, bucket.length
+        assert bucket.dest is not None
         if bucket.index is None:
-            s, e = bucket.start, bucket.start + bucket.length
-            out[s:e] = _one_sequence(q[s:e], k[s:e], v[s:e], scale)
+            qs, ks, vs = (x.narrow(0, bucket.start, length) for x in (q, k, v))
+            # index_copy_, not narrow().copy_(): Tensor.copy_'s binding takes a device guard
+            # that fake CUDA tensors (the CI trace on a CPU-only torch) cannot provide.
+            out.index_copy_(0, bucket.dest, _one_sequence(qs, ks, vs, scale))
             continue
-        assert bucket.valid is not None and bucket.dest is not None
-        qb, kb, vb = (x[bucket.index].transpose(1, 2) for x in (q, k, v))  # [n, H, L, D]
+        assert bucket.valid is not None
+        qb, kb, vb = (
+            x.index_select(0, bucket.index).view(n, length, h, d).transpose(1, 2) for x in (q, k, v)
+        )  # [n, H, L, D]
         o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=bucket.key_mask, scale=scale)
-        out[bucket.dest] = o.transpose(1, 2).reshape(-1, h, d)[bucket.valid]
+        rows = o.transpose(1, 2).reshape(n * length, h, d).index_select(0, bucket.valid)
+        out.index_copy_(0, bucket.dest, rows)
     return out
 
 
@@ -400,10 +597,11 @@ def _local_mask(batch: PackedBatch, window: int, block: int) -> torch.Tensor:
     # one key each (no all-masked row, no NaN); they are sliced away afterwards.
     q_seq = F.pad(seq, (0, tail), value=-1).view(n_blocks, block)
     k_seq = F.pad(seq, (window, tail + window), value=-1).unfold(0, block + 2 * window, block)
-    i = torch.arange(block, device=seq.device)[:, None]
-    j = torch.arange(block + 2 * window, device=seq.device)[None, :]
+    i = torch.arange(block, device=seq.device).unsqueeze(1)
+    j = torch.arange(block + 2 * window, device=seq.device).unsqueeze(0)
     band = (j - i >= 0) & (j - i <= 2 * window)  # key j sits at i + (j - i - window)
-    mask = ((q_seq[:, :, None] == k_seq[:, None, :]) & band[None]).unsqueeze(1)
+    same = q_seq.unsqueeze(2) == k_seq.unsqueeze(1)
+    mask = (same & band.unsqueeze(0)).unsqueeze(1)
     batch.cache[key] = mask
     return mask
 
@@ -429,4 +627,4 @@ def _sdpa_local(
 
     qb = F.pad(q, (0, 0, 0, 0, 0, tail)).view(n_blocks, block, h, d).transpose(1, 2)
     out = F.scaled_dot_product_attention(qb, keys(k), keys(v), attn_mask=mask, scale=scale)
-    return out.transpose(1, 2).reshape(n_blocks * block, h, d)[:t]
+    return out.transpose(1, 2).reshape(n_blocks * block, h, d).narrow(0, 0, t)

@@ -1,4 +1,4 @@
-"""Device and dtype choice shared by every local scorer."""
+"""Device, dtype and batch-size choice shared by every local scorer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from rerank_plugins.errors import InvalidInputError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["pick_device", "pick_dtype"]
+__all__ = [
+    "CPU_BATCH_TOKENS",
+    "GPU_BATCH_TOKENS",
+    "default_batch_tokens",
+    "mps_available",
+    "pick_device",
+    "pick_dtype",
+    "pick_mode",
+]
 
 _DTYPES = {
     "float32": "float32",
@@ -20,30 +28,93 @@ _DTYPES = {
     "float16": "float16",
     "fp16": "float16",
 }
+_QUANTIZED = {"int8": "int8", "qint8": "int8"}
+
+# Token budget of one forward. On a GPU a large budget fills the device; on a CPU the
+# matmuls are already efficient at a few thousand rows, and the activations of a budget
+# (about 40 KB per token at hidden 384 in fp32) are the process's peak memory: 4,096
+# tokens keeps it under sentence-transformers' fp32 peak on 512-token documents
+# (benchmarks/RESULTS.md, "CPU modes").
+GPU_BATCH_TOKENS = 16384
+CPU_BATCH_TOKENS = 4096
+
+
+def mps_available() -> bool:
+    """Whether this torch can run on Apple's Metal (MPS) device."""
+    torch = require("torch")
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
 
 
 def pick_device(device: str | None) -> torch.device:
-    """``"auto"``/``None`` → CUDA when available, else CPU; anything else as torch reads it."""
+    """``"auto"``/``None`` → CUDA when available, else Apple MPS, else CPU; anything else
+    as torch reads it (checked to be available).
+
+    CUDA devices always carry an index (``cuda`` becomes ``cuda:<current device>``)."""
     torch = require("torch")
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            device = "cuda"
+        else:
+            device = "mps" if mps_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InvalidInputError(f"unknown device {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("device 'cuda' was asked for but CUDA is not available")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError("device 'cuda' was asked for but CUDA is not available")
+        if dev.index is None:
+            # An explicit index: every tensor and module then names the same GPU, and
+            # nothing needs the current-device lookup at transfer time.
+            dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type == "mps" and not mps_available():
+        raise InvalidInputError("device 'mps' was asked for but MPS is not available")
     return dev
 
 
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``"auto"``/``None`` → bfloat16 on CUDA, float32 elsewhere."""
+    """``"auto"``/``None`` → bfloat16 on CUDA, float32 elsewhere (CPU, MPS).
+
+    bf16 on a CPU without native bf16 arithmetic raises
+    :class:`~rerank_plugins.errors.UnsupportedDeviceError` (it would be slower than fp32).
+    """
+    th = require("torch")
+    if isinstance(dtype, th.dtype):
+        chosen: torch.dtype = dtype
+    elif dtype in (None, "auto"):
+        chosen = th.bfloat16 if device.type == "cuda" else th.float32
+    else:
+        name = _DTYPES.get(str(dtype).removeprefix("torch."))
+        if name is None:
+            raise InvalidInputError(
+                f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'"
+            )
+        chosen = getattr(th, name)
+    if device.type == "cpu" and chosen == th.bfloat16:
+        from rerank_plugins.local.engine.precision import check_mode
+
+        check_mode(device, chosen, quantize=None)
+    return chosen
+
+
+def pick_mode(
+    dtype: str | torch.dtype | None, device: torch.device
+) -> tuple[torch.dtype, str | None]:
+    """``(compute dtype, quantization)`` for a scorer that offers the int8 mode.
+
+    ``"int8"`` → ``(float32, "int8")`` after checking the CPU has int8 dot products; any
+    other value → ``(pick_dtype(...), None)``.
+    """
     torch = require("torch")
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    name = _DTYPES.get(str(dtype).removeprefix("torch."))
-    if name is None:
-        raise InvalidInputError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'")
-    return getattr(torch, name)
+    if isinstance(dtype, str) and dtype in _QUANTIZED:
+        from rerank_plugins.local.engine.precision import check_mode
+
+        check_mode(device, torch.float32, quantize=_QUANTIZED[dtype])
+        return torch.float32, _QUANTIZED[dtype]
+    return pick_dtype(dtype, device), None
+
+
+def default_batch_tokens(device: torch.device) -> int:
+    """The token budget of one forward when the caller gives none: GPU 16,384, CPU 4,096."""
+    return CPU_BATCH_TOKENS if device.type == "cpu" else GPU_BATCH_TOKENS

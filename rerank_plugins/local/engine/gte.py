@@ -40,6 +40,7 @@ from rerank_plugins.local.engine.attention import (
     choose_backend,
     pack_sequences,
 )
+from rerank_plugins.local.engine.precision import quantize_linears
 from rerank_plugins.local.engine.rope import (
     apply_rotary,
     default_inv_freq,
@@ -52,6 +53,7 @@ __all__ = [
     "GteNewConfig",
     "GteNewModel",
     "GteNewPairClassifier",
+    "build_gte_new",
     "gte_new_inv_freq",
     "load_gte_new",
 ]
@@ -277,7 +279,8 @@ class GteNewModel(nn.Module):
         for layer in self.new.encoder.layer:
             x = layer(x, cos, sin, batch, backend)
         # The head (pooler + classifier) runs in fp32 whatever the trunk's dtype.
-        pooled = torch.tanh(self.new.pooler.dense(x[batch.starts].float()))  # <s> of each pair
+        first = x.index_select(0, batch.starts).float()  # <s> of each pair
+        pooled = torch.tanh(self.new.pooler.dense(first))
         logits: torch.Tensor = self.classifier(pooled)
         return logits
 
@@ -315,35 +318,54 @@ def load_gte_new(
     naming the tensors when the weights do not fit ``config.json``.
     """
     directory = Path(directory)
-    device = torch.device(device)
-    spec = GteNewConfig.from_dict(
-        config if config is not None else read_json(directory / "config.json")
+    return build_gte_new(
+        config if config is not None else read_json(directory / "config.json"),
+        load_state_dict(directory),
+        device=device,
+        dtype=dtype,
+        name=str(directory),
     )
+
+
+def build_gte_new(
+    config: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    name: str = "the state dict",
+) -> GteNewModel:
+    """A :class:`GteNewModel` from a ``config.json`` dict and a state dict.
+
+    Tensors move to ``device`` before the ``meta``-built modules take them over (layers in
+    ``dtype``, pooler/classifier/RoPE in fp32), so fake tensors build a traced model.
+    """
+    device = torch.device(device)
+    spec = GteNewConfig.from_dict(config)
     with torch.device("meta"):
         model = GteNewModel(spec)
-    state = _canonical_state(load_state_dict(directory), spec)
-    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    missing = sorted(set(shapes) - set(state))
-    unexpected = sorted(set(state) - set(shapes))
+    canonical = _canonical_state(state, spec)
+    shapes = {n: tuple(t.shape) for n, t in model.state_dict().items()}
+    missing = sorted(set(shapes) - set(canonical))
+    unexpected = sorted(set(canonical) - set(shapes))
     if missing or unexpected:
         raise UnsupportedModelError(
-            f"{directory} does not hold a GTE 'new' sequence classifier of this config: "
+            f"{name} does not hold a GTE 'new' sequence classifier of this config: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != shapes[name]:
+    placed: dict[str, torch.Tensor] = {}
+    for key, tensor in canonical.items():
+        if tuple(tensor.shape) != shapes[key]:
             raise UnsupportedModelError(
-                f"{directory}: {name} has shape {tuple(tensor.shape)}, config.json implies "
-                f"{shapes[name]}"
+                f"{name}: {key} has shape {tuple(tensor.shape)}, config.json implies {shapes[key]}"
             )
-    model.load_state_dict(state, assign=True)
-    model.inv_freq = gte_new_inv_freq(spec)  # not in the state: still on meta until now
-    model = model.to(device=device, dtype=dtype).eval()
-    model.new.pooler.to(torch.float32)
-    model.classifier.to(torch.float32)
+        head = key.startswith(("new.pooler.", "classifier."))
+        target = torch.float32 if head else dtype
+        placed[key] = tensor.to(device, target if tensor.is_floating_point() else tensor.dtype)
+    model.load_state_dict(placed, assign=True)
     model.inv_freq = gte_new_inv_freq(spec).to(device)  # fp32 whatever ``dtype`` is
-    return model
+    return model.eval()
 
 
 class GteNewPairClassifier:
@@ -365,10 +387,26 @@ class GteNewPairClassifier:
         dtype: torch.dtype,
         backend: str = "auto",
         config: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
     ) -> None:
-        self.model = load_gte_new(directory, device=device, dtype=dtype, config=config)
+        model = load_gte_new(directory, device=device, dtype=dtype, config=config)
+        if quantize == "int8":  # the encoder's linear layers only; pooler and head stay fp32
+            quantize_linears(model.new.encoder)
+        self._adopt(model, device, choose_backend(device, backend, dtype=dtype))
+
+    @classmethod
+    def from_model(
+        cls, model: GteNewModel, *, device: torch.device, backend: str
+    ) -> GteNewPairClassifier:
+        """Wrap an already built model (e.g. :func:`build_gte_new` from a state dict)."""
+        self = cls.__new__(cls)
+        self._adopt(model, device, backend)
+        return self
+
+    def _adopt(self, model: GteNewModel, device: torch.device, backend: str) -> None:
+        self.model = model
         self.device = device
-        self.backend = choose_backend(device, backend, dtype=dtype)
+        self.backend = backend
         self.num_labels = self.model.config.num_labels
         # XLM-R gives every token type 0 and the reference code is called without
         # token_type_ids (zeros); only a checkpoint with several types reads them.
@@ -379,8 +417,7 @@ class GteNewPairClassifier:
         packed = pack_sequences([pair.ids for pair in batch], self.device)
         type_ids = None
         if self._uses_type_ids:
-            type_ids = torch.tensor(
-                [t for pair in batch for t in pair.type_ids], dtype=torch.long, device=self.device
-            )
+            flat = [t for pair in batch for t in pair.type_ids]
+            type_ids = torch.tensor(flat, dtype=torch.long).to(self.device, non_blocking=True)
         out = self.model(packed, type_ids, backend=self.backend)
         return out.float().cpu()

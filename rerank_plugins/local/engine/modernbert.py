@@ -42,11 +42,14 @@ from torch import nn
 from rerank_plugins.errors import CheckpointError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import config_float, config_int, load_state_dict, read_json
 from rerank_plugins.local.engine.attention import (
+    Backends,
     PackedBatch,
     attention,
-    choose_backend,
+    choose_backends,
+    contiguous,
     pack_sequences,
 )
+from rerank_plugins.local.engine.precision import quantize_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.tokenization import EncodedPair
 
@@ -56,6 +59,7 @@ __all__ = [
     "ModernBertSpec",
     "ModernBertTrunk",
     "activation",
+    "build_modernbert",
     "cls_pool",
     "load_modernbert",
     "mean_pool",
@@ -230,13 +234,19 @@ class ModernBertTrunk(nn.Module):
     """The ModernBERT encoder (``ModernBertModel``) on packed batches.
 
     Parameters are named as the checkpoint keys without the ``model.`` prefix. ``backend``
-    is the attention backend (see :func:`~rerank_plugins.local.engine.attention.choose_backend`).
+    is the attention backend, one name or a
+    :class:`~rerank_plugins.local.engine.attention.Backends` pair for global and local layers
+    (see :func:`~rerank_plugins.local.engine.attention.choose_backends`).
+
+    Code in :meth:`encode_exits` runs on CUDA as it is traced in CI (fake CUDA tensors):
+    no host synchronisation, and no Python indexing of device tensors (``narrow``,
+    ``select``, ``index_select`` instead).
     """
 
-    def __init__(self, spec: ModernBertSpec, *, backend: str = "sdpa") -> None:
+    def __init__(self, spec: ModernBertSpec, *, backend: str | Backends = "sdpa") -> None:
         super().__init__()
         self.spec = spec
-        self.backend = backend
+        self.backends = Backends.of(backend)
         self.embeddings = _Embeddings(spec)
         self.layers = nn.ModuleList(_Layer(spec, i) for i in range(spec.num_layers))
         self.final_norm = nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, bias=spec.norm_bias)
@@ -250,7 +260,7 @@ class ModernBertTrunk(nn.Module):
         *,
         num_layers: int | None = None,
         final_norm: bool = True,
-        backend: str | None = None,
+        backend: str | Backends | None = None,
     ) -> torch.Tensor:
         """Token hidden states ``[T, hidden]`` after the first ``num_layers`` layers (all by
         default), with ``final_norm`` applied unless ``final_norm=False``. Layers past
@@ -268,13 +278,13 @@ class ModernBertTrunk(nn.Module):
         exits: Sequence[int],
         *,
         final_norm: bool = True,
-        backend: str | None = None,
+        backend: str | Backends | None = None,
     ) -> list[torch.Tensor]:
         """Hidden states ``[T, hidden]`` after each depth in ``exits`` (1..num_layers), from
         one pass that stops at the deepest exit."""
         if not exits or min(exits) < 1 or max(exits) > self.spec.num_layers:
             raise ValueError(f"exits must lie in 1..{self.spec.num_layers}, got {list(exits)}")
-        backend = backend or self.backend
+        backends = self.backends if backend is None else Backends.of(backend)
         spec = self.spec
         t = batch.num_tokens
         heads, head_dim = spec.num_heads, spec.head_dim
@@ -291,14 +301,14 @@ class ModernBertTrunk(nn.Module):
             h = x if layer.attn_norm is None else layer.attn_norm(x)
             qkv = layer.attn.Wqkv(h).view(t, 3, heads, head_dim)
             # q and k rotate in one pass: [T, 2, H, D] viewed as [T, 2H, D].
-            qk = apply_rotary(qkv[:, :2].reshape(t, 2 * heads, head_dim), cos, sin)
+            qk = apply_rotary(qkv.narrow(1, 0, 2).reshape(t, 2 * heads, head_dim), cos, sin)
             a = attention(
-                qk[:, :heads],
-                qk[:, heads:],
-                qkv[:, 2].contiguous(),
+                qk.narrow(1, 0, heads),
+                qk.narrow(1, heads, heads),
+                contiguous(qkv.select(1, 2)),
                 batch,
                 window=window,
-                backend=backend,
+                backend=backends.for_window(window),
                 scale=head_dim**-0.5,
             )
             x = _add_linear(x, a.reshape(t, spec.hidden_size), layer.attn.Wo)
@@ -309,9 +319,10 @@ class ModernBertTrunk(nn.Module):
         return [found[e] for e in exits]
 
 
-def _add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """``residual + linear(x)``, the add fused into the matmul when there is no bias."""
-    if linear.bias is None:
+def _add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+    """``residual + linear(x)``, the add fused into the matmul when there is no bias (an
+    int8 :class:`~rerank_plugins.local.engine.precision.Int8DynamicLinear` adds after)."""
+    if isinstance(linear, nn.Linear) and linear.bias is None:
         return torch.addmm(residual, x, linear.weight.t())
     return residual + linear(x)
 
@@ -341,8 +352,8 @@ def mean_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     """
     # Sequences are contiguous on the packed axis: one reduction per sequence.
     sums = torch.stack([part.sum(0, dtype=torch.float32) for part in hidden.split(batch.lengths)])
-    counts = torch.tensor(batch.lengths, dtype=torch.float32, device=hidden.device)
-    return sums / counts[:, None]
+    counts = torch.tensor(batch.lengths, dtype=torch.float32).to(hidden.device, non_blocking=True)
+    return sums / counts.unsqueeze(1)
 
 
 def cls_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
@@ -352,7 +363,7 @@ def cls_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     >>> cls_pool(torch.tensor([[1.0], [3.0], [5.0]]), b).tolist()
     [[1.0], [5.0]]
     """
-    return hidden[batch.starts].float()
+    return hidden.index_select(0, batch.starts).float()
 
 
 # --- loading --------------------------------------------------------------------------
@@ -396,7 +407,7 @@ class ModernBert:
         """Masked-LM logits at the packed token indices ``positions [N]`` only → fp32 ``[N, V]``."""
         if self.head is None or self.decoder is None:
             raise UnsupportedModelError("this ModernBERT checkpoint has no masked-LM head")
-        hidden = self.trunk.encode(batch)[positions.to(self.device)]
+        hidden = self.trunk.encode(batch).index_select(0, positions.to(self.device))
         result: torch.Tensor = self.decoder(self.head(hidden.float()))
         return result
 
@@ -452,37 +463,71 @@ def load_modernbert(
     is the attention backend (``"auto"`` picks it for ``device`` and ``dtype``).
     """
     directory = Path(directory)
-    device = torch.device(device)
     cfg = dict(config) if config is not None else read_json(directory / "config.json")
-    spec = ModernBertSpec.from_config(cfg)
-    trunk_state, head_state = _split_keys(load_state_dict(directory))
+    return build_modernbert(
+        cfg, load_state_dict(directory), device=device, dtype=dtype, backend=backend
+    )
+
+
+def _placed(
+    state: Mapping[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Floating-point tensors moved to ``device`` in ``dtype`` (others keep their dtype)."""
+    return {
+        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+        for k, v in state.items()
+    }
+
+
+def build_modernbert(
+    config: Mapping[str, Any],
+    state: Mapping[str, torch.Tensor],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    backend: str | Backends = "auto",
+) -> ModernBert:
+    """A :class:`ModernBert` from a ``config.json`` dict and a state dict (any layout).
+
+    Tensors are moved to ``device`` (trunk in ``dtype``, heads fp32) before the modules,
+    built on ``meta``, take them over: no module is ever materialised on the CPU first,
+    and a state dict of fake tensors (``FakeTensorMode.from_tensor``) builds a traced
+    model on a fake device.
+    """
+    device = torch.device(device)
+    spec = ModernBertSpec.from_config(config)
+    trunk_state, head_state = _split_keys(state)
+    if not isinstance(backend, Backends):
+        backend = choose_backends(device, backend, dtype=dtype)
     with torch.device("meta"):
-        trunk = ModernBertTrunk(spec, backend=choose_backend(device, backend, dtype=dtype))
-    _load_module(trunk, trunk_state, "encoder")
-    trunk = trunk.to(device=device, dtype=dtype).eval()
+        trunk = ModernBertTrunk(spec, backend=backend)
+    _load_module(trunk, _placed(trunk_state, device, dtype), "encoder")
+    trunk.eval()
 
     model = ModernBert(spec=spec, trunk=trunk, layout="bare")
     if "head.dense.weight" not in head_state:
         return model
+    heads = _placed(head_state, device, torch.float32)
     with torch.device("meta"):
         head = PredictionHead(spec)
-    _load_module(head, {k.removeprefix("head."): v for k, v in head_state.items()}, "head")
-    model.head = head.to(device=device, dtype=torch.float32).eval()
-    if "classifier.weight" in head_state:
+    _load_module(head, {k.removeprefix("head."): v for k, v in heads.items()}, "head")
+    model.head = head.eval()
+    if "classifier.weight" in heads:
         with torch.device("meta"):
-            classifier = nn.Linear(spec.hidden_size, head_state["classifier.weight"].shape[0])
-        parts = {k.removeprefix("classifier."): v for k, v in head_state.items()}
+            classifier = nn.Linear(spec.hidden_size, heads["classifier.weight"].shape[0])
+        parts = {k.removeprefix("classifier."): v for k, v in heads.items()}
         _load_module(classifier, parts, "classifier")
-        model.classifier = classifier.to(device=device, dtype=torch.float32).eval()
+        model.classifier = classifier.eval()
         model.layout = "seq-cls"
-    elif "decoder.weight" in head_state or "decoder.bias" in head_state:
-        tied = trunk_state["embeddings.tok_embeddings.weight"]
-        weights = {k.removeprefix("decoder."): v for k, v in head_state.items()}
-        weights.setdefault("weight", tied)  # tied to the token embeddings, often not stored
+    elif "decoder.weight" in heads or "decoder.bias" in heads:
+        weights = {k.removeprefix("decoder."): v for k, v in heads.items()}
+        if "weight" not in weights:  # tied to the token embeddings, often not stored
+            tied = trunk_state["embeddings.tok_embeddings.weight"]
+            weights["weight"] = tied.to(device=device, dtype=torch.float32)
         with torch.device("meta"):
             decoder = nn.Linear(spec.hidden_size, spec.vocab_size, bias=spec.decoder_bias)
         _load_module(decoder, weights, "decoder")
-        model.decoder = decoder.to(device=device, dtype=torch.float32).eval()
+        model.decoder = decoder.eval()
         model.layout = "mlm"
     return model
 
@@ -508,17 +553,31 @@ class ModernBertPairClassifier:
         dtype: torch.dtype,
         backend: str = "auto",
         config: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
     ) -> None:
-        self.model = load_modernbert(
+        model = load_modernbert(
             directory, device=device, dtype=dtype, backend=backend, config=config
         )
-        if self.model.classifier is None:
+        if quantize == "int8":  # the trunk's linear layers only; heads stay fp32
+            quantize_linears(model.trunk.layers)
+        self._adopt(model, device, str(directory))
+
+    @classmethod
+    def from_model(cls, model: ModernBert, *, device: torch.device) -> ModernBertPairClassifier:
+        """Wrap an already built model (e.g. :func:`build_modernbert` from a state dict)."""
+        self = cls.__new__(cls)
+        self._adopt(model, device, "the model")
+        return self
+
+    def _adopt(self, model: ModernBert, device: torch.device, name: str) -> None:
+        if model.classifier is None:
             raise UnsupportedModelError(
-                f"{directory} is a ModernBERT {self.model.layout} checkpoint without a "
+                f"{name} is a ModernBERT {model.layout} checkpoint without a "
                 "classification head; a cross-encoder needs ModernBertForSequenceClassification"
             )
+        self.model = model
         self.device = device
-        self.num_labels = int(self.model.classifier.out_features)
+        self.num_labels = int(model.classifier.out_features)
 
     def logits(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
         packed = pack_sequences([p.ids for p in batch], self.device)

@@ -47,9 +47,9 @@ def rotary_cos_sin(
 
     Computed in fp32 whatever the model dtype (bf16 positions beyond 256 are not exact).
     """
-    freqs = (
-        position_ids.to(torch.float32)[:, None]
-        * inv_freq.to(device=position_ids.device, dtype=torch.float32)[None, :]
+    freqs = torch.outer(
+        position_ids.to(torch.float32),
+        inv_freq.to(device=position_ids.device, dtype=torch.float32),
     )
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
@@ -62,11 +62,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """
     half = x.shape[-1] // 2
     xf = x.float()
-    x1, x2 = xf[..., :half], xf[..., half:]
+    # narrow, not [..., :half]: traced on fake CUDA in CI, where Python indexing of device
+    # tensors is unavailable.
+    x1, x2 = xf.narrow(-1, 0, half), xf.narrow(-1, half, half)
     # The tables repeat the frequencies over both halves: the first half is enough.
-    c, s = cos[:, None, :half], sin[:, None, :half]
+    c, s = cos.narrow(-1, 0, half).unsqueeze(1), sin.narrow(-1, 0, half).unsqueeze(1)
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    first, second = out[..., :half], out[..., half:]
+    first, second = out.narrow(-1, 0, half), out.narrow(-1, half, half)
     torch.mul(x1, c, out=first).addcmul_(x2, s, value=-1.0)  # x1 cos - x2 sin
     torch.mul(x2, c, out=second).addcmul_(x1, s)  # x2 cos + x1 sin
     return out.to(x.dtype)

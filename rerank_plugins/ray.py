@@ -1,0 +1,354 @@
+"""Past one machine with Ray: bulk scoring with Ray Data, online serving with Ray Serve.
+
+::
+
+    import ray
+    from rerank_plugins.ray import score_dataset
+
+    ds = ray.data.read_parquet("s3://bucket/pairs/")           # columns: id, query, text
+    scored = score_dataset(ds, model="Alibaba-NLP/gte-reranker-modernbert-base",
+                           num_gpus=1, concurrency=8)            # 8 actors, one GPU each
+    scored.write_parquet("s3://bucket/scored/")                 # + score, tokens, truncated, error
+
+Each actor loads one scorer once (weights are not reloaded per batch) and scores the
+batches Ray Data hands it with :func:`rerank_plugins.bulk.score_table`, the same code the
+single-machine ``rerank-plugins score`` runs. A remote endpoint works too
+(``model="https://..."``): each actor holds one client, so ``concurrency`` bounds the
+requests in flight.
+
+:func:`serve_app` is a Ray Serve application whose replicas each run the app and
+micro-batcher of ``rerank-plugins serve`` (:func:`rerank_plugins.serve.create_app`)::
+
+    from ray import serve
+    from rerank_plugins.ray import serve_app
+
+    serve.run(serve_app(model="Alibaba-NLP/gte-reranker-modernbert-base", num_replicas=4,
+                        ray_actor_options={"num_gpus": 1}))     # /v1/rerank, /rerank, ...
+
+Needs the ``ray`` extra; ``import rerank_plugins`` does not import ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rerank_plugins._imports import require
+from rerank_plugins.bulk import BulkSummary, input_format, score_table
+from rerank_plugins.errors import InvalidInputError, RerankError
+from rerank_plugins.loading import load_scorer
+from rerank_plugins.scoring import Scorer
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+ray = require("ray")
+require("ray.data")
+
+__all__ = ["score_dataset", "score_file_on_ray", "serve_app", "serve_on_ray"]
+
+logger = logging.getLogger(__name__)
+
+
+class _ScoreBatches:
+    """The Ray Data UDF: one scorer per actor, built once in the constructor."""
+
+    def __init__(
+        self,
+        model: str | Path | Scorer,
+        model_options: dict[str, Any],
+        query_column: str,
+        document_column: str,
+        keep_text: bool,
+    ) -> None:
+        if isinstance(model, Scorer):
+            self.scorer = model
+        else:
+            self.scorer = load_scorer(model, **model_options)
+        self.query_column = query_column
+        self.document_column = document_column
+        self.keep_text = keep_text
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return score_table(
+            self.scorer,
+            batch,
+            query_column=self.query_column,
+            document_column=self.document_column,
+            keep_text=self.keep_text,
+        )
+
+
+def _cluster_gpus() -> float:
+    if not ray.is_initialized():
+        ray.init()  # what Ray Data would do on first execution; RAY_ADDRESS is honoured
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def score_dataset(
+    ds: Any,
+    *,
+    model: str | Path | Scorer,
+    query_column: str = "query",
+    document_column: str = "text",
+    keep_text: bool = True,
+    num_gpus: float | None = None,
+    num_cpus: float | None = None,
+    concurrency: int | None = None,
+    batch_size: int = 512,
+    **model_options: Any,
+) -> Any:
+    """A lazy ``ray.data.Dataset``: ``ds`` with ``score``, ``tokens``, ``truncated``, ``error``.
+
+    ``model`` is a spec for :func:`~rerank_plugins.load_scorer` (``model_options`` go to
+    it), loaded once in each actor; a :class:`~rerank_plugins.Scorer` instance is shipped
+    to the actors instead (it must pickle). Rows are pairs (``document_column`` holds a
+    string) or a query with a list of documents; rows with bad input keep null scores and
+    say why in ``error``. ``num_gpus`` per actor defaults to 1 when the cluster has GPUs
+    (one actor per GPU), else 0; ``concurrency`` (the number of actors) defaults to the
+    number of GPUs, else 1. ``num_cpus`` per actor defaults to Ray's 1: on a small machine
+    give a fraction, or the actors can take every CPU and starve the read tasks.
+    """
+    if batch_size <= 0:
+        raise InvalidInputError(f"batch_size must be positive, got {batch_size}")
+    if num_gpus is None or concurrency is None:
+        gpus = _cluster_gpus()
+        if num_gpus is None:
+            num_gpus = 1.0 if gpus > 0 else 0.0
+        if concurrency is None:
+            concurrency = max(1, int(gpus // num_gpus)) if num_gpus > 0 else 1
+    if concurrency <= 0:
+        raise InvalidInputError(f"concurrency must be positive, got {concurrency}")
+    resources: dict[str, Any] = {"num_gpus": num_gpus}
+    if num_cpus is not None:
+        resources["num_cpus"] = num_cpus
+    # Blocks of one batch each: a read task makes one block per file (or per 128 MiB), and
+    # a block goes to one actor, so without this one large file would keep one actor busy.
+    # Streaming (no shuffle, order kept).
+    ds = ds.repartition(target_num_rows_per_block=batch_size)
+    return ds.map_batches(
+        _ScoreBatches,
+        fn_constructor_kwargs={
+            "model": model,
+            "model_options": model_options,
+            "query_column": query_column,
+            "document_column": document_column,
+            "keep_text": keep_text,
+        },
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        concurrency=concurrency,
+        **resources,
+    )
+
+
+def score_file_on_ray(
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    address: str | None = None,
+    model: str | Path | Scorer,
+    query_column: str = "query",
+    document_column: str = "text",
+    keep_text: bool = True,
+    model_options: dict[str, Any] | None = None,
+    num_gpus: float | None = None,
+    num_cpus: float | None = None,
+    concurrency: int | None = None,
+    batch_size: int = 512,
+) -> BulkSummary:
+    """``rerank-plugins score --ray``: read, :func:`score_dataset`, write, on a Ray cluster.
+
+    Connects to ``address`` (or ``RAY_ADDRESS``, or starts a local Ray) unless Ray is
+    already initialised. Parquet in, Parquet files out (JSONL in, JSONL out) under the
+    ``output`` directory, in input order; rows that could not be scored are also listed
+    in ``output/_errors/errors.jsonl``. A Ray run is not resumable: rerun it whole.
+    """
+    started = time.perf_counter()
+    fmt = input_format(input_path)
+    out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInputError(f"{out} exists and is not empty; choose a new output")
+    if not ray.is_initialized():
+        ray.init(address=address)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # input order in the output files
+    source = str(Path(input_path).resolve())
+    ds = (
+        ray.data.read_parquet(source)
+        if fmt == "parquet"
+        else ray.data.read_json(source, lines=True)
+    )
+    scored = score_dataset(
+        ds,
+        model=model,
+        query_column=query_column,
+        document_column=document_column,
+        keep_text=keep_text,
+        num_gpus=num_gpus,
+        num_cpus=num_cpus,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        **(model_options or {}),
+    )
+    if fmt == "parquet":
+        scored.write_parquet(str(out.resolve()))
+    else:
+        scored.write_json(str(out.resolve()))
+    return _summarise(out, fmt, document_column, time.perf_counter() - started)
+
+
+def _summarise(out: Path, fmt: str, document_column: str, seconds: float) -> BulkSummary:
+    """Count rows, errors and tokens in the written output; list the errors in ``_errors/``.
+
+    Reads the output back a batch at a time (and only the small columns), so memory stays
+    bounded however large the output is.
+    """
+    pa = require("pyarrow")
+    pc = require("pyarrow.compute")
+    pads = require("pyarrow.dataset")
+    files = sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
+    dataset = pads.dataset(
+        [str(p) for p in files], format="parquet" if fmt == "parquet" else "json"
+    )
+    rows = tokens = 0
+    for batch in dataset.to_batches(columns=["tokens"]):
+        column = batch.column(0)
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            column = pc.list_flatten(column)
+        rows += batch.num_rows
+        tokens += int(pc.sum(column).as_py() or 0)
+    errors = 0
+    keep = [c for c in dataset.schema.names if c != document_column]
+    for batch in dataset.to_batches(columns=keep, filter=pc.field("error").is_valid()):
+        if not batch.num_rows:
+            continue
+        if not errors:
+            (out / "_errors").mkdir(exist_ok=True)
+        with (out / "_errors" / "errors.jsonl").open("a", encoding="utf-8") as f:
+            for record in batch.to_pylist():
+                f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        errors += batch.num_rows
+    summary = BulkSummary(
+        output=str(out),
+        rows=rows,
+        errors=errors,
+        tokens=tokens,
+        shards=len(files),
+        seconds=round(seconds, 3),
+    )
+    (out / "_SUCCESS").write_text(summary.to_json() + "\n", encoding="utf-8")
+    return summary
+
+
+def serve_app(
+    *,
+    model: str | Path,
+    num_replicas: int | None = None,
+    ray_actor_options: dict[str, Any] | None = None,
+    model_options: dict[str, Any] | None = None,
+    model_name: str | None = None,
+    name: str = "rerank",
+    **app_options: Any,
+) -> Any:
+    """A Ray Serve application serving ``model`` over the HTTP API of ``rerank-plugins serve``.
+
+    Each replica loads one scorer (``load_scorer(model, **model_options)``) and runs the
+    very app and micro-batcher of :func:`rerank_plugins.serve.create_app` (``app_options``
+    go to it: ``max_batch_tokens``, ``api_key``, ...), so the paths, limits and answers are
+    the same as one server's. ``ray_actor_options`` defaults to one GPU per replica when
+    the cluster has GPUs, and ``num_replicas`` to one replica per GPU (else 1). Run it
+    with ``ray.serve.run(serve_app(model=...))``.
+    """
+    serve = require("ray.serve")
+    if ray_actor_options is None or num_replicas is None:
+        gpus = _cluster_gpus()
+        if ray_actor_options is None:
+            ray_actor_options = {"num_gpus": 1} if gpus > 0 else {}
+        if num_replicas is None:
+            per_replica = float(ray_actor_options.get("num_gpus") or 0)
+            num_replicas = max(1, int(gpus // per_replica)) if per_replica > 0 else 1
+    if num_replicas <= 0:
+        raise InvalidInputError(f"num_replicas must be positive, got {num_replicas}")
+    options = dict(model_options or {})
+    served_name = model_name or str(model)
+
+    def build_app() -> Any:
+        # Runs in each replica: the scorer is loaded there, never pickled from here.
+        from rerank_plugins.serve import create_app
+
+        return create_app(load_scorer(model, **options), model_name=served_name, **app_options)
+
+    deployment = serve.deployment(
+        name=name, num_replicas=num_replicas, ray_actor_options=ray_actor_options
+    )(serve.ingress(build_app)())
+    return deployment.bind()
+
+
+def serve_on_ray(args: argparse.Namespace) -> int:
+    """``rerank-plugins serve --ray [ADDRESS]``: deploy :func:`serve_app` and serve until
+    interrupted (then the deployment is removed). Exit status 2 for bad options."""
+    from rerank_plugins.serve.cli import API_KEY_ENV, _model_options
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        for flag in ("max_batch_tokens", "max_batch_requests", "max_queued_tokens"):
+            value = getattr(args, flag)
+            if value is not None and value <= 0:
+                raise InvalidInputError(f"--{flag.replace('_', '-')} must be positive")
+        # The default of one server (16384 tokens, more on a large local GPU) is not known
+        # here: the replicas' GPUs are elsewhere. Give --max-batch-tokens for large GPUs.
+        batch_tokens = args.max_batch_tokens or 16384
+        actor_options: dict[str, Any] = {}
+        if args.replica_gpus is not None:
+            actor_options["num_gpus"] = args.replica_gpus
+        if args.replica_cpus is not None:
+            actor_options["num_cpus"] = args.replica_cpus
+        api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+        if not ray.is_initialized():
+            ray.init(address=args.ray or None)
+        app = serve_app(
+            model=args.model,
+            num_replicas=args.num_replicas,
+            ray_actor_options=actor_options or None,
+            model_options=_model_options(args, batch_tokens),
+            model_name=args.served_model_name or str(args.model),
+            max_batch_tokens=batch_tokens,
+            max_batch_requests=args.max_batch_requests,
+            max_client_batch_size=args.max_client_batch_size,
+            max_queued_tokens=args.max_queued_tokens,
+            max_body_bytes=args.max_body_bytes,
+            api_key=api_key,
+        )
+    except RerankError as exc:
+        sys.stderr.write(f"rerank-plugins serve: error: {exc}\n")
+        return 2
+    serve = require("ray.serve")
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(app, name="rerank", route_prefix="/")
+        logger.info("serving %s on http://%s:%d (Ray Serve)", args.model, args.host, args.port)
+        while not stop.wait(1.0):
+            pass
+        logger.info("stopping Ray Serve")
+        serve.shutdown()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
