@@ -257,7 +257,6 @@ def test_mps_defaults_to_fp32_sdpa_and_accepts_fp16() -> None:
         choose_backend(mps, "varlen")
 
 
-
 @has_int8
 def test_int8_is_refused_by_scorers_without_an_int8_engine(tmp_path: Path) -> None:
     from rerank_plugins.local.matryoshka import MatryoshkaScorer
