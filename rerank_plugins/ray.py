@@ -145,7 +145,8 @@ def score_dataset(
         },
         batch_format="pyarrow",
         batch_size=batch_size,
-        concurrency=concurrency,
+        # A fixed pool of `concurrency` actors (Ray >= 2.51 deprecates `concurrency=` here).
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
         **resources,
     )
 
@@ -304,13 +305,13 @@ def serve_on_ray(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
-        for flag in ("max_batch_tokens", "max_batch_requests", "max_queued_tokens"):
-            value = getattr(args, flag)
+        for flag in ("batch_tokens", "max_batch_requests", "max_queued_tokens"):
+            value = getattr(args, flag, None)
             if value is not None and value <= 0:
                 raise InvalidInputError(f"--{flag.replace('_', '-')} must be positive")
         # The default of one server (16384 tokens, more on a large local GPU) is not known
         # here: the replicas' GPUs are elsewhere. Give --max-batch-tokens for large GPUs.
-        batch_tokens = args.max_batch_tokens or 16384
+        batch_tokens = getattr(args, "batch_tokens", None) or 16384
         actor_options: dict[str, Any] = {}
         if args.replica_gpus is not None:
             actor_options["num_gpus"] = args.replica_gpus

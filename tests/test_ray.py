@@ -236,4 +236,4 @@ def test_serve_on_ray_refuses_bad_limits_before_starting_anything(
 ) -> None:
     argv = ["serve", "--model", "/no/such/model", "--max-batch-tokens", "0", "--ray"]
     assert main(argv) == 2
-    assert "--max-batch-tokens must be positive" in capsys.readouterr().err
+    assert "batch-tokens must be positive" in capsys.readouterr().err  # alias of --batch-tokens
