@@ -310,28 +310,17 @@ def score_file(
     bar = _progress_bar(total, start * shard_rows, progress)
     try:
         for index, shard in reader(source, shard_rows=shard_rows, start_shard=start):
-            if fmt == "parquet":
-                rows, errors, tokens = _write_parquet_shard(
-                    out,
-                    index,
-                    shard,
-                    scorer,
-                    query_column,
-                    document_column,
-                    keep_text,
-                    shard_rows,
-                )
-            else:
-                rows, errors, tokens = _write_jsonl_shard(
-                    out,
-                    index,
-                    shard,
-                    scorer,
-                    query_column,
-                    document_column,
-                    keep_text,
-                    shard_rows,
-                )
+            write_shard = _write_parquet_shard if fmt == "parquet" else _write_jsonl_shard
+            rows, errors, tokens = write_shard(
+                out,
+                index,
+                shard,
+                scorer,
+                query_column,
+                document_column,
+                keep_text,
+                shard_rows,
+            )
             summary.rows += rows
             summary.errors += errors
             summary.tokens += tokens
