@@ -180,10 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--modes", default="float32,bfloat16,int8")
     p.add_argument("--baselines", default="torch,onnx,onnx-int8")
     p.add_argument("--st-batch-size", type=int, default=32)
+    p.add_argument("--docs", type=int, default=100, help="documents per workload")
     harness.add_common_args(p, repeats=2, clock=True)
     args = p.parse_args(argv)
     harness.apply_threads(args)
-    sizes: dict[str, int] = {"docs": 100}
+    sizes: dict[str, int] = {"docs": args.docs}
     if args.smoke:
         args.layers, args.hidden, args.heads, args.intermediate = 2, 32, 2, 48
         args.repeats = 1
