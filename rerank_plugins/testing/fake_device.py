@@ -18,7 +18,9 @@ device work is over.
 What the fake device cannot run (torch 2.13, CPU build): Python indexing of device tensors
 (``x[i]``, ``x[:, :k]``, ``x[mask]``; they need a device guard the CPU build lacks), so
 traced code uses ``narrow``/``select``/``index_select``; ``safetensors`` loading inside the
-mode; ``torch.compile`` (the mode runs compiled functions eagerly, ``force_eager``).
+mode; ``torch.compile`` (the mode runs compiled functions eagerly, ``force_eager``). On the fake
+``mps`` device, ``scaled_dot_product_attention`` runs torch's math path (the CPU build has no
+MPS entry in the fused-kernel choice; see :class:`_SdpaMathOnMps`).
 
 >>> import torch
 >>> with fake_device("cuda") as fake:
@@ -204,6 +206,31 @@ def _mps_patches(capability: tuple[int, int], name: str) -> list[Any]:
     ]
 
 
+class _SdpaMathOnMps(TorchDispatchMode):
+    """Runs ``scaled_dot_product_attention`` on fake MPS tensors through torch's math path.
+
+    The composite op first asks the fused-kernel choice stub (``_fused_sdp_choice``) for a
+    backend; a CPU build has no MPS entry in it and aborts with ``INTERNAL ASSERT FAILED ...
+    DispatchStub.cpp ... An unexpected device type was provided mps``. On an MPS build the
+    stub offers no fused kernel for MPS either, so torch takes its math branch; here that
+    branch's generic form (``_scaled_dot_product_attention_math``) runs instead, which gives
+    the same shapes and dtypes. What this cannot show: which Metal kernel a Mac runs."""
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.ops.aten.scaled_dot_product_attention.default and any(
+            isinstance(t, torch.Tensor) and t.device.type == "mps" for t in args[:3]
+        ):
+            return torch.ops.aten._scaled_dot_product_attention_math.default(*args, **kwargs)[0]
+        return func(*args, **kwargs)
+
+
 _PATCHES: dict[str, Callable[[tuple[int, int], str], list[Any]]] = {
     "cuda": _cuda_patches,
     "mps": _mps_patches,
@@ -281,4 +308,6 @@ def fake_device(
         stack.enter_context(torch.compiler.set_stance("force_eager"))
         mode = FakeTensorMode()
         stack.enter_context(mode)
+        if device_type == "mps":
+            stack.enter_context(_SdpaMathOnMps())
         yield FakeDevice(mode=mode, device=device)
