@@ -94,8 +94,6 @@ def _read_items(args: argparse.Namespace, stdin: TextIO) -> list[Any]:
         fmt = args.format or "lines"
         documents = _parse_or_refuse(_read_stdin(stdin), fmt, "standard input")
         args.jsonl_input = fmt == "jsonl"
-    for i, item in enumerate(documents):
-        _doc_text(item, i)  # every item checked before anything is loaded
     if not documents:
         raise InvalidInputError("no documents: pass them as arguments, with --file, or on stdin")
     return documents
@@ -138,6 +136,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _rerank(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
     items = _read_items(args, stdin)
+    # Every item is checked here, before anything is loaded.
     documents = [_doc_text(item, i) for i, item in enumerate(items)]
     options = _options(args)
     scorer = load_scorer(args.model, **options)
