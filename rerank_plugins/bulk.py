@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerank_plugins._imports import require
+from rerank_plugins._model_args import add_model_options, model_options
 from rerank_plugins.errors import InvalidInputError, InvalidScoreError, RerankError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.scoring import Score, Scorer, check_scores
@@ -619,7 +620,6 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     keep = argparse.SUPPRESS
     parser.add_argument("input", help="a .parquet or .jsonl file, one row per pair or per query")
     parser.add_argument("-o", "--output", required=True, help="output directory (shards)")
-    parser.add_argument("-m", "--model", default=keep, help="hub id, directory or http(s) URL")
     parser.add_argument("--query-column", default="query", help="default: query")
     parser.add_argument(
         "--document-column",
@@ -633,21 +633,15 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drop-text", action="store_true", help="leave the query and document out of the output"
     )
-    parser.add_argument("--device", default=keep, help="auto (default), cpu, cuda, ...")
-    parser.add_argument("--dtype", default=keep, help="auto (default), float32, bfloat16, ...")
-    parser.add_argument(
-        "--max-length", type=int, default=keep, help="token window (default: the model's own)"
-    )
-    parser.add_argument(
-        "--batch-tokens", type=int, default=keep, help="token budget per forward (local models)"
-    )
+    # The model options of every subcommand (one definition); SUPPRESS defaults, since the
+    # top-level parser holds them with their defaults.
+    add_model_options(parser.add_argument_group("model options"), defaults=False)
     parser.add_argument(
         "--overflow",
         choices=["truncate", "error"],
         default=keep,
         help="documents over the window: truncate and flag (default) or record as errors",
     )
-    parser.add_argument("--dialect", default=keep, help="remote endpoint API dialect")
     parser.add_argument("--api-key", default=keep, help="remote endpoint key")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     ray = parser.add_argument_group("Ray (rerank-plugins[ray])")
@@ -668,9 +662,8 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
 
 def score_options(args: argparse.Namespace) -> dict[str, Any]:
     """The scorer options given on the ``score`` command line (``load_scorer`` options)."""
-    options: dict[str, Any] = {"overflow": getattr(args, "overflow", None) or "truncate"}
-    for name in ("device", "dtype", "max_length", "batch_tokens", "dialect", "api_key"):
-        value = getattr(args, name, None)
-        if value is not None:
-            options[name] = value
+    options = model_options(args, remote_only={"api_key": "--api-key"})
+    options["overflow"] = getattr(args, "overflow", None) or "truncate"
+    if getattr(args, "api_key", None) is not None:
+        options["api_key"] = args.api_key
     return options
