@@ -26,6 +26,7 @@ from rerank_plugins.loading import load_scorer
 from rerank_plugins.ranking import rank
 from rerank_plugins.scoring import check_scores
 from rerank_plugins.serve.cli import add_serve_command, run_server
+from rerank_plugins.wire import API_KEY_ENV
 
 __all__ = ["main"]
 
@@ -121,7 +122,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             options["score_kind"] = args.output
         if args.api_key is not None:
             options["api_key"] = args.api_key
-        elif not os.environ.get("RERANK_API_KEY") and os.environ.get(
+        elif not os.environ.get(API_KEY_ENV) and os.environ.get(
             _DIALECT_KEY_ENV.get(dialect, "")
         ):
             options["api_key_env"] = _DIALECT_KEY_ENV[dialect]

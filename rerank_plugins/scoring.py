@@ -6,30 +6,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from rerank_plugins.errors import InvalidInputError, ScoringError
+from rerank_plugins.errors import InvalidInputError, RerankError, ScoringError
+
+# The header names moved to rerank_plugins.wire; kept importable from here.
+from rerank_plugins.wire import TOKENS_HEADER, TRUNCATED_HEADER  # noqa: F401
 
 __all__ = [
-    "TOKENS_HEADER",
-    "TRUNCATED_HEADER",
     "OverflowPolicy",
     "PairScorer",
     "PreparedPair",
     "Score",
     "ScoreKind",
     "Scorer",
+    "ascore_groups",
     "check_documents",
     "check_inputs",
     "check_scores",
+    "score_groups",
 ]
 
 ScoreKind = Literal["probability", "logit", "maxsim"]
 
-# How a scorer served over HTTP reports what JSON bodies of foreign dialects have no field
-# for: written by ``rerank-plugins serve`` on every dialect's answer, read by RemoteScorer.
-TRUNCATED_HEADER = "X-Truncated-Documents"
-"""Comma-separated indices (in the request) of the documents cut to fit the window."""
-TOKENS_HEADER = "X-Document-Tokens"
-"""Comma-separated token counts scored per document, in request order."""
 """What a score's value means: a probability in 0..1, a raw logit, or a MaxSim sum/mean."""
 
 OverflowPolicy = Literal["truncate", "error"]
@@ -174,3 +171,92 @@ def check_scores(scores: object, n_documents: int) -> list[Score]:
     if bad:
         raise ScoringError(f"the scorer returned non-Score results at {bad}", indices=bad)
     return scores
+
+
+
+Group = tuple[str, Sequence[str]]
+"""One query and its documents."""
+
+
+class _GroupPlan:
+    """The bookkeeping of :func:`score_groups`: which call each document goes to, and back."""
+
+    def __init__(self, groups: object) -> None:
+        if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
+            raise InvalidInputError(
+                f"groups must be a sequence of (query, documents), got {type(groups).__name__}"
+            )
+        self.groups: list[Group] = []
+        for n, group in enumerate(groups):
+            if not isinstance(group, (tuple, list)) or len(group) != 2:
+                raise InvalidInputError(f"groups[{n}] is not a (query, documents) pair")
+            self.groups.append((group[0], group[1]))
+        self.out: list[list[Score | None]] = [[None] * len(d) for _, d in self.groups]
+        self.offsets: list[int] = []
+        total = 0
+        for _, documents in self.groups:
+            self.offsets.append(total)
+            total += len(documents)
+
+    def calls(self) -> list[tuple[str, list[tuple[int, int]], list[str]]]:
+        """One ``(query, slots, documents)`` per distinct query, in order of first use."""
+        merged: dict[str, list[tuple[int, int]]] = {}
+        for g, (query, documents) in enumerate(self.groups):
+            merged.setdefault(query, []).extend((g, i) for i in range(len(documents)))
+        return [
+            (query, slots, [self.groups[g][1][i] for g, i in slots])
+            for query, slots in merged.items()
+        ]
+
+    def place(self, slots: list[tuple[int, int]], scores: object) -> None:
+        checked = check_scores(scores, len(slots))
+        for (g, i), s in zip(slots, checked, strict=True):
+            self.out[g][i] = s
+
+    def reindex(self, exc: RerankError, slots: list[tuple[int, int]]) -> None:
+        """Rewrite ``exc.indices`` (positions in one call) as positions in the input."""
+        indices = getattr(exc, "indices", None)
+        if indices:
+            exc.indices = tuple(  # type: ignore[attr-defined]
+                self.offsets[slots[i][0]] + slots[i][1] for i in indices if 0 <= i < len(slots)
+            )
+
+    def result(self) -> list[list[Score]]:
+        return self.out  # type: ignore[return-value]  # place() filled every slot
+
+
+def score_groups(scorer: Scorer, groups: Sequence[Group]) -> list[list[Score]]:
+    """Score ``(query, documents)`` groups: the one scoring step every adapter uses.
+
+    Groups that share a query are merged so that each distinct query's documents go to
+    the scorer in **one** call (the engine packs them together); each call's scores are
+    checked (:func:`check_scores`) and scattered back, so the result holds one list per
+    group, one :class:`Score` per document, in input order. Pairs are groups of one
+    document. A :class:`RerankError` from a call is re-raised with its ``indices``
+    rewritten as positions in the flattened input (group after group).
+
+    >>> from rerank_plugins.testing import FunctionScorer
+    >>> s = FunctionScorer(lambda q, d: float(len(d)))
+    >>> [[x.value for x in g] for g in score_groups(s, [("q", ["aa", "b"]), ("q", ["ccc"])])]
+    [[2.0, 1.0], [3.0]]
+    """
+    plan = _GroupPlan(groups)
+    for query, slots, documents in plan.calls():
+        try:
+            plan.place(slots, scorer.score(query, documents))
+        except RerankError as exc:
+            plan.reindex(exc, slots)
+            raise
+    return plan.result()
+
+
+async def ascore_groups(scorer: Scorer, groups: Sequence[Group]) -> list[list[Score]]:
+    """The async twin of :func:`score_groups` (calls ``scorer.ascore``)."""
+    plan = _GroupPlan(groups)
+    for query, slots, documents in plan.calls():
+        try:
+            plan.place(slots, await scorer.ascore(query, documents))
+        except RerankError as exc:
+            plan.reindex(exc, slots)
+            raise
+    return plan.result()

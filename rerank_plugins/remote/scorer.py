@@ -56,13 +56,12 @@ from rerank_plugins.remote.retry import (
     says_too_many_documents,
 )
 from rerank_plugins.scoring import (
-    TOKENS_HEADER,
-    TRUNCATED_HEADER,
     OverflowPolicy,
     Score,
     ScoreKind,
     check_inputs,
 )
+from rerank_plugins.wire import API_KEY_ENV, TOKENS_HEADER, TRUNCATED_HEADER
 
 __all__ = ["API_KEY_ENV", "DEFAULT_DEADLINE", "DEFAULT_TIMEOUT", "RemoteScorer"]
 
@@ -76,8 +75,6 @@ DEFAULT_DEADLINE = 900.0
 """Seconds one ``score``/``ascore`` call may take in all, retries and waits included: a
 server that drips bytes or keeps answering 503 cannot hold a call for longer."""
 
-API_KEY_ENV = "RERANK_API_KEY"
-"""Environment variable read for the API key when none is given."""
 
 _EXCERPT_CHARS = 300
 _ISOLATE_LIMIT = 32  # split a length-refused batch to name its documents up to this size

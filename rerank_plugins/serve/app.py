@@ -31,7 +31,7 @@ from pydantic import SecretStr
 
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, RerankError
 from rerank_plugins.ranking import rank
-from rerank_plugins.scoring import TOKENS_HEADER, TRUNCATED_HEADER, Score, Scorer, check_inputs
+from rerank_plugins.scoring import Score, Scorer, check_inputs
 from rerank_plugins.serve.batcher import (
     BatcherClosedError,
     MicroBatcher,
@@ -56,6 +56,7 @@ from rerank_plugins.serve.schemas import (
     TextDocument,
     Usage,
 )
+from rerank_plugins.wire import TOKENS_HEADER, TRUNCATED_HEADER
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_CLIENT_BATCH_SIZE", "create_app"]
 

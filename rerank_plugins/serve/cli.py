@@ -17,12 +17,12 @@ from typing import Any
 
 from rerank_plugins._model_args import add_model_options, is_remote, model_options
 from rerank_plugins.errors import InvalidInputError, RerankError
+from rerank_plugins.wire import API_KEY_ENV
 
 __all__ = ["API_KEY_ENV", "add_serve_command", "default_batch_tokens", "run_server"]
 
 logger = logging.getLogger(__name__)
 
-API_KEY_ENV = "RERANK_API_KEY"
 _CPU_BATCH_TOKENS = 16384  # TEI's default; on CPU a larger forward buys no throughput
 
 
