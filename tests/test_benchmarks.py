@@ -35,6 +35,7 @@ SCRIPTS = [
     "bench_colbert.py",
     "load_test.py",
     "bench_bulk.py",
+    "bench_decoder.py",
 ]
 TIMEOUT_S = 300
 
@@ -180,6 +181,27 @@ def test_bulk_benchmark_scores_every_row_on_every_path(smoke_runs: dict[str, Any
     for row in rows:
         positive(row, "rows_per_s", "tokens_per_s", "seconds", "cpu_seconds")
         assert row["max_abs_delta"] < 1e-6, row
+
+
+@pytest.mark.slow
+def test_decoder_benchmark_times_every_engine_and_vocabulary(smoke_runs: dict[str, Any]) -> None:
+    rows = finished(smoke_runs, "bench_decoder.py")["results"]
+    assert {(r["workload"][:2], r["engine"]) for r in rows} == {
+        ("a:", "native"),
+        ("a:", "card"),
+        ("a:", "sentence-transformers"),
+        ("b:", "native"),
+        ("b:", "native, prefix_cache=False"),
+        ("c:", "native"),
+        ("c:", "card"),
+    }
+    for row in rows:
+        assert not row.get("error"), row
+        positive(row, "seconds", "cpu_seconds")
+        if row["workload"].startswith(("a:", "b:")) and row["engine"] != "sentence-transformers":
+            # Same weights and prompts, fp32: every engine agrees with the reference.
+            assert row["max_abs_delta"] < 1e-3, row
+    assert {r["vocab"] for r in rows if r["workload"].startswith("c:")} == {1024, 4096}
 
 
 # --- the harness on its own (no timing asserted) ----------------------------------------
