@@ -35,6 +35,7 @@ def test_importing_the_package_imports_no_heavy_dependency() -> None:
     ("name", "module"),
     [
         ("CrossEncoderScorer", "rerank_plugins.local.cross_encoder"),
+        ("DecoderScorer", "rerank_plugins.local.decoder"),
         ("ColBERTScorer", "rerank_plugins.local.colbert"),
         ("MatryoshkaScorer", "rerank_plugins.local.matryoshka"),
         ("FillMask", "rerank_plugins.local.fill_mask"),
