@@ -14,6 +14,7 @@ the documents of the batch.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import ssl
@@ -31,7 +32,7 @@ from rerank_plugins.errors import (
     MalformedResponseError,
     ResponseTooLargeError,
 )
-from rerank_plugins.remote.config import Endpoint
+from rerank_plugins.remote.config import Endpoint, is_loopback
 from rerank_plugins.remote.dialects import check_kind
 from rerank_plugins.remote.limits import BodyTooLarge, BodyUndecodable, Deadline
 from rerank_plugins.remote.retry import (
@@ -53,6 +54,7 @@ __all__ = [
     "combine",
     "deadline_error",
     "describe",
+    "is_connection_refused",
     "is_tls_error",
     "too_large",
     "undecodable",
@@ -166,6 +168,13 @@ def after_transport_error(
     if not is_retryable_transport_error(exc) or is_tls_error(exc):
         # A certificate that failed verification fails the same way next time.
         raise error from exc
+    if is_loopback(endpoint.url.host) and is_connection_refused(exc):
+        # Nothing listens on this machine's port: seconds of back-off will not change that
+        # (a refusal from another host may be a server restarting behind a balancer).
+        raise cls(
+            f"{error}; nothing listens there (a refused loopback connection is not retried)",
+            indices=positions,
+        ) from exc
     if retry >= endpoint.retry.max_retries:
         raise cls(f"{error} after {retry + 1} attempts", indices=positions) from exc
     return Retry(endpoint.retry.delay(retry), error)
@@ -268,6 +277,22 @@ def is_tls_error(exc: BaseException) -> bool:
     """Whether a transport error comes from TLS (certificate verification, handshake)."""
     return any(isinstance(e, ssl.SSLError | ssl.CertificateError) for e in _chain(exc)) or (
         "CERTIFICATE_VERIFY_FAILED" in str(exc)
+    )
+
+
+def is_connection_refused(exc: BaseException) -> bool:
+    """Whether the peer refused the connection (``ECONNREFUSED``) somewhere in the chain.
+
+    >>> try:
+    ...     raise httpx.ConnectError("refused") from ConnectionRefusedError(111, "refused")
+    ... except httpx.ConnectError as exc:
+    ...     is_connection_refused(exc), is_connection_refused(httpx.ConnectError("reset"))
+    (True, False)
+    """
+    return any(
+        isinstance(e, ConnectionRefusedError)
+        or (isinstance(e, OSError) and e.errno == errno.ECONNREFUSED)
+        for e in _chain(exc)
     )
 
 

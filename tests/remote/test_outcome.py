@@ -171,6 +171,14 @@ def test_a_tls_failure_is_not_retried(endpoint: Endpoint) -> None:
             after_transport_error(endpoint, exc, 0, [0])
 
 
+def test_a_refused_connection_on_loopback_is_not_retried(endpoint: Endpoint) -> None:
+    try:
+        raise httpx.ConnectError("refused") from ConnectionRefusedError(111, "refused")
+    except httpx.ConnectError as exc:
+        with pytest.raises(EndpointConnectionError, match="refused loopback connection"):
+            after_transport_error(endpoint, exc, 0, [0])
+
+
 def test_an_unsupported_url_is_not_retried(endpoint: Endpoint) -> None:
     with pytest.raises(EndpointConnectionError):
         after_transport_error(endpoint, httpx.UnsupportedProtocol("ftp"), 0, [0])
