@@ -202,6 +202,11 @@ class _GroupPlan:
         """One ``(query, slots, documents)`` per distinct query, in order of first use."""
         merged: dict[str, list[tuple[int, int]]] = {}
         for g, (query, documents) in enumerate(self.groups):
+            if not isinstance(query, str):  # as the scorer would say; also never a dict key
+                raise InvalidInputError(
+                    f"query must be a str, got {type(query).__name__}",
+                    indices=range(self.offsets[g], self.offsets[g] + len(documents)),
+                )
             merged.setdefault(query, []).extend((g, i) for i in range(len(documents)))
         return [
             (query, slots, [self.groups[g][1][i] for g, i in slots])
