@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -31,7 +31,7 @@ from pydantic import SecretStr
 
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, RerankError
 from rerank_plugins.ranking import rank
-from rerank_plugins.scoring import Score, Scorer, check_inputs
+from rerank_plugins.scoring import Score, Scorer, ascore_groups, check_inputs
 from rerank_plugins.serve.batcher import (
     BatcherClosedError,
     MicroBatcher,
@@ -58,13 +58,20 @@ from rerank_plugins.serve.schemas import (
 )
 from rerank_plugins.wire import TOKENS_HEADER, TRUNCATED_HEADER
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_CLIENT_BATCH_SIZE", "create_app"]
+__all__ = [
+    "DEFAULT_BATCH_TOKENS",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_CLIENT_BATCH_SIZE",
+    "create_app",
+]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("rerank_plugins.serve.access")
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 1000
 """Documents per request (Cohere's documented maximum)."""
+DEFAULT_BATCH_TOKENS = 16384
+"""Token budget of one batch for a scorer that has none of its own (remote endpoints)."""
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
 """Request body limit: 1,000 documents of about 8K tokens."""
 
@@ -79,6 +86,9 @@ ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
     Awaitable[None],
 ]
+
+
+_T = TypeVar("_T")
 
 
 class _ClientGone(Exception):
@@ -105,7 +115,7 @@ def create_app(
     scorer: Scorer,
     *,
     model_name: str | None = None,
-    max_batch_tokens: int = 16384,
+    max_batch_tokens: int | None = None,
     max_batch_requests: int | None = None,
     max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE,
     max_queued_tokens: int | None = None,
@@ -116,7 +126,8 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app serving ``scorer`` (already loaded; the app never loads models).
 
-    ``max_batch_tokens``: token budget of one forward; ``max_batch_requests``: requests
+    ``max_batch_tokens``: token budget of one forward (default: the scorer's
+    ``batch_tokens``, else :data:`DEFAULT_BATCH_TOKENS`); ``max_batch_requests``: requests
     merged into one batch at most (1: no batching across requests); ``max_queued_tokens``
     (default 32 batches' worth): tokens waiting before requests get 429;
     ``max_client_batch_size``: documents per request (over: 413); ``max_body_bytes``:
@@ -131,11 +142,14 @@ def create_app(
     key = _secret(api_key)
     engine = engine_for(scorer)
     metrics = Metrics(registry)
+    if max_batch_tokens is None:
+        max_batch_tokens = int(getattr(scorer, "batch_tokens", None) or DEFAULT_BATCH_TOKENS)
     batcher: MicroBatcher[Any, Score] = MicroBatcher(
         engine.run_batch,
         max_batch_tokens=max_batch_tokens,
         max_batch_requests=max_batch_requests,
         max_queued_tokens=max_queued_tokens or 32 * max_batch_tokens,
+        padded=engine.padded,
         on_batch=metrics.observe_batch,
     )
     metrics.watch_queue(batcher)
@@ -165,35 +179,29 @@ def create_app(
 
     async def score(
         request: Request,
-        queries: Sequence[str],
-        documents: Sequence[str],
+        groups: Sequence[tuple[str, Sequence[str]]],
         *,
         truncate: bool,
         max_document_tokens: int | None = None,
         raw: bool = False,
     ) -> _Outcome:
-        n = len(documents)
+        n = sum(len(documents) for _, documents in groups)
         request.state.documents = n
         if n > max_client_batch_size:
             raise RequestTooLargeError(
                 f"batch size {n} > maximum allowed batch size {max_client_batch_size}"
             )
-        for q in dict.fromkeys(queries):
-            check_inputs(q, [])
-        if n == 0:
-            return _Outcome([])
-        prepared = await asyncio.to_thread(
-            _prepare, engine, queries, documents, truncate, max_document_tokens, raw
+        submitter = _Submitter(
+            engine,
+            batcher,
+            truncate=truncate,
+            max_document_tokens=max_document_tokens,
+            raw=raw,
         )
-        items, lengths, positions, batch_key = prepared
-        results = await _submit_until_disconnect(
-            request, batcher.submit(items, lengths, key=batch_key)
+        scored = await _submit_until_disconnect(
+            request, ascore_groups(submitter, groups, concurrent=True)
         )
-        scores: list[Score] = [results[0]] * n
-        for position, result in zip(positions, results, strict=True):
-            scores[position] = result
-        engine.check(scores, truncate=truncate)
-        outcome = _Outcome(scores)
+        outcome = _Outcome([s for group in scored for s in group])
         request.state.tokens = outcome.tokens
         metrics.observe_request(n, outcome.tokens, len(outcome.truncated))
         return outcome
@@ -219,8 +227,7 @@ def create_app(
         texts = [d.text if isinstance(d, TextDocument) else d for d in body.documents]
         outcome = await score(
             request,
-            [body.query] * len(texts),
-            texts,
+            [(body.query, texts)],
             truncate=body.truncate,
             max_document_tokens=body.max_tokens_per_doc,
         )
@@ -285,8 +292,7 @@ def create_app(
             return await cohere(request, body)
         outcome = await score(
             request,
-            [body.query] * len(body.texts),
-            body.texts,
+            [(body.query, body.texts)],
             truncate=body.truncate,
             raw=body.raw_scores,
         )
@@ -304,16 +310,17 @@ def create_app(
         first = [body.text_1] if isinstance(body.text_1, str) else body.text_1
         second = [body.text_2] if isinstance(body.text_2, str) else body.text_2
         if len(first) == 1:
-            first = first * len(second)
-        elif len(first) != len(second):
+            groups = [(first[0], second)]
+        elif len(first) == len(second):
+            groups = [(q, [d]) for q, d in zip(first, second, strict=True)]
+        else:
             raise InvalidInputError(
                 f"text_1 has {len(first)} texts and text_2 {len(second)}: give one text_1, "
                 "or as many as text_2"
             )
         outcome = await score(
             request,
-            first,
-            second,
+            groups,
             truncate=body.truncate_prompt_tokens is not None,
             raw=body.use_activation is False,
         )
@@ -380,54 +387,42 @@ def _document(doc: str | TextDocument) -> dict[str, Any]:
     return doc.model_dump() if isinstance(doc, TextDocument) else {"text": doc}
 
 
-def _prepare(
-    engine: Engine,
-    queries: Sequence[str],
-    documents: Sequence[str],
-    truncate: bool,
-    max_document_tokens: int | None,
-    raw: bool,
-) -> tuple[list[Any], list[int], list[int], Any]:
-    """Items for the batcher, grouped by query; ``positions`` maps them back."""
-    groups: dict[str, list[int]] = {}
-    for position, q in enumerate(queries):
-        groups.setdefault(q, []).append(position)
-    items: list[Any] = []
-    lengths: list[int] = []
-    positions: list[int] = []
-    too_long: list[int] = []
-    first_error: InputTooLongError | None = None
-    key: Any = None
-    for q, group in groups.items():
-        try:
-            prepared = engine.prepare(
-                q,
-                [documents[p] for p in group],
-                truncate=truncate,
-                max_document_tokens=max_document_tokens,
-                raw=raw,
-            )
-        except InputTooLongError as exc:
-            if not exc.indices or len(groups) == 1:  # positions are the request's own
-                raise
-            too_long += [group[i] for i in exc.indices]
-            first_error = first_error or exc
-            continue
-        items += prepared.items
-        lengths += prepared.lengths
-        positions += group
-        key = prepared.key
-    if too_long:
-        too_long.sort()
-        raise InputTooLongError(
-            f"documents {too_long} exceed the model's token window and truncation is off "
-            f"(first: {first_error})",
-            indices=too_long,
+class _Submitter:
+    """One request's way to the batcher, as the async scorer :func:`ascore_groups` calls."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        batcher: MicroBatcher[Any, Score],
+        *,
+        truncate: bool,
+        max_document_tokens: int | None,
+        raw: bool,
+    ) -> None:
+        self.engine = engine
+        self.batcher = batcher
+        self.truncate = truncate
+        self.max_document_tokens = max_document_tokens
+        self.raw = raw
+
+    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
+        if not documents:
+            check_inputs(query, documents)
+            return []
+        prepared = await asyncio.to_thread(
+            self.engine.prepare,
+            query,
+            documents,
+            truncate=self.truncate,
+            max_document_tokens=self.max_document_tokens,
+            raw=self.raw,
         )
-    return items, lengths, positions, key
+        scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
+        self.engine.check(scores, truncate=self.truncate)
+        return scores
 
 
-async def _submit_until_disconnect(request: Request, work: Awaitable[list[Score]]) -> list[Score]:
+async def _submit_until_disconnect(request: Request, work: Awaitable[_T]) -> _T:
     """Await ``work`` unless the client disconnects first (then cancel it)."""
     task = asyncio.ensure_future(work)
     watch = asyncio.ensure_future(_disconnected(request.receive))

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from rerank_plugins.errors import InputTooLongError
-from rerank_plugins.scoring import PairScorer, Score, Scorer, check_scores
+from rerank_plugins.scoring import (
+    PairScorer,
+    Score,
+    Scorer,
+    check_inputs,
+    check_scores,
+    score_groups,
+)
 
 __all__ = ["Engine", "GroupedEngine", "PairEngine", "Prepared", "engine_for"]
 
@@ -36,6 +43,8 @@ class Engine:
 
     #: whether ``truncate`` / ``max_document_tokens`` are applied per request
     per_request_truncation: bool = False
+    #: how the batcher costs a batch: ``len(batch) * longest`` (True) or the sum
+    padded: bool = False
 
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
@@ -74,6 +83,7 @@ class PairEngine(Engine):
     def __init__(self, scorer: PairScorer) -> None:
         super().__init__(scorer)
         self.pair_scorer = scorer
+        self.padded = bool(scorer.padded)
 
     def prepare(
         self,
@@ -95,7 +105,9 @@ class PairEngine(Engine):
         return Prepared(pairs, [p.tokens for p in pairs], key=raw)
 
     def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
-        return check_scores(self.pair_scorer.score_pairs(items, raw=bool(key)), len(items))
+        # The batcher formed this batch by the scorer's budget and cost model, longest
+        # first: it runs as one forward, neither re-budgeted nor re-sorted.
+        return check_scores(self.pair_scorer.score_batch(items, raw=bool(key)), len(items))
 
 
 def _estimate_tokens(query: str, document: str) -> int:
@@ -113,21 +125,13 @@ class GroupedEngine(Engine):
         max_document_tokens: int | None = None,
         raw: bool = False,
     ) -> Prepared:
-        items = [(query, d) for d in documents]
-        return Prepared(items, [_estimate_tokens(query, d) for d in documents], key=None)
+        docs = check_inputs(query, documents)
+        items = [(query, d) for d in docs]
+        return Prepared(items, [_estimate_tokens(query, d) for d in docs], key=None)
 
     def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
-        groups: dict[str, list[int]] = {}
-        for position, (query, _) in enumerate(items):
-            groups.setdefault(query, []).append(position)
-        out: list[Score | None] = [None] * len(items)
-        for query, positions in groups.items():
-            scores = check_scores(
-                self.scorer.score(query, [items[p][1] for p in positions]), len(positions)
-            )
-            for p, s in zip(positions, scores, strict=True):
-                out[p] = s
-        return [s for s in out if s is not None]
+        scored = score_groups(self.scorer, [(query, [document]) for query, document in items])
+        return [group[0] for group in scored]
 
 
 def engine_for(scorer: Scorer) -> Engine:
