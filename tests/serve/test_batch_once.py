@@ -69,3 +69,29 @@ def test_the_batch_budget_is_asked_of_the_scorer(modernbert_dir: Path) -> None:
     remote_like = FunctionScorer(lambda q, d: 0.0)  # no batch_tokens of its own
     assert create_app(remote_like).state.batcher.max_batch_tokens == DEFAULT_BATCH_TOKENS
     assert create_app(scorer).state.batcher.padded is scorer.padded is False
+
+
+async def test_a_request_is_checked_once(
+    counted: tuple[CrossEncoderScorer, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rerank_plugins.local.cross_encoder as cross_encoder
+    import rerank_plugins.serve.service as service
+
+    checks: list[str] = []
+    real = cross_encoder.check_inputs
+
+    def counting(query: object, documents: object) -> list[str]:
+        checks.append(str(query))
+        return real(query, documents)
+
+    monkeypatch.setattr(cross_encoder, "check_inputs", counting)
+    monkeypatch.setattr(service, "check_inputs", counting)
+    scorer, _ = counted
+    app = create_app(scorer, warmup=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+        answer = await client.post("/rerank", json={"query": "w1", "texts": DOCS})
+        blank = await client.post("/v1/rerank", json={"query": " ", "documents": []})
+    await app.state.batcher.stop()
+    assert answer.status_code == 200 and blank.status_code == 422
+    assert checks == ["w1", " "]
