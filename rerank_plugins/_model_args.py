@@ -2,8 +2,9 @@
 
 One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
 same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
-``--layer``/``--dim`` and ``--dialect``, with the same defaults and checks. It sits below
-the command line and the server (which both import it) and above ``loading``.
+``--layer``/``--dim``, ``--instruction`` and ``--dialect``, with the same defaults and
+checks. It sits below the command line and the server (which both import it) and above
+``loading``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _LOCAL_ONLY = {
     "max_length": "--max-length",
     "layer": "--layer",
     "dim": "--dim",
+    "instruction": "--instruction",
 }
 _REMOTE_ONLY = {"dialect": "--dialect"}
 
@@ -75,6 +77,12 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
     add("--layer", type=int, default=default(None), help="matryoshka models: exit layer")
     add("--dim", type=int, default=default(None), help="matryoshka models: head width")
     add(
+        "--instruction",
+        default=default(None),
+        help="decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2): the task instruction "
+        "(default: the model card's)",
+    )
+    add(
         "--dialect",
         default=default(None),
         help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score)",
@@ -104,6 +112,10 @@ def model_options(
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:
         options.update(
-            {n: getattr(args, n) for n in ("layer", "dim") if getattr(args, n, None) is not None}
+            {
+                n: getattr(args, n)
+                for n in ("layer", "dim", "instruction")
+                if getattr(args, n, None) is not None
+            }
         )
     return options

@@ -54,6 +54,12 @@ class CohereRerankRequest(_Request):
         description="extension: false refuses documents over the model's window (413) "
         "instead of truncating them",
     )
+    instruction: str | None = Field(
+        None,
+        description="decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2): the task instruction "
+        "for this request, in place of the model's default; refused (422) by a model that "
+        "takes none",
+    )
 
 
 class CohereResult(BaseModel):
@@ -97,6 +103,12 @@ class TEIRerankRequest(_Request):
         "Right", description="only right truncation (the document's end is cut)"
     )
     raw_scores: bool = Field(False, description="return logits instead of probabilities")
+    instruction: str | None = Field(
+        None,
+        description="decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2): the task instruction "
+        "for this request, in place of the model's default; refused (422) by a model that "
+        "takes none",
+    )
     return_text: bool = False
 
 

@@ -64,6 +64,7 @@ class Service:
         truncate: bool,
         max_document_tokens: int | None = None,
         raw: bool = False,
+        instruction: str | None = None,
     ) -> Outcome:
         """Scores of a request's groups through the batcher (cancelled if the client goes)."""
         n = sum(len(documents) for _, documents in groups)
@@ -78,6 +79,7 @@ class Service:
             truncate=truncate,
             max_document_tokens=max_document_tokens,
             raw=raw,
+            instruction=instruction,
         )
         scored = await _until_disconnect(request, ascore_groups(submitter, groups, concurrent=True))
         outcome = Outcome([s for group in scored for s in group])
@@ -124,8 +126,10 @@ class _Submitter:
         truncate: bool,
         max_document_tokens: int | None,
         raw: bool,
+        instruction: str | None = None,
     ) -> None:
         self.strategy = strategy
+        self.instruction = instruction
         self.batcher = batcher
         self.truncate = truncate
         self.max_document_tokens = max_document_tokens
@@ -143,6 +147,7 @@ class _Submitter:
             truncate=self.truncate,
             max_document_tokens=self.max_document_tokens,
             raw=self.raw,
+            instruction=self.instruction,
         )
         scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
         self.strategy.check(scores, truncate=self.truncate)

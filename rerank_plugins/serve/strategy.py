@@ -13,11 +13,12 @@ Two ways to drive a scorer, chosen by what it offers:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_plugins.errors import InputTooLongError
+from rerank_plugins.errors import InputTooLongError, InvalidInputError
 from rerank_plugins.scoring import (
     PairScorer,
     Score,
@@ -58,8 +59,12 @@ class Strategy:
         truncate: bool,
         max_document_tokens: int | None = None,
         raw: bool = False,
+        instruction: str | None = None,
     ) -> Prepared:
-        """Check and prepare one query's documents; raises like ``scorer.score``."""
+        """Check and prepare one query's documents; raises like ``scorer.score``.
+
+        ``instruction`` (decoder rerankers) replaces the scorer's default instruction; a
+        scorer whose ``score`` takes none refuses it with :class:`InvalidInputError`."""
         raise NotImplementedError
 
     def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
@@ -94,7 +99,9 @@ class PairStrategy(Strategy):
         truncate: bool,
         max_document_tokens: int | None = None,
         raw: bool = False,
+        instruction: str | None = None,
     ) -> Prepared:
+        _check_instruction(self.scorer, instruction)
         pairs = list(
             self.pair_scorer.encode_pairs(
                 query,
@@ -125,14 +132,53 @@ class GroupedStrategy(Strategy):
         truncate: bool,
         max_document_tokens: int | None = None,
         raw: bool = False,
+        instruction: str | None = None,
     ) -> Prepared:
         docs = check_inputs(query, documents)
+        _check_instruction(self.scorer, instruction)
         items = [(query, d) for d in docs]
-        return Prepared(items, [_estimate_tokens(query, d) for d in docs], key=None)
+        # Batched by instruction: a batch runs one instruction (one shared prompt prefix).
+        return Prepared(items, [_estimate_tokens(query, d) for d in docs], key=instruction)
 
     def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
-        scored = score_groups(self.scorer, [(query, [document]) for query, document in items])
+        scorer = self.scorer if key is None else _Instructed(self.scorer, str(key))
+        scored = score_groups(scorer, [(query, [document]) for query, document in items])
         return [group[0] for group in scored]
+
+
+def _takes_instruction(scorer: Scorer) -> bool:
+    try:
+        return "instruction" in inspect.signature(scorer.score).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
+
+
+def _check_instruction(scorer: Scorer, instruction: str | None) -> None:
+    if instruction is not None and not _takes_instruction(scorer):
+        raise InvalidInputError(
+            "this model takes no instruction (only decoder rerankers such as "
+            "Qwen3-Reranker and mxbai-rerank-v2 do); leave the instruction field out"
+        )
+
+
+class _Instructed:
+    """A scorer seen through one instruction (what :func:`score_groups` calls)."""
+
+    def __init__(self, scorer: Scorer, instruction: str) -> None:
+        self._scorer = scorer
+        self._instruction = instruction
+
+    def score(self, query: str, documents: Sequence[str]) -> list[Score]:
+        result: list[Score] = self._scorer.score(  # type: ignore[call-arg]
+            query, documents, instruction=self._instruction
+        )
+        return result
+
+    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
+        result: list[Score] = await self._scorer.ascore(  # type: ignore[call-arg]
+            query, documents, instruction=self._instruction
+        )
+        return result
 
 
 def strategy_for(scorer: Scorer) -> Strategy:
