@@ -372,3 +372,23 @@ class TestQwen3DecoderNoPrefixCache(ScorerContract):
 def test_scores_are_finite_probabilities(qwen3_dir: Path, docs: list[str]) -> None:
     scores = DecoderScorer(qwen3_dir, device="cpu").score(QUERY, docs)
     assert all(0.0 < s.value < 1.0 and math.isfinite(s.value) for s in scores)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "features", "tolerance"), [("int8", "INT8", 0.05), ("bfloat16", "BF16", 0.05)]
+)
+def test_cpu_modes_stay_close_to_float32(
+    qwen3_dir: Path, dtype: str, features: str, tolerance: float
+) -> None:
+    from rerank_plugins.local.engine import precision
+
+    if not precision.cpu_features() & getattr(precision, f"{features}_FEATURES"):
+        pytest.skip(f"this CPU has no native {dtype}")
+    docs = long_tailed(random.Random(31))
+    fp32 = [s.value for s in DecoderScorer(qwen3_dir, device="cpu").score(QUERY, docs)]
+    fast = DecoderScorer(qwen3_dir, device="cpu", dtype=dtype)
+    assert fast.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+    int8 = [m for m in fast.model.trunk.modules() if isinstance(m, precision.Int8DynamicLinear)]
+    assert len(int8) == (2 * 7 if dtype == "int8" else 0)  # 2 layers x 7 projections
+    values = [s.value for s in fast.score(QUERY, docs)]
+    assert max(abs(a - b) for a, b in zip(values, fp32, strict=True)) <= tolerance
