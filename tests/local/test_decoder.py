@@ -392,3 +392,31 @@ def test_cpu_modes_stay_close_to_float32(
     assert len(int8) == (2 * 7 if dtype == "int8" else 0)  # 2 layers x 7 projections
     values = [s.value for s in fast.score(QUERY, docs)]
     assert max(abs(a - b) for a, b in zip(values, fp32, strict=True)) <= tolerance
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"num_key_value_heads": 3}, "CheckpointError", "not a multiple"),
+        ({"head_dim": 0}, "CheckpointError", "head_dim"),
+        ({"model_type": "llama"}, "UnsupportedModelError", "not a Qwen2/Qwen3 config"),
+        ({"use_sliding_window": True}, "UnsupportedModelError", "use_sliding_window"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "UnsupportedModelError", "yarn"),
+        ({"tie_word_embeddings": False}, "UnsupportedModelError", "no lm_head.weight"),
+        ({"attention_bias": True}, "UnsupportedModelError", "lacks"),
+    ],
+)
+def test_broken_or_unsupported_configs_raise_typed_errors(
+    qwen3_dir: Path, tmp_path: Path, change: dict[str, object], error: str, message: str
+) -> None:
+    import json
+    import shutil
+
+    import rerank_plugins.errors as errors
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(qwen3_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(getattr(errors, error), match=message):
+        load_scorer(copy, device="cpu", cache=False)
