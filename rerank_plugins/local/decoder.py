@@ -214,7 +214,9 @@ class DecoderScorer(Rebuildable):
         jobs: list[tuple[list[int], int]] = []  # (indices, context length)
         lengths = [len(pair.ids) - p for pair in pairs]
         for group, context in ((cached, p), (whole, 0)):
-            sizes = [lengths[i] if context else len(pairs[i].ids) for i in group]
+            # A continuing document costs its own tokens plus the context keys it reads
+            # (the attention gathers them per document): the budget bounds that memory too.
+            sizes = [lengths[i] + context if context else len(pairs[i].ids) for i in group]
             for batch in token_budget_batches(sizes, max_tokens=self.batch_tokens, padded=False):
                 jobs.append(([group[b] for b in batch], context))
         progress = BatchProgress(
