@@ -243,6 +243,7 @@ VOCAB_COLUMNS = [
     Column("workload", "workload", 30, "", left=True),
     Column("engine", "engine", 22, "", left=True),
     Column("seconds", "seconds", 9, ".2f"),
+    Column("cpu_seconds", "cpu-s", 9, ".2f"),
     Column("peak_bytes", "peak RSS", 10, harness.fmt_bytes),
 ]
 
