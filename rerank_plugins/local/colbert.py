@@ -72,10 +72,10 @@ from rerank_plugins.local.checkpoint import (
     resolve_checkpoint,
 )
 from rerank_plugins.local.detect import is_colbert_checkpoint
-from rerank_plugins.local.engine.attention import pack_sequences
+from rerank_plugins.local.engine.batching import token_budget_batches
 from rerank_plugins.local.engine.device import pick_device, pick_dtype
 from rerank_plugins.local.engine.modernbert import ModernBertTrunk, activation, load_modernbert
-from rerank_plugins.local.engine.packing import token_budget_batches
+from rerank_plugins.local.engine.packing import pack_sequences
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.maxsim import Reduce, maxsim_many
 from rerank_plugins.local.progress import BatchProgress, check_show_progress

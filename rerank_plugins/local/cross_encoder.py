@@ -17,8 +17,8 @@ from rerank_plugins.local.checkpoint import (
     read_json,
     resolve_checkpoint,
 )
+from rerank_plugins.local.engine.batching import token_budget_batches
 from rerank_plugins.local.engine.device import default_batch_tokens, pick_device, pick_mode
-from rerank_plugins.local.engine.packing import token_budget_batches
 from rerank_plugins.local.progress import BatchProgress, check_show_progress
 from rerank_plugins.local.tokenization import EncodedPair, PairEncoder
 from rerank_plugins.local.weights import checkpoint_key, shared_weights

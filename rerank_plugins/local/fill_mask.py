@@ -139,7 +139,7 @@ def top_predictions(
     copies are the two results at the end.
     """
     torch = require("torch")
-    from rerank_plugins.local.engine.attention import pack_sequences
+    from rerank_plugins.local.engine.packing import pack_sequences
 
     batch = pack_sequences(ids, device)
     flat = (t for seq in ids for t in seq)

@@ -38,7 +38,6 @@ from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import guard_checkpoint_init, read_json
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer, Output
-from rerank_plugins.local.engine.attention import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.modernbert import (
     ModernBert,
     ModernBertSpec,
@@ -46,6 +45,7 @@ from rerank_plugins.local.engine.modernbert import (
     load_modernbert,
     mean_pool,
 )
+from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.tokenization import EncodedPair
 from rerank_plugins.scoring import OverflowPolicy
 

@@ -29,7 +29,7 @@ from rerank_plugins.local.colbert import (
     encode_keys_limited,
 )
 from rerank_plugins.local.detect import detect_kind
-from rerank_plugins.local.engine.attention import pack_sequences
+from rerank_plugins.local.engine.packing import pack_sequences
 from rerank_plugins.local.maxsim import maxsim, maxsim_many, pad_vectors
 from rerank_plugins.testing import make_colbert_checkpoint, make_modernbert_checkpoint, random_text
 from tests.conftest import FIXTURES

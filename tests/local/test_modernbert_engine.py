@@ -20,13 +20,13 @@ from safetensors.torch import load_file, save_file
 from rerank_plugins import InputTooLongError, load_scorer
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer
-from rerank_plugins.local.engine.attention import pack_sequences
 from rerank_plugins.local.engine.hf import TransformersPairClassifier
 from rerank_plugins.local.engine.modernbert import (
     ModernBertPairClassifier,
     ModernBertSpec,
     load_modernbert,
 )
+from rerank_plugins.local.engine.packing import pack_sequences
 from rerank_plugins.local.fill_mask import FillMask
 from rerank_plugins.testing import make_modernbert_checkpoint, random_text
 from tests.conftest import FIXTURES

@@ -34,12 +34,8 @@ from torch import nn
 
 from rerank_plugins.errors import CheckpointError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import config_float, config_int, load_state_dict, read_json
-from rerank_plugins.local.engine.attention import (
-    PackedBatch,
-    attention,
-    choose_backend,
-    pack_sequences,
-)
+from rerank_plugins.local.engine.attention import attention, choose_backend
+from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.precision import quantize_linears
 from rerank_plugins.local.engine.rope import (
     apply_rotary,

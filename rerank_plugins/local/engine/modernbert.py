@@ -4,7 +4,7 @@ Loads Hugging Face ModernBERT checkpoints straight from safetensors, in any of t
 layouts (``ModernBertForSequenceClassification``, ``ModernBertForMaskedLM`` with
 ``model.``-prefixed keys, bare ``ModernBertModel`` without), and reproduces transformers'
 forward on packed variable-length batches
-(:class:`~rerank_plugins.local.engine.attention.PackedBatch`):
+(:class:`~rerank_plugins.local.engine.packing.PackedBatch`):
 
 - pre-norm layers without biases (unless the config asks for them), LayerNorm eps
   ``norm_eps``; layer 0 has no ``attn_norm``;
@@ -43,12 +43,11 @@ from rerank_plugins.errors import CheckpointError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import config_float, config_int, load_state_dict, read_json
 from rerank_plugins.local.engine.attention import (
     Backends,
-    PackedBatch,
     attention,
     choose_backends,
     contiguous,
-    pack_sequences,
 )
+from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.precision import quantize_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.tokenization import EncodedPair
