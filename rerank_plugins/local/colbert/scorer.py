@@ -1,65 +1,17 @@
-"""Late-interaction scorer for PyLate ColBERT checkpoints (first of all GTE-ModernColBERT-v1).
-
-The checkpoint layout is PyLate's (a sentence-transformers layout): ``modules.json`` lists
-a Transformer at the root (a bare ModernBERT: ``config.json`` + ``*.safetensors``) and one
-or more ``pylate.models.Dense.Dense`` projections (``1_Dense/config.json`` +
-``1_Dense/model.safetensors``: ``linear.weight``, optional ``linear.bias``, the
-``activation_function`` by name); ``config_sentence_transformers.json`` holds the
-prefixes, ``query_length``, ``document_length``, ``skiplist_words``,
-``do_query_expansion`` and ``attend_to_expansion_tokens``; ``sentence_bert_config.json``
-holds ``do_lower_case``.
-
-Encoding follows ``pylate.models.ColBERT`` (1.6) token for token:
-
-- text is stripped (and lower-cased when ``do_lower_case``), tokenised with the
-  checkpoint's tokenizer into ``[CLS] … [SEP]`` of at most ``length - 1`` tokens, then the
-  prefix token (``"[Q] "`` / ``"[D] "``, looked up in the vocabulary) is inserted after the
-  first token: ``[CLS] [Q] … [SEP]`` holds at most ``query_length`` tokens and
-  ``[CLS] [D] … [SEP]`` at most ``document_length``;
-- with ``do_query_expansion`` the query is padded with ``[MASK]`` to ``query_length``; the
-  expansion tokens get vectors of their own and count in MaxSim; unless
-  ``attend_to_expansion_tokens`` no token attends to them (they attend to the real ones);
-- token vectors: trunk → every Dense (``activation(linear(x))``) → L2 normalisation;
-- documents drop the tokens whose id is a ``skiplist_words`` entry (punctuation by
-  default; a word missing from the vocabulary maps to ``[UNK]`` as in transformers'
-  ``convert_tokens_to_ids``); queries keep every token.
-
-Where we differ from PyLate on purpose:
-
-- MaxSim never lets padding win. PyLate's ``rank.rerank`` zero-pads the candidates'
-  vectors to a common length without a mask, so a query token whose real similarities are
-  all negative gets 0 from a padding slot (documents shorter than the longest candidate
-  score higher than they should). We score each document over its own tokens only;
-  :func:`rerank_plugins.local.maxsim.maxsim` without a mask reproduces PyLate's numbers.
-- Documents are packed (no padding tokens) and batched by a token budget; PyLate pads
-  batches of 32. The maths per document is the same.
-- ``document_length`` may be raised up to the trunk's window to score long documents
-  whole (PyLate accepts it too, but the model was trained at the configured length).
-- An expansion token farther than a local layer's window from every real token has no
-  key to attend to. We define its attention output as zero, which is what transformers'
-  sdpa path (PyLate's default) computes; its eager path differs. (GTE-ModernColBERT does
-  no query expansion, and ±64-token windows cover its 48-token queries anyway.)
-
-Document vectors can be cached (:class:`DocumentVectorCache`, on by default): reranking the
-same candidates for many queries then encodes each document once.
-"""
+"""The late-interaction scorer (:class:`ColBERTScorer`); the package docstring says how
+it follows PyLate and where it differs."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
-import string
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rerank_plugins._options import Rebuildable, checked_options
@@ -71,12 +23,18 @@ from rerank_plugins.local.checkpoint import (
     read_json,
     resolve_checkpoint,
 )
+from rerank_plugins.local.colbert.encoder import ColBERTEncoder, filled
+from rerank_plugins.local.colbert.projection import DenseProjection, load_projection
+from rerank_plugins.local.colbert.settings import ColBERTSettings
+from rerank_plugins.local.colbert.vectors import (
+    DEFAULT_CACHE_BYTES,
+    DocumentVectorCache,
+    TokenVectors,
+)
 from rerank_plugins.local.detect import is_colbert_checkpoint
 from rerank_plugins.local.engine.batching import token_budget_batches
 from rerank_plugins.local.engine.device import pick_device, pick_dtype
-from rerank_plugins.local.engine.modernbert import ModernBertTrunk, activation, load_modernbert
-from rerank_plugins.local.engine.packing import pack_sequences
-from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
+from rerank_plugins.local.engine.modernbert import ModernBertTrunk, load_modernbert
 from rerank_plugins.local.maxsim import Reduce, maxsim_many
 from rerank_plugins.local.progress import BatchProgress, check_show_progress
 from rerank_plugins.local.weights import checkpoint_key, shared_weights
@@ -86,263 +44,11 @@ from rerank_plugins.scoring import OverflowPolicy, Score, check_documents, check
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-__all__ = [
-    "DEFAULT_CACHE_BYTES",
-    "ColBERTEncoder",
-    "ColBERTScorer",
-    "ColBERTSettings",
-    "DenseProjection",
-    "DocumentVectorCache",
-    "TokenVectors",
-    "load_projection",
-]
+__all__ = ["ColBERTScorer"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CACHE_BYTES = 256 * 2**20
-"""Default bound of a scorer's document-vector cache: 256 MiB (about 1,700 documents of
-300 tokens at 128 fp32 values per token)."""
-
 _POLICIES = ("truncate", "error")
-_DENSE_TYPES = frozenset(
-    {
-        "pylate.models.Dense.Dense",
-        "pylate.models.Dense",
-        "sentence_transformers.models.Dense",
-        "sentence_transformers.models.Dense.Dense",
-    }
-)
-# Activations by the names sentence-transformers writes (never imported by name).
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "torch.nn.modules.linear.Identity": lambda x: x,
-    "torch.nn.modules.activation.Tanh": torch.tanh,
-    "torch.nn.modules.activation.ReLU": F.relu,
-    "torch.nn.modules.activation.GELU": F.gelu,
-    "torch.nn.modules.activation.Sigmoid": torch.sigmoid,
-    "torch.nn.modules.activation.SiLU": F.silu,
-}
-
-
-def _read_modules(directory: Path) -> list[dict[str, Any]]:
-    path = directory / "modules.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UnsupportedModelError(f"{path} is not readable JSON: {exc}") from exc
-    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
-        raise UnsupportedModelError(f"{path} is not a list of modules")
-    return sorted(data, key=lambda e: int(e.get("idx", 0)))
-
-
-@dataclass(frozen=True)
-class ColBERTSettings:
-    """How a checkpoint encodes text, from ``config_sentence_transformers.json`` and
-    ``sentence_bert_config.json`` (PyLate's defaults for keys they lack)."""
-
-    query_prefix: str = "[Q] "
-    document_prefix: str = "[D] "
-    query_length: int = 32
-    document_length: int = 180
-    do_query_expansion: bool = True
-    attend_to_expansion_tokens: bool = False
-    skiplist_words: tuple[str, ...] = tuple(string.punctuation)
-    do_lower_case: bool = False
-
-    @classmethod
-    def from_directory(cls, directory: Path) -> ColBERTSettings:
-        st_path = directory / "config_sentence_transformers.json"
-        st = read_json(st_path) if st_path.is_file() else {}
-        sbert_path = directory / "sentence_bert_config.json"
-        sbert = read_json(sbert_path) if sbert_path.is_file() else {}
-        d = cls()
-
-        def pick(key: str, default: Any) -> Any:
-            value = st.get(key)
-            return default if value is None else value
-
-        expansion = bool(pick("do_query_expansion", d.do_query_expansion))
-        settings = cls(
-            query_prefix=str(pick("query_prefix", d.query_prefix)),
-            document_prefix=str(pick("document_prefix", d.document_prefix)),
-            query_length=int(pick("query_length", d.query_length)),
-            document_length=int(pick("document_length", d.document_length)),
-            do_query_expansion=expansion,
-            # PyLate: without expansion there is nothing to attend to.
-            attend_to_expansion_tokens=expansion
-            and bool(pick("attend_to_expansion_tokens", d.attend_to_expansion_tokens)),
-            skiplist_words=tuple(str(w) for w in pick("skiplist_words", d.skiplist_words)),
-            do_lower_case=bool(sbert.get("do_lower_case", False)),
-        )
-        if settings.query_length < 4 or settings.document_length < 4:
-            raise UnsupportedModelError(
-                f"{st_path}: query_length and document_length must be at least 4"
-            )
-        return settings
-
-
-@dataclass(frozen=True, eq=False)
-class TokenVectors:
-    """The token vectors of one encoded text.
-
-    ``vectors`` is fp32 ``[n, dim]``, L2-normalised rows, on the scorer's device (for a
-    document: its tokens minus the skiplist; for a query: every token, expansion tokens
-    included). ``tokens`` is the length of the sequence the encoder saw (prefix and
-    special tokens included) and ``truncated`` whether the text was cut to fit it.
-    """
-
-    vectors: torch.Tensor
-    tokens: int
-    truncated: bool
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.vectors.numel() * self.vectors.element_size())
-
-
-class DocumentVectorCache:
-    """A bounded, thread-safe LRU cache of document :class:`TokenVectors`.
-
-    Size is the bytes of the stored vectors, at most ``max_bytes``: storing an entry first
-    evicts the least recently used ones (a hit refreshes an entry) until it fits; an entry
-    larger than ``max_bytes`` is not stored. Keys are built by the scorer from the model
-    (checkpoint, device, dtype, prefix, skiplist), the document length settings and a
-    fixed-size digest of the document text (never the text itself), so one cache can be
-    shared by several scorers. Vectors live on the scorer's device (GPU memory on CUDA).
-    ``hits``, ``misses`` and ``evictions`` count what happened since creation or :meth:`clear`.
-    """
-
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        if max_bytes < 0:
-            raise InvalidInputError(f"max_bytes must be non-negative, got {max_bytes}")
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[Hashable, TokenVectors] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-        self.evictions = 0
-
-    def get(self, key: Hashable) -> TokenVectors | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return entry
-
-    def put(self, key: Hashable, value: TokenVectors) -> None:
-        size = value.nbytes
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            if size > self.max_bytes:
-                return
-            while self._entries and self._bytes + size > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= evicted.nbytes
-                self.evictions += 1
-            self._entries[key] = value
-            self._bytes += size
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
-            self.hits = self.misses = self.evictions = 0
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of vectors held now."""
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._entries
-
-    def __repr__(self) -> str:
-        return (
-            f"DocumentVectorCache(entries={len(self)}, nbytes={self._bytes}, "
-            f"max_bytes={self.max_bytes})"
-        )
-
-
-class DenseProjection(nn.Module):
-    """PyLate's ``Dense``: ``activation(linear(x))`` (+ ``residual(x)`` or ``x`` when the
-    config asks for a residual). ``x [T, in]`` → ``[T, out]``."""
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        super().__init__()
-        self.in_features = int(config["in_features"])
-        self.out_features = int(config["out_features"])
-        name = str(config.get("activation_function", "torch.nn.modules.linear.Identity"))
-        if name not in _ACTIVATIONS:
-            raise UnsupportedModelError(
-                f"Dense activation {name!r} is not supported; use one of {sorted(_ACTIVATIONS)}"
-            )
-        self.activation_name = name
-        self._act = _ACTIVATIONS[name]
-        self.linear = nn.Linear(self.in_features, self.out_features, bias=bool(config.get("bias")))
-        self.use_residual = bool(config.get("use_residual", False))
-        self.residual: nn.Linear | None = None
-        if self.use_residual and self.in_features != self.out_features:
-            self.residual = nn.Linear(self.in_features, self.out_features, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._act(self.linear(x))
-        if self.use_residual:
-            out = out + (x if self.residual is None else self.residual(x))
-        return out
-
-
-def load_projection(directory: Path, *, device: torch.device) -> nn.Sequential:
-    """The chain of Dense modules that ``modules.json`` lists after the root Transformer,
-    in fp32 on ``device``. Other module types are skipped, as PyLate skips them."""
-    from rerank_plugins._imports import require
-
-    st = require("safetensors.torch")
-    entries = _read_modules(directory)
-    if not entries or entries[0].get("path", "") not in ("", "."):
-        raise UnsupportedModelError(
-            f"{directory}/modules.json does not start with the Transformer at the root"
-        )
-    layers: list[nn.Module] = []
-    for entry in entries[1:]:
-        kind = str(entry.get("type", ""))
-        if kind not in _DENSE_TYPES:
-            logger.warning("skipping module %r (%s): PyLate keeps only Dense modules", entry, kind)
-            continue
-        folder = directory / str(entry.get("path", ""))
-        weights = folder / "model.safetensors"
-        if not weights.is_file():
-            raise UnsupportedModelError(
-                f"{folder} has no model.safetensors (pickled weights are not loaded)"
-            )
-        state = st.load_file(str(weights), device="cpu")
-        try:
-            dense = build_dense(read_json(folder / "config.json"), state, device=device)
-        except RuntimeError as exc:
-            raise UnsupportedModelError(f"{weights} does not match its config.json: {exc}") from exc
-        layers.append(dense)
-    if not layers:
-        raise UnsupportedModelError(f"{directory}/modules.json lists no Dense projection")
-    return nn.Sequential(*layers).eval()
-
-
-def build_dense(
-    config: Mapping[str, Any], state: Mapping[str, torch.Tensor], *, device: torch.device
-) -> DenseProjection:
-    """A fp32 :class:`DenseProjection` on ``device`` from its config and state dict (the
-    tensors move first, then the ``meta``-built module takes them over)."""
-    with torch.device("meta"):
-        dense = DenseProjection(config)
-    placed = {k: v.to(device=device, dtype=torch.float32) for k, v in state.items()}
-    dense.load_state_dict(placed, strict=True, assign=True)
-    return dense
 
 
 @dataclass(frozen=True)
@@ -700,7 +406,7 @@ class ColBERTScorer(Rebuildable):
                     self.cache.put(self._cache_key(length, text), entry)
                 for i in todo[text]:
                     out[i] = entry
-        return _filled(out)
+        return filled(out)
 
     def _cache_key(self, length: int, text: str) -> Hashable:
         # A fixed-size digest, not the text: the cache bounds vector bytes, and keys holding
@@ -763,119 +469,3 @@ class ColBERTScorer(Rebuildable):
             f"query_length={self.query_length}, document_length={self.document_length}, "
             f"reduce={self.reduce!r})"
         )
-
-
-class ColBERTEncoder:
-    """Token ids → L2-normalised token vectors: trunk → projection → normalisation.
-
-    The device half of :class:`ColBERTScorer`, kept apart from tokenisation and caching so
-    that it can be built from modules on any device (CI traces it on a fake CUDA device).
-    Nothing is read back from the device: vectors stay there, and which tokens a document
-    keeps is decided on the host from its ids.
-    """
-
-    def __init__(
-        self,
-        trunk: ModernBertTrunk,
-        projection: nn.Module,
-        *,
-        skiplist_ids: frozenset[int],
-        device: torch.device,
-    ) -> None:
-        self.trunk = trunk
-        self.projection = projection
-        self.skiplist_ids = skiplist_ids
-        self.device = device
-
-    def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[T, hidden]`` → fp32 ``[T, dim]`` unit vectors."""
-        return F.normalize(self.projection(hidden.float()), p=2, dim=-1)
-
-    @torch.inference_mode()
-    def documents(
-        self,
-        ids: Sequence[Sequence[int]],
-        *,
-        batch_tokens: int,
-        progress: Callable[[int], object] | None = None,
-    ) -> list[torch.Tensor]:
-        """Each document's vectors ``[n_i, dim]`` (skiplist tokens dropped), input order;
-        ``progress(tokens)`` is called after each batch."""
-        out: list[torch.Tensor | None] = [None] * len(ids)
-        batches = token_budget_batches([len(i) for i in ids], max_tokens=batch_tokens, padded=False)
-        skip = self.skiplist_ids
-        for batch in batches:
-            packed = pack_sequences([ids[i] for i in batch], self.device)
-            vectors = self.project(self.trunk.encode(packed))
-            # Kept tokens are chosen on the host (a device boolean mask would sync).
-            kept = [j for j, t in enumerate(t for i in batch for t in ids[i]) if t not in skip]
-            counts = [sum(t not in skip for t in ids[i]) for i in batch]
-            index = torch.tensor(kept, dtype=torch.long).to(self.device, non_blocking=True)
-            parts = vectors.index_select(0, index).split(counts)
-            for i, part in zip(batch, parts, strict=True):
-                out[i] = part.clone()  # its own storage: a cached entry holds only its rows
-            if progress is not None:
-                progress(sum(packed.lengths))  # tokens done (a progress bar)
-        return _filled(out)
-
-    @torch.inference_mode()
-    def query(self, ids: Sequence[int], *, keys: int | None = None) -> torch.Tensor:
-        """The query's vectors ``[len(ids), dim]``; with ``keys=n`` every token attends
-        only to the first ``n`` tokens (query expansion without attending to it)."""
-        if keys is None or keys >= len(ids):
-            hidden = self.trunk.encode(pack_sequences([ids], self.device))
-        else:
-            tensor = torch.tensor(list(ids), dtype=torch.long).to(self.device)
-            hidden = encode_keys_limited(self.trunk, tensor, keys)
-        return self.project(hidden)
-
-
-def _filled(items: list[Any]) -> list[Any]:
-    missing = [i for i, v in enumerate(items) if v is None]
-    if missing:
-        raise AssertionError(f"no result at {missing}")  # every index is filled above
-    return items
-
-
-def encode_keys_limited(trunk: ModernBertTrunk, ids: torch.Tensor, n_keys: int) -> torch.Tensor:
-    """The trunk's forward over one sequence ``ids [L]`` in which every token attends only to
-    the first ``n_keys`` tokens (within its layer's window) → hidden states ``[L, hidden]``.
-
-    This is ColBERT's query expansion without ``attend_to_expansion_tokens``: the real
-    tokens never see the ``[MASK]`` padding, the padding sees the real tokens. The packed
-    engine has no such asymmetric mask, and queries are a few dozen tokens, so this runs
-    the same layer maths (as :meth:`ModernBertTrunk.encode_exits`) with a dense ``[L, L]``
-    mask. A row with no visible key gets a zero attention output.
-    """
-    spec = trunk.spec
-    length = int(ids.shape[0])
-    heads, head_dim = spec.num_heads, spec.head_dim
-    positions = torch.arange(length, device=ids.device)
-    distance = (positions.unsqueeze(1) - positions.unsqueeze(0)).abs()
-    keys = (positions < n_keys).unsqueeze(0)
-    act = activation(spec.hidden_activation)
-    x = trunk.embeddings.norm(trunk.embeddings.tok_embeddings(ids))
-    tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
-    for i, layer in enumerate(trunk.layers):
-        layer_: Any = layer
-        theta, window = spec.thetas[i], spec.windows[i]
-        if theta not in tables:
-            tables[theta] = rotary_cos_sin(default_inv_freq(head_dim, theta), positions)
-        cos, sin = tables[theta]
-        allowed = keys if window is None else keys & (distance <= window)
-        allowed = allowed.expand(length, length)
-        h = x if layer_.attn_norm is None else layer_.attn_norm(x)
-        q, k, v = layer_.attn.Wqkv(h).view(length, 3, heads, head_dim).unbind(1)
-        a = F.scaled_dot_product_attention(
-            apply_rotary(q, cos, sin).transpose(0, 1),
-            apply_rotary(k, cos, sin).transpose(0, 1),
-            v.transpose(0, 1),
-            attn_mask=allowed.unsqueeze(0),
-            scale=head_dim**-0.5,
-        )  # [H, L, D]
-        a = torch.where(allowed.any(dim=-1).view(1, length, 1), a, 0.0)
-        x = x + layer_.attn.Wo(a.transpose(0, 1).reshape(length, spec.hidden_size))
-        gate_in, gate = layer_.mlp.Wi(layer_.mlp_norm(x)).chunk(2, dim=-1)
-        x = x + layer_.mlp.Wo(act(gate_in) * gate)
-    out: torch.Tensor = trunk.final_norm(x)
-    return out
