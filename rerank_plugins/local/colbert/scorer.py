@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from rerank_plugins._options import Rebuildable, checked_options
+from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
+from rerank_plugins.local.base import LocalScorer
 from rerank_plugins.local.checkpoint import (
-    HUB_OPTIONS,
     guard_checkpoint_init,
     load_tokenizer,
     read_json,
-    resolve_checkpoint,
 )
 from rerank_plugins.local.colbert.encoder import ColBERTEncoder, filled
 from rerank_plugins.local.colbert.projection import DenseProjection, load_projection
@@ -33,12 +32,10 @@ from rerank_plugins.local.colbert.vectors import (
 )
 from rerank_plugins.local.detect import is_colbert_checkpoint
 from rerank_plugins.local.engine.batching import token_budget_batches
-from rerank_plugins.local.engine.device import pick_device, pick_dtype
 from rerank_plugins.local.engine.modernbert import ModernBertTrunk, load_modernbert
 from rerank_plugins.local.maxsim import Reduce, maxsim_many
-from rerank_plugins.local.progress import BatchProgress, check_show_progress
-from rerank_plugins.local.weights import checkpoint_key, shared_weights
-from rerank_plugins.local.worker import LocalWorker
+from rerank_plugins.local.options import LocalOptions
+from rerank_plugins.local.progress import BatchProgress
 from rerank_plugins.scoring import OverflowPolicy, Score, check_documents, check_inputs
 
 if TYPE_CHECKING:
@@ -47,8 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["ColBERTScorer"]
 
 logger = logging.getLogger(__name__)
-
-_POLICIES = ("truncate", "error")
 
 
 @dataclass(frozen=True)
@@ -66,7 +61,7 @@ class _ColBERTWeights:
         self.projection = projection
 
 
-class ColBERTScorer(Rebuildable):
+class ColBERTScorer(LocalScorer):
     """Scores documents with a PyLate ColBERT checkpoint: MaxSim over token vectors.
 
     ``model`` is a hub id or a local directory in PyLate's layout with a ModernBERT trunk
@@ -79,7 +74,7 @@ class ColBERTScorer(Rebuildable):
     and MaxSim are fp32), ``document_length`` (default: the checkpoint's; up to the trunk's
     window, for long documents; ``max_length`` is an alias), ``query_length``, ``overflow``
     ("truncate": cut and flag, or "error"), ``batch_tokens`` (token budget per forward;
-    default 4,096 on the CPU, 32,768 on a GPU),
+    default :func:`~rerank_plugins.local.engine.device.default_batch_tokens` of the device),
     ``cache`` (a :class:`DocumentVectorCache` to use or share, its size in bytes, or
     ``None``/0 for none; default 256 MiB; ``False`` also turns off weight sharing),
     ``show_progress`` (a tqdm bar over document batches: False, True, or None for "when
@@ -89,6 +84,8 @@ class ColBERTScorer(Rebuildable):
     ``local_files_only``, ``token`` (default ``$HF_TOKEN``). Pickling or deep-copying
     re-creates the scorer from its checkpoint directory (with an empty vector cache).
     """
+
+    worker_name = "rerank-colbert"
 
     @checked_options
     @guard_checkpoint_init
@@ -112,26 +109,27 @@ class ColBERTScorer(Rebuildable):
         token: str | SecretStr | None = None,
         show_progress: bool | None = False,
     ) -> None:
-        if overflow not in _POLICIES:
-            raise InvalidInputError(f"overflow must be one of {_POLICIES}, got {overflow!r}")
         if reduce not in ("sum", "mean"):
             raise InvalidInputError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-        if batch_tokens is not None and batch_tokens <= 0:
-            raise InvalidInputError(f"batch_tokens must be positive, got {batch_tokens}")
         if document_length is not None and max_length is not None:
             raise InvalidInputError("pass document_length or its alias max_length, not both")
-        self.show_progress = check_show_progress(show_progress)
-        self.directory = resolve_checkpoint(
-            model,
+        options = LocalOptions(
+            device=device,
+            dtype=dtype,
+            max_length=document_length if document_length is not None else max_length,
+            overflow=overflow,
+            batch_tokens=batch_tokens,
+            backend=backend,
+            show_progress=show_progress,
+            cache=cache is not False,
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             token=token,
         )
-        self.name = str(model)
-        if not is_colbert_checkpoint(self.directory):
-            raise UnsupportedModelError(f"{self.name} is not a PyLate ColBERT checkpoint")
-        self.config = read_json(self.directory / "config.json")
+        self.overflow: OverflowPolicy = overflow
+        self.reduce: Reduce = reduce
+        self._open(model, options)
         if self.config.get("model_type") != "modernbert":
             raise UnsupportedModelError(
                 f"{self.name} has a {self.config.get('model_type')!r} trunk; the late-interaction "
@@ -144,19 +142,11 @@ class ColBERTScorer(Rebuildable):
             settings,
             document_length=self._clamp(
                 "document_length",
-                document_length if document_length is not None else max_length,
+                options.max_length,
                 settings.document_length,
             ),
             query_length=self._clamp("query_length", query_length, settings.query_length),
         )
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.overflow: OverflowPolicy = overflow
-        self.reduce: Reduce = reduce
-        if batch_tokens is None:
-            # Measured on CPU: 4K-token batches stay in cache (15-20% faster than 16K).
-            batch_tokens = 4096 if self.device.type == "cpu" else 32768
-        self.batch_tokens = batch_tokens
 
         self.tokenizer = load_tokenizer(self.directory)
         self._specials = self.tokenizer.num_special_tokens_to_add(is_pair=False)
@@ -167,8 +157,8 @@ class ColBERTScorer(Rebuildable):
         )
         self.expansion_id = self._expansion_id() if self.settings.do_query_expansion else None
 
-        self._weights = shared_weights(
-            (ColBERTScorer, backend, checkpoint_key(self.directory), str(self.device), self.dtype),
+        self._weights = self._shared_weights(
+            (ColBERTScorer, backend),
             lambda: _ColBERTWeights(
                 load_modernbert(
                     self.directory,
@@ -179,7 +169,6 @@ class ColBERTScorer(Rebuildable):
                 ).trunk,
                 load_projection(self.directory, device=self.device),
             ),
-            cache=cache is not False,
         )
         self.trunk: ModernBertTrunk = self._weights.trunk
         self.projection = self._weights.projection
@@ -203,20 +192,20 @@ class ColBERTScorer(Rebuildable):
         self._model_key = self._fingerprint()
         self._warned_documents = False
         self._warned_query = False
-        self._worker = LocalWorker("rerank-colbert")
 
     def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         # From the resolved directory (no download, no token); a fresh vector cache of the
         # same size, since a shared cache object is not meant to travel.
         args, kwargs = super()._rebuild_arguments()
-        for name in HUB_OPTIONS:
-            kwargs.pop(name, None)
-        kwargs.pop("model", None)
         if isinstance(kwargs.get("cache"), DocumentVectorCache):
             kwargs["cache"] = kwargs["cache"].max_bytes
-        return (str(self.directory), *args[1:]), kwargs
+        return args, kwargs
 
     # --- set-up helpers -----------------------------------------------------------------
+
+    def _check_directory(self) -> None:
+        if not is_colbert_checkpoint(self.directory):
+            raise UnsupportedModelError(f"{self.name} is not a PyLate ColBERT checkpoint")
 
     def _clamp(self, what: str, value: int | None, default: int) -> int:
         if value is None:
@@ -456,16 +445,10 @@ class ColBERTScorer(Rebuildable):
             for v, e in zip(values.tolist(), encoded, strict=True)
         ]
 
-    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
-        docs = check_inputs(query, documents)
-        if not docs:
-            return []
-        result: list[Score] = await self._worker.run(self.score, query, docs)
-        return result
-
-    def __repr__(self) -> str:
-        return (
-            f"ColBERTScorer(model={self.name!r}, device={str(self.device)!r}, "
-            f"query_length={self.query_length}, document_length={self.document_length}, "
-            f"reduce={self.reduce!r})"
-        )
+    def _repr_fields(self) -> dict[str, Any]:
+        return {
+            **super()._repr_fields(),
+            "query_length": self.query_length,
+            "document_length": self.document_length,
+            "reduce": self.reduce,
+        }

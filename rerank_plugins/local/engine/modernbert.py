@@ -544,31 +544,8 @@ class ModernBertPairClassifier:
 
     padded = False
 
-    def __init__(
-        self,
-        directory: Path,
-        *,
-        device: torch.device,
-        dtype: torch.dtype,
-        backend: str = "auto",
-        config: Mapping[str, Any] | None = None,
-        quantize: str | None = None,
-    ) -> None:
-        model = load_modernbert(
-            directory, device=device, dtype=dtype, backend=backend, config=config
-        )
-        if quantize == "int8":  # the trunk's linear layers only; heads stay fp32
-            quantize_linears(model.trunk.layers)
-        self._adopt(model, device, str(directory))
-
-    @classmethod
-    def from_model(cls, model: ModernBert, *, device: torch.device) -> ModernBertPairClassifier:
-        """Wrap an already built model (e.g. :func:`build_modernbert` from a state dict)."""
-        self = cls.__new__(cls)
-        self._adopt(model, device, "the model")
-        return self
-
-    def _adopt(self, model: ModernBert, device: torch.device, name: str) -> None:
+    def __init__(self, model: ModernBert, *, device: torch.device, name: str = "the model") -> None:
+        """Wrap a built model (e.g. :func:`build_modernbert` from a state dict) on ``device``."""
         if model.classifier is None:
             raise UnsupportedModelError(
                 f"{name} is a ModernBERT {model.layout} checkpoint without a "
@@ -577,6 +554,25 @@ class ModernBertPairClassifier:
         self.model = model
         self.device = device
         self.num_labels = int(model.classifier.out_features)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        directory: Path,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        backend: str = "auto",
+        config: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
+    ) -> ModernBertPairClassifier:
+        """Load a ``ModernBertForSequenceClassification`` checkpoint directory."""
+        model = load_modernbert(
+            directory, device=device, dtype=dtype, backend=backend, config=config
+        )
+        if quantize == "int8":  # the trunk's linear layers only; heads stay fp32
+            quantize_linears(model.trunk.layers)
+        return cls(model, device=device, name=str(directory))
 
     def logits(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
         packed = pack_sequences([p.ids for p in batch], self.device)
