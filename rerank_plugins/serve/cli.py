@@ -19,11 +19,13 @@ from rerank_plugins._model_args import add_model_options, is_remote, model_optio
 from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.wire import API_KEY_ENV
 
-__all__ = ["API_KEY_ENV", "add_serve_command", "default_batch_tokens", "run_server"]
+__all__ = ["API_KEY_ENV", "add_serve_command", "run_server"]
 
 logger = logging.getLogger(__name__)
 
-_CPU_BATCH_TOKENS = 16384  # TEI's default; on CPU a larger forward buys no throughput
+# The batcher's budget for a scorer that has no token budget of its own (a remote one):
+# TEI's default. A local scorer's budget is its own (scorer.batch_tokens).
+_REMOTE_BATCH_TOKENS = 16384
 
 
 def add_serve_command(commands: Any) -> argparse.ArgumentParser:
@@ -87,25 +89,10 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     return sv
 
 
-def default_batch_tokens(device: str | None) -> int:
-    """16384 on CPU (and for remote scorers); on CUDA 16384 per 10 GiB, up to 131072."""
-    if device is not None and not device.startswith(("auto", "cuda")):
-        return _CPU_BATCH_TOKENS
-    try:
-        import torch
-    except ImportError:
-        return _CPU_BATCH_TOKENS
-    if not torch.cuda.is_available():
-        return _CPU_BATCH_TOKENS
-    index = torch.device(device if device and device != "auto" else "cuda").index or 0
-    gib = torch.cuda.get_device_properties(index).total_memory / 2**30
-    return int(_CPU_BATCH_TOKENS * max(1, min(8, int(gib // 10))))
-
-
-def _model_options(args: argparse.Namespace, batch_tokens: int) -> dict[str, Any]:
+def _model_options(args: argparse.Namespace, batch_tokens: int | None) -> dict[str, Any]:
     # The budget bounds the batcher for any model; only a local scorer takes it too.
     options = model_options(argparse.Namespace(**{**vars(args), "batch_tokens": None}))
-    if not is_remote(args.model):
+    if batch_tokens is not None and not is_remote(args.model):
         options["batch_tokens"] = batch_tokens
     return options
 
@@ -164,13 +151,16 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, int]:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    batch_tokens = args.batch_tokens or default_batch_tokens(args.device)
-    options = _model_options(args, batch_tokens)
+    options = _model_options(args, args.batch_tokens)
     logger.info("loading %s", args.model)
     try:
         scorer = load_scorer(args.model, **options)
     except TypeError as exc:  # an option this kind of model does not take (e.g. --layer)
         raise InvalidInputError(f"{args.model}: {exc}") from exc
+    # One budget policy: the local scorer's own (its option, else its device's default).
+    batch_tokens = (
+        args.batch_tokens or getattr(scorer, "batch_tokens", None) or _REMOTE_BATCH_TOKENS
+    )
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(
