@@ -68,8 +68,9 @@ class CrossEncoderScorer(LocalScorer):
     ``max_length`` (default: the model's window, clamped to it), ``overflow`` ("truncate"
     or "error"), ``batch_tokens`` (token budget per forward; default
     :func:`~rerank_plugins.local.engine.device.default_batch_tokens`: 4,096 on CPU, 16,384
-    per 10 GiB of a CUDA card up to 131,072; read it back as ``scorer.batch_tokens``), ``backend`` (the native engine's attention: "auto", "varlen", "flex" or
-    "sdpa"), ``show_progress`` (a tqdm bar: False by default, True, or None for "when
+    per 10 GiB of a CUDA card up to 131,072; read it back as ``scorer.batch_tokens``),
+    ``backend`` (the native engine's attention: "auto", "varlen", "flex" or "sdpa"),
+    ``show_progress`` (a tqdm bar: False by default, True, or None for "when
     stderr is a terminal and the call is more than a few batches"), ``cache`` (share loaded
     weights with other scorers on the same checkpoint, device, dtype and mode; default
     True). Hub options, used for the download only: ``revision``, ``cache_dir``,
