@@ -27,7 +27,9 @@ __all__ = ["CrossEncoderScorer", "PairClassifier"]
 logger = logging.getLogger(__name__)
 
 Output = Literal["probability", "logit"]
-Engine = Literal["auto", "native", "transformers"]
+Runtime = Literal["auto", "native", "transformers"]
+"""What runs the model (the ``engine=`` option): "native" (``local/engine/``, the packed
+ModernBERT and GTE engines), "transformers", or "auto" (native where there is one)."""
 
 # Learned absolute positions of RoBERTa-family models start after the padding index.
 _POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"})
@@ -94,7 +96,7 @@ class CrossEncoderScorer(LocalScorer):
         overflow: OverflowPolicy = "truncate",
         output: Output = "probability",
         batch_tokens: int | None = None,
-        engine: Engine = "auto",
+        engine: Runtime = "auto",
         backend: str = "auto",
         revision: str | None = None,
         cache_dir: str | Path | None = None,
@@ -120,7 +122,7 @@ class CrossEncoderScorer(LocalScorer):
         self._setup(model, options, output=output, engine=engine)
 
     def _setup(
-        self, model: str | Path, options: LocalOptions, *, output: Output, engine: Engine
+        self, model: str | Path, options: LocalOptions, *, output: Output, engine: Runtime
     ) -> None:
         """Open the checkpoint and load (or share) the classifier; ``__init__`` of this
         class and its subclasses end here."""
@@ -159,7 +161,7 @@ class CrossEncoderScorer(LocalScorer):
         """What, beyond checkpoint, device and dtype, tells this scorer's loaded model apart."""
         return (CrossEncoderScorer, self.engine, self.backend)
 
-    def _load_classifier(self, engine: Engine) -> PairClassifier:
+    def _load_classifier(self, engine: Runtime) -> PairClassifier:
         if engine not in ("auto", "native", "transformers"):
             raise InvalidInputError(f"unknown engine {engine!r}")
         pad = self.config.get("pad_token_id")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,23 @@ class _Encoded:
     truncated: bool
 
 
+def _deprecated_vector_cache(
+    cache: DocumentVectorCache | int | None, vector_cache: DocumentVectorCache | int | None
+) -> DocumentVectorCache | int | None:
+    """``cache=<cache, size or None>``, the old spelling of ``vector_cache=``."""
+    if vector_cache is not DEFAULT_CACHE_BYTES:
+        raise InvalidInputError(
+            "pass vector_cache= only (cache= is the weight-sharing switch, True or False)"
+        )
+    warnings.warn(
+        "ColBERTScorer(cache=<DocumentVectorCache, size or None>) is deprecated; pass "
+        "vector_cache= (cache= is now the weight-sharing switch, True or False)",
+        DeprecationWarning,
+        stacklevel=5,
+    )
+    return cache
+
+
 class _ColBERTWeights:
     """Trunk and projection of one checkpoint: the unit shared through the weight cache."""
 
@@ -75,11 +93,12 @@ class ColBERTScorer(LocalScorer):
     window, for long documents; ``max_length`` is an alias), ``query_length``, ``overflow``
     ("truncate": cut and flag, or "error"), ``batch_tokens`` (token budget per forward;
     default :func:`~rerank_plugins.local.engine.device.default_batch_tokens` of the device),
-    ``cache`` (a :class:`DocumentVectorCache` to use or share, its size in bytes, or
-    ``None``/0 for none; default 256 MiB; ``False`` also turns off weight sharing),
+    ``vector_cache`` (a :class:`DocumentVectorCache` to use or share, its size in bytes,
+    or ``None``/0 for none; default 256 MiB), ``cache`` (share loaded weights with other
+    scorers on the same checkpoint, device and dtype; default True; passing a cache, a
+    size or ``None`` here is the deprecated spelling of ``vector_cache``),
     ``show_progress`` (a tqdm bar over document batches: False, True, or None for "when
     stderr is a terminal and the call is more than a few batches").
-    Loaded weights are shared with other scorers on the same checkpoint, device and dtype.
     Hub options, used for the download only: ``revision``, ``cache_dir``,
     ``local_files_only``, ``token`` (default ``$HF_TOKEN``). Pickling or deep-copying
     re-creates the scorer from its checkpoint directory (with an empty vector cache).
@@ -101,7 +120,8 @@ class ColBERTScorer(LocalScorer):
         overflow: OverflowPolicy = "truncate",
         reduce: Reduce = "sum",
         batch_tokens: int | None = None,
-        cache: DocumentVectorCache | int | None = DEFAULT_CACHE_BYTES,
+        vector_cache: DocumentVectorCache | int | None = DEFAULT_CACHE_BYTES,
+        cache: bool | DocumentVectorCache | int | None = True,
         backend: str = "auto",
         revision: str | None = None,
         cache_dir: str | Path | None = None,
@@ -113,6 +133,9 @@ class ColBERTScorer(LocalScorer):
             raise InvalidInputError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
         if document_length is not None and max_length is not None:
             raise InvalidInputError("pass document_length or its alias max_length, not both")
+        if not isinstance(cache, bool):
+            vector_cache = _deprecated_vector_cache(cache, vector_cache)
+            cache = True
         options = LocalOptions(
             device=device,
             dtype=dtype,
@@ -121,7 +144,7 @@ class ColBERTScorer(LocalScorer):
             batch_tokens=batch_tokens,
             backend=backend,
             show_progress=show_progress,
-            cache=cache is not False,
+            cache=cache,
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
@@ -183,12 +206,12 @@ class ColBERTScorer(LocalScorer):
             self.trunk, self.projection, skiplist_ids=self.skiplist_ids, device=self.device
         )
 
-        if isinstance(cache, DocumentVectorCache):
-            self.cache: DocumentVectorCache | None = cache
-        elif cache:
-            self.cache = DocumentVectorCache(int(cache))
+        if isinstance(vector_cache, DocumentVectorCache):
+            self.vector_cache: DocumentVectorCache | None = vector_cache
+        elif vector_cache:
+            self.vector_cache = DocumentVectorCache(int(vector_cache))
         else:
-            self.cache = None
+            self.vector_cache = None
         self._model_key = self._fingerprint()
         self._warned_documents = False
         self._warned_query = False
@@ -197,9 +220,21 @@ class ColBERTScorer(LocalScorer):
         # From the resolved directory (no download, no token); a fresh vector cache of the
         # same size, since a shared cache object is not meant to travel.
         args, kwargs = super()._rebuild_arguments()
-        if isinstance(kwargs.get("cache"), DocumentVectorCache):
-            kwargs["cache"] = kwargs["cache"].max_bytes
+        if "cache" in kwargs and not isinstance(kwargs["cache"], bool):  # the old spelling
+            kwargs["vector_cache"] = kwargs.pop("cache")
+        if isinstance(kwargs.get("vector_cache"), DocumentVectorCache):
+            kwargs["vector_cache"] = kwargs["vector_cache"].max_bytes
         return args, kwargs
+
+    @property
+    def cache(self) -> DocumentVectorCache | None:
+        """Deprecated name of :attr:`vector_cache` (``cache=`` now means weight sharing)."""
+        warnings.warn(
+            "ColBERTScorer.cache is deprecated; use ColBERTScorer.vector_cache",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.vector_cache
 
     # --- set-up helpers -----------------------------------------------------------------
 
@@ -373,7 +408,11 @@ class ColBERTScorer(LocalScorer):
         todo: dict[str, list[int]] = {}  # duplicates are encoded once
         length = self.settings.document_length
         for i, text in enumerate(docs):
-            hit = None if self.cache is None else self.cache.get(self._cache_key(length, text))
+            hit = (
+                None
+                if self.vector_cache is None
+                else self.vector_cache.get(self._cache_key(length, text))
+            )
             if hit is not None:
                 out[i] = hit
             else:
@@ -391,8 +430,8 @@ class ColBERTScorer(LocalScorer):
                 texts, encoded, self._document_vectors(encoded), strict=True
             ):
                 entry = TokenVectors(vectors, len(e.ids), e.truncated)
-                if self.cache is not None:
-                    self.cache.put(self._cache_key(length, text), entry)
+                if self.vector_cache is not None:
+                    self.vector_cache.put(self._cache_key(length, text), entry)
                 for i in todo[text]:
                     out[i] = entry
         return filled(out)
