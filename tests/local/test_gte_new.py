@@ -29,7 +29,7 @@ from rerank_plugins.testing import (
     make_gte_reference_checkpoint,
     random_text,
 )
-from tests.contract import QUERY, ScorerContract
+from tests.contract import QUERY, PairScorerContract
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def order(values: list[float]) -> list[int]:
     return sorted(range(len(values)), key=values.__getitem__)
 
 
-class TestGteNewCrossEncoder(ScorerContract):
+class TestGteNewCrossEncoder(PairScorerContract):
     @pytest.fixture(scope="class")
     @classmethod
     def scorer(cls, gte_dir: Path) -> CrossEncoderScorer:

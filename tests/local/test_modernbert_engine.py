@@ -30,7 +30,7 @@ from rerank_plugins.local.engine.packing import pack_sequences
 from rerank_plugins.local.fill_mask import FillMask
 from rerank_plugins.testing import make_modernbert_checkpoint, random_text
 from tests.conftest import FIXTURES
-from tests.contract import QUERY, ScorerContract
+from tests.contract import QUERY, PairScorerContract
 
 CPU = torch.device("cpu")
 TOLERANCE = 1e-4
@@ -239,7 +239,7 @@ def test_modernbert_runs_native_by_default_and_transformers_on_request(
     assert isinstance(other.classifier, TransformersPairClassifier)
 
 
-class TestNativeCrossEncoder(ScorerContract):
+class TestNativeCrossEncoder(PairScorerContract):
     @pytest.fixture(scope="class")
     @classmethod
     def scorer(cls, modernbert_dir: Path) -> CrossEncoderScorer:
