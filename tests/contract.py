@@ -163,3 +163,14 @@ class PairScorerContract(ScorerContract):
         raw = scorer.score_pairs(scorer.encode_pairs(QUERY, docs[:3]), raw=True)
         assert {s.kind for s in raw} == {"logit"}
         assert all(math.isfinite(s.value) for s in raw)
+
+    def test_score_batch_equals_score_pairs_in_order(
+        self, scorer: PairScorer, docs: list[str]
+    ) -> None:
+        pairs = list(scorer.encode_pairs(QUERY, docs[:4]))[::-1]
+        batch = scorer.score_batch(pairs)
+        assert [s.tokens for s in batch] == [p.tokens for p in pairs]
+        assert [s.value for s in batch] == pytest.approx(
+            [s.value for s in scorer.score_pairs(pairs)], abs=self.tolerance
+        )
+        assert scorer.score_batch([]) == [] and isinstance(scorer.padded, bool)

@@ -23,10 +23,6 @@ __all__ = ["API_KEY_ENV", "add_serve_command", "run_server"]
 
 logger = logging.getLogger(__name__)
 
-# The batcher's budget for a scorer that has no token budget of its own (a remote one):
-# TEI's default. A local scorer's budget is its own (scorer.batch_tokens).
-_REMOTE_BATCH_TOKENS = 16384
-
 
 def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to an ``add_subparsers()`` object."""
@@ -92,7 +88,7 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
 def _model_options(args: argparse.Namespace, batch_tokens: int | None) -> dict[str, Any]:
     # The budget bounds the batcher for any model; only a local scorer takes it too.
     options = model_options(argparse.Namespace(**{**vars(args), "batch_tokens": None}))
-    if batch_tokens is not None and not is_remote(args.model):
+    if not is_remote(args.model) and batch_tokens is not None:
         options["batch_tokens"] = batch_tokens
     return options
 
@@ -151,16 +147,15 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, int]:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    options = _model_options(args, args.batch_tokens)
+    # None: the scorer's own budget (a local scorer sizes it for its device), which the
+    # app's batcher then asks the scorer for.
+    batch_tokens = args.batch_tokens
+    options = _model_options(args, batch_tokens)
     logger.info("loading %s", args.model)
     try:
         scorer = load_scorer(args.model, **options)
     except TypeError as exc:  # an option this kind of model does not take (e.g. --layer)
         raise InvalidInputError(f"{args.model}: {exc}") from exc
-    # One budget policy: the local scorer's own (its option, else its device's default).
-    batch_tokens = (
-        args.batch_tokens or getattr(scorer, "batch_tokens", None) or _REMOTE_BATCH_TOKENS
-    )
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(
