@@ -27,7 +27,6 @@ Needs the ``bulk`` extra (pyarrow, tqdm); importing this module imports neither.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -38,7 +37,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerank_plugins._imports import require
-from rerank_plugins._model_args import add_model_options, model_options
 from rerank_plugins.errors import InvalidInputError, InvalidScoreError, RerankError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.scoring import Score, Scorer, check_scores
@@ -50,7 +48,6 @@ __all__ = [
     "OUTPUT_COLUMNS",
     "BulkSummary",
     "RowResult",
-    "add_score_arguments",
     "score_file",
     "score_rows",
     "score_table",
@@ -608,62 +605,3 @@ def _write_jsonl_shard(
     _write_errors(out, index, errors)
     _atomic_write_text(out / _shard_name(index, ".jsonl"), "".join(text))
     return len(lines), len(errors), _tokens(results)
-
-
-def add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``rerank-plugins score`` (the command line calls :func:`score_file`,
-    or :func:`rerank_plugins.ray.score_file_on_ray` with ``--ray``).
-
-    The model options (``--model``, ``--device``, ...) have no default here: the top-level
-    parser holds them (so they may come before the subcommand too) with their defaults.
-    """
-    keep = argparse.SUPPRESS
-    parser.add_argument("input", help="a .parquet or .jsonl file, one row per pair or per query")
-    parser.add_argument("-o", "--output", required=True, help="output directory (shards)")
-    parser.add_argument("--query-column", default="query", help="default: query")
-    parser.add_argument(
-        "--document-column",
-        default="text",
-        help="a string (one pair per row) or a list of strings (default: text)",
-    )
-    parser.add_argument("--resume", action="store_true", help="continue a killed run")
-    parser.add_argument(
-        "--shard-rows", type=int, default=10_000, help="rows per output shard (default 10000)"
-    )
-    parser.add_argument(
-        "--drop-text", action="store_true", help="leave the query and document out of the output"
-    )
-    # The model options of every subcommand (one definition); SUPPRESS defaults, since the
-    # top-level parser holds them with their defaults.
-    add_model_options(parser.add_argument_group("model options"), defaults=False)
-    parser.add_argument(
-        "--overflow",
-        choices=["truncate", "error"],
-        default=keep,
-        help="documents over the window: truncate and flag (default) or record as errors",
-    )
-    parser.add_argument("--api-key", default=keep, help="remote endpoint key")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ray = parser.add_argument_group("Ray (rerank-plugins[ray])")
-    ray.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="ADDRESS",
-        help="run on a Ray cluster (ADDRESS, or RAY_ADDRESS / a local one when omitted; "
-        "write --ray=ADDRESS before INPUT)",
-    )
-    ray.add_argument("--num-gpus", type=float, help="GPUs per actor (default: 1 if any)")
-    ray.add_argument("--num-cpus", type=float, help="CPUs per actor (default: Ray's 1)")
-    ray.add_argument("--concurrency", type=int, help="actors (default: one per GPU, else 1)")
-    ray.add_argument("--batch-size", type=int, default=512, help="rows per batch (default 512)")
-
-
-def score_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The scorer options given on the ``score`` command line (``load_scorer`` options)."""
-    options = model_options(args, remote_only={"api_key": "--api-key"})
-    options["overflow"] = getattr(args, "overflow", None) or "truncate"
-    if getattr(args, "api_key", None) is not None:
-        options["api_key"] = args.api_key
-    return options

@@ -8,10 +8,15 @@ from typing import Any
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.scoring import Scorer
 
-__all__ = ["DEFAULT_MODEL", "load_scorer", "scorer_from"]
+__all__ = ["DEFAULT_MODEL", "is_remote", "load_scorer", "scorer_from"]
 
 DEFAULT_MODEL = "Alibaba-NLP/gte-reranker-modernbert-base"
 """The model the command line and the adapters use when none is given."""
+
+
+def is_remote(spec: str | Path) -> bool:
+    """Whether ``spec`` names an endpoint (an ``http://`` or ``https://`` URL)."""
+    return str(spec).startswith(("http://", "https://"))
 
 
 def load_scorer(spec: str | Path, **options: Any) -> Scorer:
@@ -22,11 +27,10 @@ def load_scorer(spec: str | Path, **options: Any) -> Scorer:
     ``options`` go to the scorer's constructor (``device``, ``max_length``, ``overflow``,
     ``api_key``, ``dialect``, ...).
     """
-    text = str(spec)
-    if text.startswith(("http://", "https://")):
+    if is_remote(spec):
         from rerank_plugins.remote import RemoteScorer
 
-        return RemoteScorer(text, **options)
+        return RemoteScorer(str(spec), **options)
     from rerank_plugins.local import load_local_scorer
 
     return load_local_scorer(spec, **options)

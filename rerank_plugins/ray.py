@@ -30,10 +30,8 @@ Needs the ``ray`` extra; ``import rerank_plugins`` does not import ray.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -46,6 +44,7 @@ from rerank_plugins.bulk import BulkSummary, input_format, score_table
 from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.scoring import Scorer
+from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS, ServeOptions
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -294,44 +293,41 @@ def serve_app(
     return deployment.bind()
 
 
-def serve_on_ray(args: argparse.Namespace) -> int:
-    """``rerank-plugins serve --ray [ADDRESS]``: deploy :func:`serve_app` and serve until
+def serve_on_ray(
+    options: ServeOptions,
+    *,
+    address: str | None = None,
+    num_replicas: int | None = None,
+    replica_gpus: float | None = None,
+    replica_cpus: float | None = None,
+) -> int:
+    """``rerank-plugins serve --ray [ADDRESS]``: deploy :func:`serve_app` with the same
+    :class:`~rerank_plugins.serve.options.ServeOptions` as one server, and serve until
     interrupted (then the deployment is removed). Exit status 2 for bad options."""
-    from rerank_plugins.serve.cli import API_KEY_ENV, _model_options
-
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
+        level=getattr(logging, options.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        for flag in ("batch_tokens", "max_batch_requests", "max_queued_tokens"):
-            value = getattr(args, flag, None)
-            if value is not None and value <= 0:
-                raise InvalidInputError(f"--{flag.replace('_', '-')} must be positive")
-        # The default of one server (16384 tokens, more on a large local GPU) is not known
-        # here: the replicas' GPUs are elsewhere. Give --max-batch-tokens for large GPUs.
-        batch_tokens = getattr(args, "batch_tokens", None) or 16384
+        options.check()
+        # The default of one server (the scorer's own budget) is not known here: the
+        # replicas' GPUs are elsewhere. Give --max-batch-tokens for large GPUs.
+        batch_tokens = options.batch_tokens or DEFAULT_BATCH_TOKENS
         actor_options: dict[str, Any] = {}
-        if args.replica_gpus is not None:
-            actor_options["num_gpus"] = args.replica_gpus
-        if args.replica_cpus is not None:
-            actor_options["num_cpus"] = args.replica_cpus
-        api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+        if replica_gpus is not None:
+            actor_options["num_gpus"] = replica_gpus
+        if replica_cpus is not None:
+            actor_options["num_cpus"] = replica_cpus
+        app_options = options.app_options(batch_tokens=batch_tokens)
         if not ray.is_initialized():
-            ray.init(address=args.ray or None)
+            ray.init(address=address)
         app = serve_app(
-            model=args.model,
-            num_replicas=args.num_replicas,
+            model=options.model,
+            num_replicas=num_replicas,
             ray_actor_options=actor_options or None,
-            model_options=_model_options(args, batch_tokens),
-            model_name=args.served_model_name or str(args.model),
-            max_batch_tokens=batch_tokens,
-            max_batch_requests=args.max_batch_requests,
-            max_client_batch_size=args.max_client_batch_size,
-            max_queued_tokens=args.max_queued_tokens,
-            max_body_bytes=args.max_body_bytes,
-            api_key=api_key,
+            model_options=options.scorer_options(batch_tokens),
+            **app_options,
         )
     except RerankError as exc:
         sys.stderr.write(f"rerank-plugins serve: error: {exc}\n")
@@ -342,9 +338,11 @@ def serve_on_ray(args: argparse.Namespace) -> int:
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(app, name="rerank", route_prefix="/")
-        logger.info("serving %s on http://%s:%d (Ray Serve)", args.model, args.host, args.port)
+        logger.info(
+            "serving %s on http://%s:%d (Ray Serve)", options.model, options.host, options.port
+        )
         while not stop.wait(1.0):
             pass
         logger.info("stopping Ray Serve")

@@ -86,7 +86,7 @@ def capture_options(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
         return FunctionScorer(lambda q, d: 1.0)
 
-    monkeypatch.setattr("rerank_plugins.cli.load_scorer", fake_load)
+    monkeypatch.setattr("rerank_plugins.cli.rerank.load_scorer", fake_load)
     return seen
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rerank_plugins._model_args import add_model_options
 from rerank_plugins.cli import _parser, main
-from rerank_plugins.serve.cli import _build, _model_options
+from rerank_plugins.cli.model_options import add_model_options
+from rerank_plugins.cli.serve import serve_options
+from rerank_plugins.serve.runner import build_server
 from rerank_plugins.testing import (
     free_port,
     make_matryoshka_checkpoint,
@@ -115,7 +116,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(
 
 def test_the_command_line_imports_no_server_stack_until_serve_runs() -> None:
     code = (
-        "import sys, rerank_plugins.cli, rerank_plugins.serve, rerank_plugins.serve.cli\n"
+        "import sys, rerank_plugins.cli, rerank_plugins.serve, rerank_plugins.serve.runner\n"
         "print([m for m in ('fastapi', 'uvicorn', 'prometheus_client', 'torch') "
         "if m in sys.modules])"
     )
@@ -159,7 +160,7 @@ def test_serve_and_rerank_take_the_same_model_options() -> None:
 def test_model_options_before_or_after_serve_reach_the_scorer(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     assert args.model == "DIR"
-    assert _model_options(args, args.batch_tokens) == {"dtype": "bfloat16", "batch_tokens": 4096}
+    assert serve_options(args).scorer_options() == {"dtype": "bfloat16", "batch_tokens": 4096}
 
 
 def test_serve_defaults_to_the_rerank_model_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,7 +187,7 @@ def test_a_model_option_for_the_other_kind_of_model_names_the_flag(
 def test_serve_builds_a_matryoshka_model_at_the_exit_given(tmp_path: Path) -> None:
     directory = make_matryoshka_checkpoint(tmp_path / "mm")
     argv = ["serve", "-m", str(directory), "--device", "cpu", "--layer", "2", "--dim", "21"]
-    app, _, _ = _build(_parser().parse_args([*argv, "--batch-tokens", "512"]))
+    app = build_server(serve_options(_parser().parse_args([*argv, "--batch-tokens", "512"])))
     scorer = app.state.engine.scorer
     assert (scorer.layer, scorer.dim) == (2, 21)
     assert app.state.batcher.max_batch_tokens == 512

@@ -1,9 +1,8 @@
-"""The model options of every subcommand that loads a model (``rerank``, ``serve``).
+"""The model options of every subcommand that loads a model (``rerank``, ``serve``, ``score``).
 
 One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
 same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
-``--layer``/``--dim`` and ``--dialect``, with the same defaults and checks. It sits below
-the command line and the server (which both import it) and above ``loading``.
+``--layer``/``--dim`` and ``--dialect``, with the same defaults and checks.
 """
 
 from __future__ import annotations
@@ -14,9 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from rerank_plugins.errors import InvalidInputError
-from rerank_plugins.loading import DEFAULT_MODEL
+from rerank_plugins.loading import DEFAULT_MODEL, is_remote
 
-__all__ = ["MODEL_ENV", "add_model_options", "is_remote", "model_options"]
+__all__ = ["MODEL_ENV", "add_model_options", "model_options"]
 
 MODEL_ENV = "RERANK_MODEL"
 
@@ -31,10 +30,6 @@ _LOCAL_ONLY = {
     "dim": "--dim",
 }
 _REMOTE_ONLY = {"dialect": "--dialect"}
-
-
-def is_remote(model: str) -> bool:
-    return str(model).startswith(("http://", "https://"))
 
 
 def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> None:

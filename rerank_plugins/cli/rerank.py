@@ -1,9 +1,7 @@
-"""The ``rerank-plugins`` command line.
-
-``rerank-plugins rerank QUERY [DOC ...]`` scores documents given as arguments, from a file
-(``--file``: one per line, a JSON list of strings, or JSON lines) or from standard input,
-and prints them ranked (a table, JSON with ``--json``, or JSON lines when the input was
-JSON lines: each input object comes back with ``index``, ``score``, ``tokens`` and
+"""``rerank-plugins rerank QUERY [DOC ...]``: score documents given as arguments, from a
+file (``--file``: one per line, a JSON list of strings, or JSON lines) or from standard
+input, and print them ranked (a table, JSON with ``--json``, or JSON lines when the input
+was JSON lines: each input object comes back with ``index``, ``score``, ``tokens`` and
 ``truncated`` added). Options go before or after the subcommand.
 """
 
@@ -11,24 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from rerank_plugins import __version__
-from rerank_plugins._model_args import add_model_options, is_remote, model_options
-from rerank_plugins.bulk import add_score_arguments, score_file, score_options
-from rerank_plugins.errors import InvalidInputError, RerankError
-from rerank_plugins.loading import load_scorer
+from rerank_plugins.cli.model_options import add_model_options, model_options
+from rerank_plugins.errors import InvalidInputError
+from rerank_plugins.loading import is_remote, load_scorer
 from rerank_plugins.ranking import rank
 from rerank_plugins.scoring import check_scores
-from rerank_plugins.serve.cli import add_serve_command, run_server
 from rerank_plugins.wire import API_KEY_ENV
 
-__all__ = ["main"]
+__all__ = ["add_rerank_options", "run"]
 
 
 def _parse_items(text: str, fmt: str) -> list[Any]:
@@ -108,7 +100,7 @@ _DIALECT_KEY_ENV = {
     "nim": "NVIDIA_API_KEY",
 }
 # The rerank subcommand's own options that only one kind of model takes (the shared
-# model options are checked by rerank_plugins._model_args).
+# model options are checked by rerank_plugins.cli.model_options).
 _LOCAL_ONLY = {"progress": "--progress/--no-progress"}
 _REMOTE_ONLY = {"api_key": "--api-key"}
 
@@ -122,9 +114,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             options["score_kind"] = args.output
         if args.api_key is not None:
             options["api_key"] = args.api_key
-        elif not os.environ.get(API_KEY_ENV) and os.environ.get(
-            _DIALECT_KEY_ENV.get(dialect, "")
-        ):
+        elif not os.environ.get(API_KEY_ENV) and os.environ.get(_DIALECT_KEY_ENV.get(dialect, "")):
             options["api_key_env"] = _DIALECT_KEY_ENV[dialect]
         return options
     if args.output is not None:
@@ -135,7 +125,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _rerank(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
+def run(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
+    """``rerank-plugins rerank``: read, score, rank and print; 0 on success."""
     items = _read_items(args, stdin)
     # Every item is checked here, before anything is loaded.
     documents = [_doc_text(item, i) for i, item in enumerate(items)]
@@ -183,7 +174,7 @@ def _rerank(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
     return 0
 
 
-def _add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+def add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     """The subcommand's options, on the top-level parser too so that they are accepted
     before the subcommand as well. The subcommand's copy has no defaults (``defaults=False``),
     so it does not reset a value given before it."""
@@ -257,101 +248,3 @@ def _add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
         "variable: $COHERE_API_KEY, $VOYAGE_API_KEY, $MXBAI_API_KEY, "
         "$NVIDIA_API_KEY)",
     )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rerank-plugins",
-        description="Long-context reranking from the command line. "
-        "Options are accepted before or after the subcommand.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    _add_rerank_options(parser, defaults=True)
-    commands = parser.add_subparsers(dest="command", required=True)
-    rr = commands.add_parser("rerank", help="rank documents by relevance to a query")
-    rr.add_argument("query", help="the query")
-    rr.add_argument("documents", nargs="*", help="documents (or use --file / stdin)")
-    # SUPPRESS defaults: a value given before the subcommand is not reset by the
-    # subcommand's parser.
-    _add_rerank_options(rr, defaults=False)
-    sv = add_serve_command(commands)
-    on_ray = sv.add_argument_group("Ray Serve (rerank-plugins[ray])")
-    on_ray.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        metavar="ADDRESS",
-        help="deploy on Ray Serve (ADDRESS, else $RAY_ADDRESS or a local Ray); same HTTP API",
-    )
-    on_ray.add_argument("--num-replicas", type=int, help="default: one per GPU, else 1")
-    on_ray.add_argument("--replica-gpus", type=float, help="GPUs per replica (default: 1 if any)")
-    on_ray.add_argument("--replica-cpus", type=float, help="CPUs per replica (default: Ray's 1)")
-    sc = commands.add_parser("score", help="score a Parquet/JSONL file of pairs (resumable)")
-    add_score_arguments(sc)
-    return parser
-
-
-def _score(args: argparse.Namespace, stdout: TextIO) -> int:
-    """``rerank-plugins score``: resumable shards on this machine, or a Ray cluster (--ray)."""
-    common: dict[str, Any] = {
-        "model": args.model,
-        "query_column": args.query_column,
-        "document_column": args.document_column,
-        "keep_text": not args.drop_text,
-        "model_options": score_options(args),
-    }
-    if args.ray is not None:
-        if args.resume:
-            raise InvalidInputError("--resume is for the single-machine run; rerun --ray whole")
-        from rerank_plugins.ray import score_file_on_ray
-
-        ray_options = {"num_gpus": args.num_gpus, "num_cpus": args.num_cpus}
-        summary = score_file_on_ray(
-            args.input,
-            args.output,
-            address=args.ray or None,
-            concurrency=args.concurrency,
-            batch_size=args.batch_size,
-            **ray_options,
-            **common,
-        )
-    else:
-        summary = score_file(
-            args.input,
-            args.output,
-            shard_rows=args.shard_rows,
-            resume=args.resume,
-            progress=False if args.no_progress else args.progress,
-            **common,
-        )
-    stdout.write(summary.to_json() + "\n")
-    return 0
-
-
-def main(
-    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stdin: TextIO | None = None
-) -> int:
-    """Run the command line; returns the exit status (2 for a rerank error)."""
-    args = _parser().parse_args(argv)
-    if args.command == "serve":  # a long-running server: its own logging and errors
-        if args.ray is not None:
-            from rerank_plugins.ray import serve_on_ray
-
-            return serve_on_ray(args)
-        return run_server(args)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        if args.command == "score":
-            return _score(args, stdout or sys.stdout)
-        return _rerank(args, stdout or sys.stdout, stdin or sys.stdin)
-    except RerankError as exc:
-        sys.stderr.write(f"rerank-plugins: error: {exc}\n")
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

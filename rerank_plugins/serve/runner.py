@@ -1,0 +1,92 @@
+"""Run one server from :class:`~rerank_plugins.serve.options.ServeOptions`
+(``rerank-plugins serve``; the command line in ``rerank_plugins.cli.serve`` builds them).
+
+The model is loaded and warmed up before the port is bound; SIGTERM (or Ctrl-C) stops
+accepting connections, lets in-flight requests finish (up to ``graceful_timeout``) and
+exits 0. One process serves one device: for several GPUs run one server per device
+(``--device cuda:1 --port 8001``) or replicas behind a load balancer / Ray Serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Any
+
+from rerank_plugins.errors import InvalidInputError, RerankError
+from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS, LOOPBACK_HOSTS, ServeOptions
+from rerank_plugins.wire import API_KEY_ENV
+
+__all__ = ["build_server", "run_server"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_server(options: ServeOptions) -> int:
+    """Load, warm up and serve until SIGTERM/SIGINT; the exit status (2: bad setup)."""
+    logging.basicConfig(
+        level=getattr(logging, options.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        app = build_server(options)
+    except RerankError as exc:
+        sys.stderr.write(f"rerank-plugins serve: error: {exc}\n")
+        return 2
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        access_log=False,  # ours logs without query strings or headers
+        log_config=None,  # keep the logging configured above
+        log_level=options.log_level,
+        server_header=False,
+        timeout_graceful_shutdown=options.graceful_timeout,  # type: ignore[arg-type]  # a float works
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it has shut down; a no-op handler
+    # makes that a clean exit 0 (the shutdown itself was graceful).
+    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0 if server.started else 1
+
+
+def build_server(options: ServeOptions) -> Any:
+    """The app :func:`run_server` serves: options checked, scorer loaded, app created."""
+    from rerank_plugins._imports import require
+
+    for dependency in ("fastapi", "uvicorn", "prometheus_client"):
+        require(dependency)
+    from rerank_plugins.loading import load_scorer
+    from rerank_plugins.serve.app import create_app
+
+    if options.workers != 1:
+        raise InvalidInputError(
+            "--workers: one process serves one device; run one server per device "
+            "(--device cuda:N --port ...) or replicas behind a load balancer / Ray Serve"
+        )
+    options.check()
+    logger.info("loading %s", options.model)
+    try:
+        scorer = load_scorer(options.model, **options.scorer_options())
+    except TypeError as exc:  # an option this kind of model does not take (e.g. --layer)
+        raise InvalidInputError(f"{options.model}: {exc}") from exc
+    # One token-budget policy: the scorer's own (it knows its device), unless one was given.
+    batch_tokens = (
+        options.batch_tokens or getattr(scorer, "batch_tokens", None) or DEFAULT_BATCH_TOKENS
+    )
+    app_options = options.app_options(batch_tokens=int(batch_tokens))
+    if not app_options["api_key"] and options.host not in LOOPBACK_HOSTS:
+        logger.warning(
+            "serving on %s without an API key (--api-key or $%s)", options.host, API_KEY_ENV
+        )
+    return create_app(scorer, **app_options)
