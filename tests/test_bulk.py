@@ -261,6 +261,7 @@ def test_missing_or_clashing_columns_are_named(tmp_path: Path) -> None:
         score_file(tmp_path / "in.csv", tmp_path / "c", model=FunctionScorer(overlap))
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_killed_command_resumes_to_exactly_the_uninterrupted_rows(
     tmp_path: Path, modernbert_dir: Path, one_thread: None
 ) -> None:

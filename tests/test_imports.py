@@ -31,6 +31,7 @@ def test_importing_the_package_imports_no_heavy_dependency() -> None:
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 @pytest.mark.parametrize(
     ("name", "module"),
     [

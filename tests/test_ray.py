@@ -26,7 +26,10 @@ from rerank_plugins.scoring import Score
 from rerank_plugins.testing import FunctionScorer, random_text
 
 # Ray's own DataContext warns about its deprecated fields when the context is copied.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),
+    pytest.mark.slow,  # a local Ray starts in each test (seconds to a minute)
+]
 
 # Fractional CPUs: with two 1-CPU actors on 2 CPUs the read tasks never get a CPU and the
 # pipeline deadlocks.

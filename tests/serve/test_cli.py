@@ -49,6 +49,7 @@ def metric(text: str, name: str) -> float:
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
+@pytest.mark.slow  # a server in a subprocess, under load (> 5 s here)
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(
     modernbert_dir: Path, tmp_path: Path
 ) -> None:
