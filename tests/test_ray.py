@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import random
 import socket
@@ -20,6 +21,7 @@ import ray
 from rerank_plugins import load_scorer
 from rerank_plugins.bulk import score_file
 from rerank_plugins.cli import main
+from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.ray import score_dataset, serve_app
 from rerank_plugins.remote.fake import FakeRerankServer, fake_probability, serve
 from rerank_plugins.scoring import Score
@@ -240,3 +242,19 @@ def test_serve_on_ray_refuses_bad_limits_before_starting_anything(
     argv = ["serve", "--model", "/no/such/model", "--max-batch-tokens", "0", "--ray"]
     assert main(argv) == 2
     assert "batch-tokens must be positive" in capsys.readouterr().err  # alias of --batch-tokens
+
+
+def test_serve_on_ray_warns_loudly_on_a_non_loopback_host_without_a_key(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import rerank_plugins.ray.serve as on_ray
+
+    def stop_here(**_: object) -> None:
+        raise InvalidInputError("stopped before deploying")
+
+    monkeypatch.delenv("RERANK_API_KEY", raising=False)
+    monkeypatch.setattr(on_ray.ray, "is_initialized", lambda: True)  # no cluster started
+    monkeypatch.setattr(on_ray, "serve_app", stop_here)
+    with caplog.at_level(logging.WARNING):
+        assert main(["serve", "--model", "/no/such/model", "--host", "0.0.0.0", "--ray"]) == 2
+    assert "WITHOUT AN API KEY" in caplog.text

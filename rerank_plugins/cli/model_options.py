@@ -65,14 +65,26 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         "--batch-tokens",
         type=int,
         default=default(None),
-        help="token budget per forward pass (local models)",
+        help="token budget per forward pass (local models; default: the model's own, "
+        "sized for its device)",
     )
-    add("--layer", type=int, default=default(None), help="matryoshka models: exit layer")
-    add("--dim", type=int, default=default(None), help="matryoshka models: head width")
+    add(
+        "--layer",
+        type=int,
+        default=default(None),
+        help="matryoshka models: exit layer (default: the deepest exit)",
+    )
+    add(
+        "--dim",
+        type=int,
+        default=default(None),
+        help="matryoshka models: head width (default: the model's first listed width)",
+    )
     add(
         "--dialect",
         default=default(None),
-        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score)",
+        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score; "
+        "default: cohere)",
     )
 
 

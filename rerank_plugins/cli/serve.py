@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from rerank_plugins.cli.model_options import add_model_options, model_options
-from rerank_plugins.errors import RerankError
+from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS, ServeOptions
 from rerank_plugins.wire import API_KEY_ENV
 
@@ -30,7 +31,7 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000)")
     sv.add_argument("--served-model-name", help="model name in answers (default: --model)")
     # The same model options as ``rerank`` (one definition); like there, they are also
     # accepted before the subcommand, so this copy has SUPPRESS defaults.
@@ -51,10 +52,16 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         "batching across requests off)",
     )
     limits.add_argument(
-        "--max-client-batch-size", type=int, default=1000, help="documents per request (413 over)"
+        "--max-client-batch-size",
+        type=int,
+        default=1000,
+        help="documents per request (413 over; default: 1000)",
     )
     limits.add_argument(
-        "--max-body-bytes", type=int, default=32 * 2**20, help="request body limit (413 over)"
+        "--max-body-bytes",
+        type=int,
+        default=32 * 2**20,
+        help="request body limit (413 over; default: 32 MiB)",
     )
     limits.add_argument(
         "--max-queued-tokens",
@@ -65,32 +72,55 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         "--graceful-timeout",
         type=float,
         default=60.0,
-        help="seconds in-flight requests get to finish on SIGTERM",
+        help="seconds in-flight requests get to finish on SIGTERM (default: 60)",
     )
-    sv.add_argument(
+    keys = sv.add_mutually_exclusive_group()
+    keys.add_argument(
         "--api-key",
-        help=f"require Authorization: Bearer KEY (default: ${API_KEY_ENV}; none: open)",
+        help=f"require Authorization: Bearer KEY (default: ${API_KEY_ENV}; none: open). "
+        "A key on the command line shows in `ps`: prefer --api-key-file or the variable",
+    )
+    keys.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="read the key from this file (surrounding whitespace ignored; default: none)",
     )
     sv.add_argument(
         "--workers",
         type=int,
         default=1,
-        help="processes: 1. One process per device: run one server per device or replicas "
-        "(e.g. Ray Serve) to scale out",
+        help="processes (default: 1, the only value: one process per device; run one "
+        "server per device or replicas, e.g. Ray Serve, to scale out)",
     )
-    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sv.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="(default: info)",
+    )
     on_ray = sv.add_argument_group("Ray Serve (rerank-plugins[ray])")
     on_ray.add_argument(
         "--ray",
         nargs="?",
         const="",
         metavar="ADDRESS",
-        help="deploy on Ray Serve (ADDRESS, else $RAY_ADDRESS or a local Ray); same HTTP API",
+        help="deploy on Ray Serve (ADDRESS, else $RAY_ADDRESS or a local Ray); same HTTP API "
+        "(default: one server in this process)",
     )
     on_ray.add_argument("--num-replicas", type=int, help="default: one per GPU, else 1")
     on_ray.add_argument("--replica-gpus", type=float, help="GPUs per replica (default: 1 if any)")
     on_ray.add_argument("--replica-cpus", type=float, help="CPUs per replica (default: Ray's 1)")
     return sv
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The key of ``--api-key`` or ``--api-key-file`` (``None``: ``$RERANK_API_KEY``)."""
+    if args.api_key_file is None:
+        return args.api_key
+    try:
+        return Path(args.api_key_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"cannot read the API key file {args.api_key_file}: {exc}") from exc
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
@@ -110,7 +140,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         max_body_bytes=args.max_body_bytes,
         max_queued_tokens=args.max_queued_tokens,
         graceful_timeout=args.graceful_timeout,
-        api_key=args.api_key,
+        api_key=_api_key(args),
         workers=args.workers,
         log_level=args.log_level,
     )

@@ -94,6 +94,9 @@ def serve_on_ray(
         if replica_cpus is not None:
             actor_options["num_cpus"] = replica_cpus
         app_options = options.app_options(batch_tokens=batch_tokens)
+        warning = options.open_to_the_network()
+        if warning:
+            logger.warning("%s", warning)
         if not ray.is_initialized():
             ray.init(address=address)
         app = serve_app(

@@ -43,7 +43,12 @@ class ServeOptions:
 
     def check(self) -> None:
         """Raise :class:`~rerank_plugins.errors.InvalidInputError` for a limit that is not
-        positive (named by its flag)."""
+        positive (named by its flag) or a key that is blank."""
+        key = self.resolved_api_key()
+        if key is not None and not key.strip():
+            raise InvalidInputError(
+                "the API key is empty or only whitespace; give a real key or none (an open server)"
+            )
         for name in ("batch_tokens", "max_batch_requests", "max_queued_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -60,8 +65,19 @@ class ServeOptions:
         return options
 
     def resolved_api_key(self) -> str | None:
-        """The key given, else ``$RERANK_API_KEY``, else ``None`` (an open server)."""
-        return self.api_key if self.api_key is not None else os.environ.get(API_KEY_ENV)
+        """The key given, else ``$RERANK_API_KEY`` (unless empty), else ``None`` (open)."""
+        if self.api_key is not None:
+            return self.api_key
+        return os.environ.get(API_KEY_ENV) or None
+
+    def open_to_the_network(self) -> str | None:
+        """A warning when the server listens beyond this machine without a key, else None."""
+        if self.host in LOOPBACK_HOSTS or self.resolved_api_key():
+            return None
+        return (
+            f"SERVING ON {self.host}:{self.port} WITHOUT AN API KEY: anyone who can reach it "
+            f"can use it; set ${API_KEY_ENV} or --api-key-file, or bind 127.0.0.1"
+        )
 
     def app_options(self, *, batch_tokens: int) -> dict[str, Any]:
         """:func:`rerank_plugins.serve.create_app` keyword arguments."""

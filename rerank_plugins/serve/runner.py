@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 from typing import Any
 
 from rerank_plugins.errors import InvalidInputError, RerankError
-from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS, LOOPBACK_HOSTS, ServeOptions
-from rerank_plugins.wire import API_KEY_ENV
+from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS, ServeOptions
 
-__all__ = ["build_server", "run_server"]
+__all__ = ["build_server", "check_port", "run_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ def run_server(options: ServeOptions) -> int:
         stream=sys.stderr,
     )
     try:
+        options.check()
+        check_port(options.host, options.port)  # before minutes of loading, not after
         app = build_server(options)
     except RerankError as exc:
         sys.stderr.write(f"rerank-plugins serve: error: {exc}\n")
@@ -60,6 +62,22 @@ def run_server(options: ServeOptions) -> int:
     return 0 if server.started else 1
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise :class:`InvalidInputError` when ``host:port`` cannot be bound (in use, no such
+    address, a privileged port). uvicorn binds later, with ``SO_REUSEADDR`` as here."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:  # socket.gaierror included
+        reason = exc.strerror or str(exc)
+        raise InvalidInputError(
+            f"cannot listen on {host}:{port}: {reason} (--host, --port)"
+        ) from exc
+
+
 def build_server(options: ServeOptions) -> Any:
     """The app :func:`run_server` serves: options checked, scorer loaded, app created."""
     from rerank_plugins._imports import require
@@ -84,9 +102,7 @@ def build_server(options: ServeOptions) -> Any:
     batch_tokens = (
         options.batch_tokens or getattr(scorer, "batch_tokens", None) or DEFAULT_BATCH_TOKENS
     )
-    app_options = options.app_options(batch_tokens=int(batch_tokens))
-    if not app_options["api_key"] and options.host not in LOOPBACK_HOSTS:
-        logger.warning(
-            "serving on %s without an API key (--api-key or $%s)", options.host, API_KEY_ENV
-        )
-    return create_app(scorer, **app_options)
+    warning = options.open_to_the_network()
+    if warning:
+        logger.warning("%s", warning)
+    return create_app(scorer, **options.app_options(batch_tokens=int(batch_tokens)))
