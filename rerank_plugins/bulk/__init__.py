@@ -27,11 +27,12 @@ Needs the ``bulk`` extra (pyarrow, tqdm); importing this package imports neither
 
 from __future__ import annotations
 
-from rerank_plugins.bulk.files import BulkSummary, input_format, score_file
+from rerank_plugins.bulk.files import BulkInterrupted, BulkSummary, input_format, score_file
 from rerank_plugins.bulk.rows import OUTPUT_COLUMNS, RowResult, score_rows, score_table
 
 __all__ = [
     "OUTPUT_COLUMNS",
+    "BulkInterrupted",
     "BulkSummary",
     "RowResult",
     "input_format",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,13 +27,25 @@ from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.scoring import Scorer
 
-__all__ = ["BulkSummary", "input_format", "score_file"]
+__all__ = ["BulkInterrupted", "BulkSummary", "input_format", "score_file"]
 
 logger = logging.getLogger(__name__)
 
 _MANIFEST = "_manifest.json"
 _SUCCESS = "_SUCCESS"
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+class BulkInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during :func:`score_file`: ``shards_written`` of ``shards_total``
+    shards are complete in ``output``; ``resume=True`` continues from there. A
+    ``KeyboardInterrupt``, so that code catching that still sees one."""
+
+    def __init__(self, output: str, shards_written: int, shards_total: int) -> None:
+        super().__init__(f"{shards_written} of {shards_total} shards written to {output}")
+        self.output = output
+        self.shards_written = shards_written
+        self.shards_total = shards_total
 
 
 @dataclass
@@ -109,7 +123,12 @@ def score_file(
     }
     if fmt == "parquet":
         pq = require("pyarrow.parquet")
-        check_columns(pq.read_schema(source).names, query_column, document_column)
+        pa = require("pyarrow")
+        try:
+            names = pq.read_schema(source).names
+        except pa.ArrowException as exc:  # not Parquet, truncated, corrupt footer
+            raise InvalidInputError(f"{source} is not a readable Parquet file: {exc}") from exc
+        check_columns(names, query_column, document_column)
     done = _prepare_output(out, manifest, resume=resume)
     summary = BulkSummary(output=str(out))
     if (out / _SUCCESS).exists():
@@ -143,6 +162,11 @@ def score_file(
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(tokens_s=f"{summary.tokens / elapsed:,.0f}", errors=summary.errors)
             logger.info("shard %d: %d rows, %d errors", index, rows, errors)
+    except KeyboardInterrupt as exc:
+        # Complete shards are on disk (each renamed into place whole); the one in progress
+        # is not. Say how far the run got, for the --resume that continues it.
+        total_shards = max(1, math.ceil(total / shard_rows))
+        raise BulkInterrupted(str(out), start + summary.shards, total_shards) from exc
     finally:
         bar.close()
     # Totals over the whole output, not just this run's part: read back from the shards.
@@ -157,6 +181,8 @@ def score_file(
 def _prepare_output(out: Path, manifest: dict[str, Any], *, resume: bool) -> set[int]:
     """Check or create ``out``; return the indices of the shards already complete."""
     path = out / _MANIFEST
+    if out.is_symlink() and not out.exists():
+        raise InvalidInputError(f"{out} is a link to {os.readlink(out)}, which does not exist")
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"{out} exists and is not a directory")
     if out.exists() and any(out.iterdir()):

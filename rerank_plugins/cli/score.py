@@ -5,9 +5,10 @@ on this machine (:func:`rerank_plugins.bulk.score_file`) or on a Ray cluster wit
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, TextIO
 
-from rerank_plugins.bulk import score_file
+from rerank_plugins.bulk import BulkInterrupted, score_file
 from rerank_plugins.cli.model_options import add_model_options, model_options
 from rerank_plugins.errors import InvalidInputError
 
@@ -46,7 +47,15 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         help="documents over the window: truncate and flag (default) or record as errors",
     )
     parser.add_argument("--api-key", default=keep, help="remote endpoint key")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=keep,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=keep, help="log each shard (INFO)"
+    )
     ray = parser.add_argument_group("Ray (rerank-plugins[ray])")
     ray.add_argument(
         "--ray",
@@ -73,7 +82,19 @@ def score_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, stdout: TextIO) -> int:
-    """``rerank-plugins score``: resumable shards on this machine, or a Ray cluster (--ray)."""
+    """``rerank-plugins score``: resumable shards on this machine, or a Ray cluster (--ray).
+
+    A file that cannot be read or written (a read-only or full disk, ...) is an
+    :class:`InvalidInputError` naming it (one line, exit 2); Ctrl-C says how many shards
+    are complete and exits 130."""
+    try:
+        return _run(args, stdout)
+    except OSError as exc:
+        where = exc.filename or args.output
+        raise InvalidInputError(f"{where}: {exc.strerror or exc}") from exc
+
+
+def _run(args: argparse.Namespace, stdout: TextIO) -> int:
     common: dict[str, Any] = {
         "model": args.model,
         "query_column": args.query_column,
@@ -97,13 +118,20 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
             **common,
         )
     else:
-        summary = score_file(
-            args.input,
-            args.output,
-            shard_rows=args.shard_rows,
-            resume=args.resume,
-            progress=False if args.no_progress else args.progress,
-            **common,
-        )
+        try:
+            summary = score_file(
+                args.input,
+                args.output,
+                shard_rows=args.shard_rows,
+                resume=args.resume,
+                progress=args.progress,
+                **common,
+            )
+        except BulkInterrupted as exc:
+            sys.stderr.write(
+                f"interrupted: {exc.shards_written} of {exc.shards_total} shards written; "
+                "rerun with --resume\n"
+            )
+            return 130  # 128 + SIGINT, as a shell reports it
     stdout.write(summary.to_json() + "\n")
     return 0

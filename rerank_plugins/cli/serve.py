@@ -98,6 +98,13 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="(default: info)",
     )
+    sv.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="--log-level debug (default: off)",
+    )
     on_ray = sv.add_argument_group("Ray Serve (rerank-plugins[ray])")
     on_ray.add_argument(
         "--ray",
@@ -142,7 +149,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         graceful_timeout=args.graceful_timeout,
         api_key=_api_key(args),
         workers=args.workers,
-        log_level=args.log_level,
+        log_level="debug" if args.verbose and args.log_level == "info" else args.log_level,
     )
 
 

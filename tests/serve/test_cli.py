@@ -275,3 +275,9 @@ def test_serve_help_shows_every_default() -> None:
         and "default" not in (action.help or "")
     ]
     assert undocumented == []
+
+
+@pytest.mark.parametrize("argv", [["serve", "-v"], ["-v", "serve"], ["serve", "--verbose"]])
+def test_verbose_before_or_after_serve_means_debug_logs(argv: list[str]) -> None:
+    assert serve_options(_parser().parse_args(argv)).log_level == "debug"
+    assert serve_options(_parser().parse_args(["serve"])).log_level == "info"
