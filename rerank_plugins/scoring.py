@@ -173,7 +173,6 @@ def check_scores(scores: object, n_documents: int) -> list[Score]:
     return scores
 
 
-
 Group = tuple[str, Sequence[str]]
 """One query and its documents."""
 

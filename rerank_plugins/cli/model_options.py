@@ -106,7 +106,8 @@ def model_options(
     given = [flag for name, flag in wrong.items() if getattr(args, name, None) is not None]
     if given:
         where = "local models" if remote else "http(s) endpoints"
-        raise InvalidInputError(f"{', '.join(given)} only apply to {where}")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise InvalidInputError(f"{', '.join(given)} only {verb} to {where}")
     names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens")
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, TextIO
 
 from rerank_plugins.cli.model_options import add_model_options, model_options
-from rerank_plugins.errors import InvalidInputError
-from rerank_plugins.loading import is_remote, load_scorer
+from rerank_plugins.errors import InvalidInputError, UnknownOptionError
+from rerank_plugins.loading import in_user_words, is_remote, load_scorer
 from rerank_plugins.ranking import rank
 from rerank_plugins.scoring import check_scores
 from rerank_plugins.wire import API_KEY_ENV
 
 __all__ = ["add_rerank_options", "run"]
+
+logger = logging.getLogger(__name__)
 
 
 def _parse_items(text: str, fmt: str) -> list[Any]:
@@ -105,20 +108,34 @@ _LOCAL_ONLY = {"progress": "--progress/--no-progress"}
 _REMOTE_ONLY = {"api_key": "--api-key"}
 
 
+def _score_kind(args: argparse.Namespace) -> str | None:
+    """``--score-kind``, or its deprecated spelling ``--output`` (with a warning)."""
+    old = getattr(args, "deprecated_output", None)
+    if old is not None:
+        logger.warning(
+            "--output %s is deprecated: write --score-kind %s (-o/--output is the output "
+            "directory of score)",
+            old,
+            old,
+        )
+    return args.score_kind if args.score_kind is not None else old
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     options = model_options(args, local_only=_LOCAL_ONLY, remote_only=_REMOTE_ONLY)
     options["overflow"] = args.overflow
+    kind = _score_kind(args)
     if is_remote(args.model):
         dialect = args.dialect or "cohere"
-        if args.output is not None:
-            options["score_kind"] = args.output
+        if kind is not None:
+            options["score_kind"] = kind
         if args.api_key is not None:
             options["api_key"] = args.api_key
         elif not os.environ.get(API_KEY_ENV) and os.environ.get(_DIALECT_KEY_ENV.get(dialect, "")):
             options["api_key_env"] = _DIALECT_KEY_ENV[dialect]
         return options
-    if args.output is not None:
-        options["output"] = args.output
+    if kind is not None:
+        options["output"] = kind
     # A bar only where someone watches: stderr a terminal and more than a few batches
     # (show_progress=None), unless --progress / --no-progress says otherwise.
     options["show_progress"] = args.progress
@@ -131,7 +148,10 @@ def run(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
     # Every item is checked here, before anything is loaded.
     documents = [_doc_text(item, i) for i, item in enumerate(items)]
     options = _options(args)
-    scorer = load_scorer(args.model, **options)
+    try:
+        scorer = load_scorer(args.model, **options)
+    except UnknownOptionError as exc:
+        raise in_user_words(exc, args.model, options) from exc
     scores = check_scores(scorer.score(args.query, documents), len(documents))
     ranked = rank(scores, top_n=args.top_n, score_threshold=args.threshold)
     if args.jsonl_input and not args.json:
@@ -223,10 +243,17 @@ def add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> No
         help="print JSON instead of a table",
     )
     add(
-        "--output",
+        "--score-kind",
         choices=["probability", "logit"],
         default=default(None),
         help="score as sigmoid probability (default) or raw logit",
+    )
+    add(
+        "--output",
+        dest="deprecated_output",
+        choices=["probability", "logit"],
+        default=default(None),
+        help="deprecated spelling of --score-kind (score's -o/--output names a directory)",
     )
     add(
         "--overflow",

@@ -15,7 +15,7 @@ import socket
 import sys
 from typing import Any
 
-from rerank_plugins.errors import InvalidInputError, RerankError
+from rerank_plugins.errors import InvalidInputError, RerankError, UnknownOptionError
 from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS, ServeOptions
 
 __all__ = ["build_server", "check_port", "run_server"]
@@ -84,7 +84,7 @@ def build_server(options: ServeOptions) -> Any:
 
     for dependency in ("fastapi", "uvicorn", "prometheus_client"):
         require(dependency)
-    from rerank_plugins.loading import load_scorer
+    from rerank_plugins.loading import in_user_words, load_scorer
     from rerank_plugins.serve.app import create_app
 
     if options.workers != 1:
@@ -94,9 +94,12 @@ def build_server(options: ServeOptions) -> Any:
         )
     options.check()
     logger.info("loading %s", options.model)
+    scorer_options = options.scorer_options()
     try:
-        scorer = load_scorer(options.model, **options.scorer_options())
-    except TypeError as exc:  # an option this kind of model does not take (e.g. --layer)
+        scorer = load_scorer(options.model, **scorer_options)
+    except UnknownOptionError as exc:  # an option this kind of model does not take
+        raise in_user_words(exc, options.model, scorer_options) from exc
+    except TypeError as exc:
         raise InvalidInputError(f"{options.model}: {exc}") from exc
     # One token-budget policy: the scorer's own (it knows its device), unless one was given.
     batch_tokens = (

@@ -184,7 +184,7 @@ def test_a_model_option_for_the_other_kind_of_model_names_the_flag(
 ) -> None:
     assert main(["serve", "--model", model, *flags]) == 2
     err = capsys.readouterr().err
-    assert named in err and "only apply to" in err
+    assert named in err and "only applies to" in err  # one flag (issue 20: grammar)
 
 
 def test_serve_builds_a_matryoshka_model_at_the_exit_given(tmp_path: Path) -> None:
@@ -281,3 +281,11 @@ def test_serve_help_shows_every_default() -> None:
 def test_verbose_before_or_after_serve_means_debug_logs(argv: list[str]) -> None:
     assert serve_options(_parser().parse_args(argv)).log_level == "debug"
     assert serve_options(_parser().parse_args(["serve"])).log_level == "info"
+
+
+def test_serve_says_layer_only_applies_to_matryoshka_models(
+    modernbert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["serve", "--model", str(modernbert_dir), "--device", "cpu", "--layer", "2"])
+    assert code == 2
+    assert "--layer only applies to matryoshka models" in capsys.readouterr().err
