@@ -160,3 +160,23 @@ def test_score_kind_is_the_name_and_output_its_deprecated_spelling(
     # Before the subcommand too; and score's -o/--output is a directory, a separate option.
     args = _parser().parse_args(["--score-kind", "logit", "score", "in.parquet", "-o", "dir"])
     assert (args.score_kind, args.output) == ("logit", "dir")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "lines"),
+    [
+        (".txt", ["w1 w2", "", "w9", "  ", "w1 w3"]),
+        (".jsonl", ['{"text": "w1 w2"}', "", '{"text": "w9"}', "  ", '{"text": "w1 w3"}']),
+    ],
+)
+def test_blank_lines_in_a_file_keep_the_line_numbers_in_index(
+    tmp_path: Path, suffix: str, lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture_options(monkeypatch)  # a scorer that gives every document 1.0
+    path = tmp_path / f"docs{suffix}"
+    path.write_text("\n".join(lines) + "\n")
+    code, out = run(["rerank", "q", "--file", str(path), "--json"])
+    assert code == 0
+    by_index = {row["index"]: row["text"] for row in json.loads(out)}
+    # index = line number - 1: the blank lines 2 and 4 are skipped but keep their place.
+    assert by_index == {0: "w1 w2", 2: "w9", 4: "w1 w3"}

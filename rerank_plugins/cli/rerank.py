@@ -26,16 +26,19 @@ __all__ = ["add_rerank_options", "run"]
 logger = logging.getLogger(__name__)
 
 
-def _parse_items(text: str, fmt: str) -> list[Any]:
-    """The raw items of a document file: strings, or JSON values for ``json``/``jsonl``."""
+def _parse_items(text: str, fmt: str) -> list[tuple[int, Any]]:
+    """The raw items of a document file, each with its position: strings, or JSON values
+    for ``json``/``jsonl``. Blank lines are skipped but keep their place: a line's
+    position is its line number - 1, so that ``index`` points back to the line."""
     if fmt == "json":
         data = json.loads(text)
         if not isinstance(data, list):
             raise InvalidInputError("a JSON document file must hold a list of strings")
-        return data
+        return list(enumerate(data))
+    lines = [(i, line) for i, line in enumerate(text.splitlines()) if line.strip()]
     if fmt == "jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [line for line in text.splitlines() if line.strip()]
+        return [(i, json.loads(line)) for i, line in lines]
+    return lines
 
 
 def _doc_text(item: Any, i: int) -> str:
@@ -62,16 +65,18 @@ def _read_stdin(stdin: TextIO) -> str:
     return text
 
 
-def _parse_or_refuse(text: str, fmt: str, source: str) -> list[Any]:
+def _parse_or_refuse(text: str, fmt: str, source: str) -> list[tuple[int, Any]]:
     try:
         return _parse_items(text, fmt)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise InvalidInputError(f"{source} is not valid {fmt.upper()}: {exc}") from exc
 
 
-def _read_items(args: argparse.Namespace, stdin: TextIO) -> list[Any]:
-    """Documents as given: strings, or the JSON objects of a JSON / JSON-lines input."""
-    documents: list[Any] = list(args.documents)
+def _read_items(args: argparse.Namespace, stdin: TextIO) -> list[tuple[int, Any]]:
+    """Documents as given, each with its position (see :func:`_parse_items`; a file's
+    positions follow the documents given as arguments): strings, or the JSON objects of
+    a JSON / JSON-lines input."""
+    documents: list[tuple[int, Any]] = list(enumerate(args.documents))
     args.jsonl_input = False
     if args.file:
         if args.file == "-":
@@ -84,7 +89,8 @@ def _read_items(args: argparse.Namespace, stdin: TextIO) -> list[Any]:
             except OSError as exc:
                 raise InvalidInputError(f"cannot read {args.file}: {exc}") from exc
         fmt = _format_of(args.file, args.format)
-        documents += _parse_or_refuse(text, fmt, args.file)
+        first = len(documents)
+        documents += [(first + i, item) for i, item in _parse_or_refuse(text, fmt, args.file)]
         args.jsonl_input = fmt == "jsonl"
     elif not documents and not stdin.isatty():
         fmt = args.format or "lines"
@@ -144,9 +150,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
     """``rerank-plugins rerank``: read, score, rank and print; 0 on success."""
-    items = _read_items(args, stdin)
+    given = _read_items(args, stdin)
+    positions = [position for position, _ in given]  # what "index" reports
+    items = [item for _, item in given]
     # Every item is checked here, before anything is loaded.
-    documents = [_doc_text(item, i) for i, item in enumerate(items)]
+    documents = [_doc_text(item, position) for position, item in given]
     options = _options(args)
     try:
         scorer = load_scorer(args.model, **options)
@@ -160,7 +168,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
             item = items[r.index]
             record = dict(item) if isinstance(item, dict) else {"text": item}
             record.update(
-                index=r.index,
+                index=positions[r.index],
                 score=r.score.value,
                 tokens=r.score.tokens,
                 truncated=r.score.truncated,
@@ -171,7 +179,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
         rows = [
             {
                 "rank": position + 1,
-                "index": r.index,
+                "index": positions[r.index],
                 "score": r.score.value,
                 "kind": r.score.kind,
                 "tokens": r.score.tokens,
@@ -189,7 +197,8 @@ def run(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
         preview = text if len(text) <= 72 else text[:71] + "…"
         cut = " [truncated]" if r.score.truncated else ""
         tokens = "-" if r.score.tokens is None else str(r.score.tokens)
-        row = f"{position + 1:>4}  {r.score.value:>10.4f}  {r.index:>5}  {tokens:>6}"
+        index = positions[r.index]
+        row = f"{position + 1:>4}  {r.score.value:>10.4f}  {index:>5}  {tokens:>6}"
         stdout.write(f"{row}  {preview}{cut}\n")
     return 0
 
