@@ -258,3 +258,28 @@ def test_serve_on_ray_warns_loudly_on_a_non_loopback_host_without_a_key(
     with caplog.at_level(logging.WARNING):
         assert main(["serve", "--model", "/no/such/model", "--host", "0.0.0.0", "--ray"]) == 2
     assert "WITHOUT AN API KEY" in caplog.text
+
+
+def test_score_command_with_ray_keeps_stdout_for_the_summary_and_honours_no_progress(
+    local_ray: None,
+    modernbert_dir: Path,
+    tmp_path: Path,
+    one_thread: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(json.dumps({"query": "w1", "text": f"w{i}"}) + "\n" for i in range(6))
+    )
+    context = ray.data.DataContext.get_current()
+    before = context.enable_progress_bars
+    out = io.StringIO()
+    argv = ["score", str(source), "-o", str(tmp_path / "ray"), "--model", str(modernbert_dir)]
+    argv += ["--device", "cpu", "--num-cpus", str(ACTOR_CPUS), "--no-progress", "--ray"]
+    try:
+        assert main(argv, stdout=out) == 0
+        assert context.enable_progress_bars is False
+    finally:
+        context.enable_progress_bars = before
+    assert json.loads(out.getvalue())["rows"] == 6  # the summary, alone
+    assert capsys.readouterr().out == ""  # nothing else on standard output

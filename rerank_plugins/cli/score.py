@@ -5,6 +5,7 @@ on this machine (:func:`rerank_plugins.bulk.score_file`) or on a Ray cluster wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any, TextIO
 
@@ -108,15 +109,18 @@ def _run(args: argparse.Namespace, stdout: TextIO) -> int:
         from rerank_plugins.ray import score_file_on_ray
 
         ray_options = {"num_gpus": args.num_gpus, "num_cpus": args.num_cpus}
-        summary = score_file_on_ray(
-            args.input,
-            args.output,
-            address=args.ray or None,
-            concurrency=args.concurrency,
-            batch_size=args.batch_size,
-            **ray_options,
-            **common,
-        )
+        # Standard output carries the JSON summary only: anything Ray prints goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = score_file_on_ray(
+                args.input,
+                args.output,
+                address=args.ray or None,
+                concurrency=args.concurrency,
+                batch_size=args.batch_size,
+                progress=args.progress,
+                **ray_options,
+                **common,
+            )
     else:
         try:
             summary = score_file(

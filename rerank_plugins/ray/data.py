@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,6 +132,7 @@ def score_file_on_ray(
     num_cpus: float | None = None,
     concurrency: int | None = None,
     batch_size: int = 512,
+    progress: bool | None = None,
 ) -> BulkSummary:
     """``rerank-plugins score --ray``: read, :func:`score_dataset`, write, on a Ray cluster.
 
@@ -138,6 +140,7 @@ def score_file_on_ray(
     already initialised. Parquet in, Parquet files out (JSONL in, JSONL out) under the
     ``output`` directory, in input order; rows that could not be scored are also listed
     in ``output/_errors/errors.jsonl``. A Ray run is not resumable: rerun it whole.
+    ``progress`` turns Ray Data's progress bars on or off (default: Ray Data's setting).
     """
     started = time.perf_counter()
     fmt = input_format(input_path)
@@ -145,8 +148,11 @@ def score_file_on_ray(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInputError(f"{out} exists and is not empty; choose a new output")
     if not ray.is_initialized():
-        ray.init(address=address)
+        # Ray's own INFO lines (start-up, dashboard) are not this command's output.
+        ray.init(address=address, logging_level=logging.WARNING)
     context = ray.data.DataContext.get_current()
+    if progress is not None:  # --progress / --no-progress; else Ray Data's default
+        context.enable_progress_bars = progress
     context.execution_options.preserve_order = True  # input order in the output files
     source = str(Path(input_path).resolve())
     ds = (
