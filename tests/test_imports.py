@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -107,3 +108,43 @@ def test_the_moved_command_line_names_keep_working() -> None:
     assert callable(main) and callable(score_file) and callable(score_table)
     assert BulkSummary(output="x").rows == 0
     assert all(map(callable, (score_dataset, score_file_on_ray, serve_app, serve_on_ray)))
+
+
+def test_every_name_in_the_root_all_is_importable_lazily_where_lazy() -> None:
+    code = (
+        "import json, sys, types\n"
+        "import rerank_plugins as rp\n"
+        f"heavy = {HEAVY!r}\n"
+        "loaded = lambda: [m for m in heavy if m in sys.modules]\n"
+        "out = {'all': rp.__all__, 'lazy_table': sorted(rp._LAZY)}\n"
+        "out['eager'] = [n for n in rp.__all__ if n in vars(rp)]\n"
+        "out['lazy'] = [n for n in rp.__all__ if n not in vars(rp)]\n"
+        "out['public'] = sorted(n for n, v in vars(rp).items() if not n.startswith('_')\n"
+        "    and not isinstance(v, types.ModuleType)\n"
+        "    and n not in ('annotations', 'TYPE_CHECKING', 'Any'))\n"
+        "for n in out['eager']:\n"
+        "    getattr(rp, n)\n"
+        "out['heavy_after_eager'] = loaded()\n"
+        "ns = {}\n"
+        "exec('from rerank_plugins import *', ns)\n"
+        "out['star'] = sorted(n for n in ns if not n.startswith('__'))\n"
+        "out['named'] = {n: ns[n].__name__ for n in rp.__all__\n"
+        "    if isinstance(ns[n], type) or isinstance(ns[n], types.FunctionType)}\n"
+        "out['homes'] = {n: getattr(ns[n], '__module__', '') for n in out['lazy']}\n"
+        "out['same'] = all(ns[n] is getattr(sys.modules[rp._LAZY[n]], n) for n in out['lazy'])\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = python(code)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    names = out["all"]
+    assert len(names) == len(set(names)), "duplicates in __all__"
+    assert out["heavy_after_eager"] == []  # the eager names pull in no heavy dependency
+    assert sorted(out["lazy"]) == out["lazy_table"]  # lazy exactly where the table says
+    assert set(out["public"]) <= set(names), "a public name of the package is not in __all__"
+    assert out["star"] == sorted(names)  # `import *` gives every name, lazy ones loaded
+    assert out["same"]
+    # Classes and functions are exported under their own names (no stale alias).
+    assert {"RemoteScorer", "rank", "RerankError"} <= out["named"].keys()
+    assert {n: v for n, v in out["named"].items() if v != n} == {}
+    assert all(home.startswith("rerank_plugins.") for home in out["homes"].values())

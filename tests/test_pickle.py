@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from rerank_plugins import CrossEncoderScorer, RemoteScorer
-from rerank_plugins.remote.fake import FakeRerankServer
+from rerank_plugins.testing.fake_server import FakeRerankServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["w1 w2 w3", "w9 w8", "w1 w50 w51 w52", "w200"]

@@ -23,9 +23,9 @@ from rerank_plugins.bulk import score_file
 from rerank_plugins.cli import main
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.ray import score_dataset, serve_app
-from rerank_plugins.remote.fake import FakeRerankServer, fake_probability, serve
 from rerank_plugins.scoring import Score
 from rerank_plugins.testing import FunctionScorer, random_text
+from rerank_plugins.testing.fake_server import FakeRerankServer, fake_probability, serve
 
 # Ray's own DataContext warns about its deprecated fields when the context is copied.
 pytestmark = [

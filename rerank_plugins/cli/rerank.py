@@ -18,7 +18,7 @@ from rerank_plugins.cli.model_options import add_model_options, model_options
 from rerank_plugins.errors import InvalidInputError, UnknownOptionError
 from rerank_plugins.loading import in_user_words, is_remote, load_scorer
 from rerank_plugins.ranking import rank
-from rerank_plugins.scoring import check_scores
+from rerank_plugins.scoring import score_groups
 from rerank_plugins.wire import API_KEY_ENV
 
 __all__ = ["add_rerank_options", "run"]
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
         scorer = load_scorer(args.model, **options)
     except UnknownOptionError as exc:
         raise in_user_words(exc, args.model, options) from exc
-    scores = check_scores(scorer.score(args.query, documents), len(documents))
+    (scores,) = score_groups(scorer, [(args.query, documents)])
     ranked = rank(scores, top_n=args.top_n, score_threshold=args.threshold)
     if args.jsonl_input and not args.json:
         # JSON lines in, JSON lines out: each object keeps its own fields (id, metadata).

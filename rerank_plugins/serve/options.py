@@ -14,7 +14,8 @@ from rerank_plugins.wire import API_KEY_ENV
 __all__ = ["DEFAULT_BATCH_TOKENS", "LOOPBACK_HOSTS", "ServeOptions"]
 
 DEFAULT_BATCH_TOKENS = 16384
-"""The batcher's token budget when neither the options nor the scorer give one (TEI's)."""
+"""The batcher's token budget when neither the options nor the scorer give one (TEI's);
+:func:`rerank_plugins.serve.create_app` and ``serve --ray`` use it."""
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -79,7 +80,7 @@ class ServeOptions:
             f"can use it; set ${API_KEY_ENV} or --api-key-file, or bind 127.0.0.1"
         )
 
-    def app_options(self, *, batch_tokens: int) -> dict[str, Any]:
+    def app_options(self, *, batch_tokens: int | None) -> dict[str, Any]:
         """:func:`rerank_plugins.serve.create_app` keyword arguments."""
         return {
             "model_name": self.served_model_name or str(self.model),

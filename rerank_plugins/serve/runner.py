@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from rerank_plugins.errors import InvalidInputError, RerankError, UnknownOptionError
-from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS, ServeOptions
+from rerank_plugins.serve.options import ServeOptions
 
 __all__ = ["build_server", "check_port", "run_server"]
 
@@ -101,11 +101,8 @@ def build_server(options: ServeOptions) -> Any:
         raise in_user_words(exc, options.model, scorer_options) from exc
     except TypeError as exc:
         raise InvalidInputError(f"{options.model}: {exc}") from exc
-    # One token-budget policy: the scorer's own (it knows its device), unless one was given.
-    batch_tokens = (
-        options.batch_tokens or getattr(scorer, "batch_tokens", None) or DEFAULT_BATCH_TOKENS
-    )
     warning = options.open_to_the_network()
     if warning:
         logger.warning("%s", warning)
-    return create_app(scorer, **options.app_options(batch_tokens=int(batch_tokens)))
+    # None: the app asks the scorer for its own budget (one policy, sized for its device).
+    return create_app(scorer, **options.app_options(batch_tokens=options.batch_tokens))
