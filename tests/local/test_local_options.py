@@ -133,12 +133,13 @@ def test_fill_mask_shares_weights_checks_options_and_pickles(tmp_path: Path) -> 
 
 def test_the_server_budget_is_the_local_scorers_own(scorers: dict[str, Path]) -> None:
     from rerank_plugins.cli import _parser
-    from rerank_plugins.serve.cli import _build as build_server
+    from rerank_plugins.cli.serve import serve_options
+    from rerank_plugins.serve.runner import build_server
 
     argv = ["serve", "-m", str(scorers["cross"]), "--device", "cpu"]
-    app, _, _ = build_server(_parser().parse_args(argv))
+    app = build_server(serve_options(_parser().parse_args(argv)))
     scorer = app.state.engine.scorer
     assert scorer.batch_tokens == CPU_BATCH_TOKENS
     assert app.state.batcher.max_batch_tokens == scorer.batch_tokens
-    app, _, _ = build_server(_parser().parse_args([*argv, "--batch-tokens", "999"]))
+    app = build_server(serve_options(_parser().parse_args([*argv, "--batch-tokens", "999"])))
     assert app.state.engine.scorer.batch_tokens == app.state.batcher.max_batch_tokens == 999
