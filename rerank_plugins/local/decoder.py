@@ -8,21 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rerank_plugins._options import Rebuildable, checked_options
+from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InvalidInputError
-from rerank_plugins.local.checkpoint import (
-    HUB_OPTIONS,
-    guard_checkpoint_init,
-    load_tokenizer,
-    read_json,
-    resolve_checkpoint,
-)
+from rerank_plugins.local.base import LocalScorer
+from rerank_plugins.local.checkpoint import guard_checkpoint_init, load_tokenizer
 from rerank_plugins.local.decoder_prompt import DecoderPair, DecoderPrompt, template_for
-from rerank_plugins.local.engine.device import default_batch_tokens, pick_device, pick_mode
-from rerank_plugins.local.engine.packing import token_budget_batches
-from rerank_plugins.local.progress import BatchProgress, check_show_progress
-from rerank_plugins.local.weights import checkpoint_key, shared_weights
-from rerank_plugins.local.worker import LocalWorker
+from rerank_plugins.local.engine.batching import token_budget_batches
+from rerank_plugins.local.options import LocalOptions
+from rerank_plugins.local.progress import BatchProgress
 from rerank_plugins.scoring import OverflowPolicy, Score, check_inputs
 
 if TYPE_CHECKING:
@@ -52,7 +45,7 @@ def hub_id_of(name: str, directory: Path) -> str | None:
     return None
 
 
-class DecoderScorer(Rebuildable):
+class DecoderScorer(LocalScorer):
     """Scores documents with a local decoder reranker (a ``*ForCausalLM`` checkpoint).
 
     Qwen3 and Qwen2 trunks run on the native packed engine. The prompt template is
@@ -71,6 +64,8 @@ class DecoderScorer(Rebuildable):
     model's positions), ``overflow``, ``batch_tokens``, ``backend`` ("auto", "varlen",
     "sdpa"), ``show_progress``, ``cache`` and the hub options.
     """
+
+    offers_int8 = True
 
     @checked_options
     @guard_checkpoint_init
@@ -97,24 +92,27 @@ class DecoderScorer(Rebuildable):
     ) -> None:
         if output not in ("probability", "logit"):
             raise InvalidInputError(f"output must be 'probability' or 'logit', got {output!r}")
-        if batch_tokens is not None and batch_tokens <= 0:
-            raise InvalidInputError(f"batch_tokens must be positive, got {batch_tokens}")
         if instruction is not None and not isinstance(instruction, str):
             raise InvalidInputError(f"instruction must be a str, got {type(instruction).__name__}")
-        self.show_progress = check_show_progress(show_progress)
-        self.cache = bool(cache)
-        self.prefix_cache = bool(prefix_cache)
-        self.instruction = instruction
-        self.backend = backend
-        self.directory = resolve_checkpoint(
-            model,
+        options = LocalOptions(
+            device=device,
+            dtype=dtype,
+            max_length=max_length,
+            overflow=overflow,
+            batch_tokens=batch_tokens,
+            backend=backend,
+            show_progress=show_progress,
+            cache=bool(cache),
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             token=token,
         )
-        self.name = str(model)
-        self.config = read_json(self.directory / "config.json")
+        self.output: Output = output
+        self.prefix_cache = bool(prefix_cache)
+        self.instruction = instruction
+        self.backend = options.backend
+        self._open(model, options)
         self.window = int(self.config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH)
         if max_length is None:
             max_length = min(DEFAULT_MAX_LENGTH, self.window)
@@ -125,28 +123,14 @@ class DecoderScorer(Rebuildable):
             max_length = self.window
         self.template = template_for(template, hub_id=hub_id_of(self.name, self.directory))
         self.prompt = DecoderPrompt(
-            load_tokenizer(self.directory), self.template, max_length=max_length, overflow=overflow
+            load_tokenizer(self.directory),
+            self.template,
+            max_length=max_length,
+            overflow=options.overflow,
         )
-        self.device = pick_device(device)
-        self.dtype, self.quantize = pick_mode(dtype, self.device)
-        self.output: Output = output
-        self.batch_tokens = (
-            default_batch_tokens(self.device) if batch_tokens is None else batch_tokens
+        self.model: QwenReranker = self._shared_weights(
+            (DecoderScorer, self.backend, self.prompt.answer_ids), self._load_model
         )
-        self.model: QwenReranker = shared_weights(
-            (
-                DecoderScorer,
-                self.backend,
-                self.prompt.answer_ids,
-                checkpoint_key(self.directory),
-                str(self.device),
-                self.dtype,
-                self.quantize,
-            ),
-            self._load_model,
-            cache=self.cache,
-        )
-        self._worker = LocalWorker("rerank-local")
 
     @property
     def max_length(self) -> int:
@@ -154,28 +138,22 @@ class DecoderScorer(Rebuildable):
 
     def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args, kwargs = super()._rebuild_arguments()
-        for name in HUB_OPTIONS:
-            kwargs.pop(name, None)
-        kwargs.pop("model", None)
         # The template is fixed now: a copy from the directory must not fall back to Qwen3's.
         kwargs["template"] = self.template.name
-        return (str(self.directory), *args[1:]), kwargs
+        return args, kwargs
 
     def _load_model(self) -> QwenReranker:
-        from rerank_plugins.local.engine.precision import quantize_linears
-        from rerank_plugins.local.engine.qwen import load_qwen
+        from rerank_plugins.local.engine.qwen import QwenReranker
 
-        model = load_qwen(
+        return QwenReranker.from_checkpoint(
             self.directory,
             answer_tokens=self.prompt.answer_ids,
             device=self.device,
             dtype=self.dtype,
             backend=self.backend,
             config=self.config,
+            quantize=self.quantize,
         )
-        if self.quantize == "int8":  # the trunk's layers; embeddings and the head stay fp32
-            quantize_linears(model.trunk.layers)
-        return model
 
     def score(
         self, query: str, documents: Sequence[str], *, instruction: str | None = None
@@ -242,8 +220,9 @@ class DecoderScorer(Rebuildable):
             return logit
         return 0.5 * (1.0 + math.tanh(0.5 * logit))  # sigmoid without exp overflow
 
-    def __repr__(self) -> str:
-        return (
-            f"DecoderScorer(model={self.name!r}, template={self.template.name!r}, "
-            f"device={str(self.device)!r}, max_length={self.max_length})"
-        )
+    def _repr_fields(self) -> dict[str, Any]:
+        return {
+            **super()._repr_fields(),
+            "template": self.template.name,
+            "max_length": self.max_length,
+        }

@@ -30,13 +30,12 @@ import torch.nn.functional as F
 
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.local.engine.attention import (
-    PackedBatch,
     _global_plan,
     _varlen_parameters,
     choose_backend,
     contiguous,
-    pack_sequences,
 )
+from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 
 __all__ = ["CausalBatch", "causal_attention", "choose_causal_backend"]
 

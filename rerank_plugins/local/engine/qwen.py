@@ -37,6 +37,7 @@ from rerank_plugins.errors import CheckpointError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import config_float, config_int, load_state_dict, read_json
 from rerank_plugins.local.engine.causal import CausalBatch, causal_attention, choose_causal_backend
 from rerank_plugins.local.engine.modernbert import _load_module, _placed
+from rerank_plugins.local.engine.precision import quantize_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 
 __all__ = ["Context", "QwenReranker", "QwenSpec", "QwenTrunk", "build_qwen", "load_qwen"]
@@ -245,6 +246,32 @@ class QwenReranker:
         self.spec = spec
         self.trunk = trunk
         self.head = head  # fp32 [2, hidden]
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        directory: Path,
+        *,
+        answer_tokens: tuple[int, int],
+        device: torch.device,
+        dtype: torch.dtype,
+        backend: str = "auto",
+        config: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
+    ) -> QwenReranker:
+        """Load a ``Qwen3ForCausalLM`` / ``Qwen2ForCausalLM`` checkpoint directory;
+        ``quantize="int8"`` makes the trunk's layers int8 (embeddings and head stay)."""
+        model = load_qwen(
+            directory,
+            answer_tokens=answer_tokens,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            config=config,
+        )
+        if quantize == "int8":
+            quantize_linears(model.trunk.layers)
+        return model
 
     @property
     def device(self) -> torch.device:
