@@ -35,4 +35,4 @@ def test_rerank_passes_the_instruction_to_a_decoder(
 def test_instruction_is_refused_for_an_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
     code, _ = run(["rerank", "q", "d", "-m", "http://127.0.0.1:8000", "--instruction", "x"])
     assert code == 2
-    assert "--instruction only apply to local models" in capsys.readouterr().err
+    assert "--instruction only applies to local models" in capsys.readouterr().err
