@@ -22,6 +22,12 @@ _EXTRA_OF = {
     "prometheus_client": "serve",
     "pyarrow": "bulk",
     "ray": "ray",
+    "ir_measures": "eval",
+    "bm25s": "eval",
+    "scipy": "eval",
+    "sklearn": "eval",
+    "numpy": "eval",
+    "matplotlib": "eval",
 }
 
 

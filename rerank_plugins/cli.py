@@ -22,6 +22,7 @@ from rerank_plugins import __version__
 from rerank_plugins._model_args import add_model_options, is_remote, model_options
 from rerank_plugins.bulk import add_score_arguments, score_file, score_options
 from rerank_plugins.errors import InvalidInputError, RerankError
+from rerank_plugins.evaluation.cli import add_calibrate_command, add_evaluate_command
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.ranking import rank
 from rerank_plugins.scoring import check_scores
@@ -288,6 +289,8 @@ def _parser() -> argparse.ArgumentParser:
     on_ray.add_argument("--replica-cpus", type=float, help="CPUs per replica (default: Ray's 1)")
     sc = commands.add_parser("score", help="score a Parquet/JSONL file of pairs (resumable)")
     add_score_arguments(sc)
+    add_evaluate_command(commands)
+    add_calibrate_command(commands)
     return parser
 
 
@@ -347,6 +350,8 @@ def main(
     try:
         if args.command == "score":
             return _score(args, stdout or sys.stdout)
+        if hasattr(args, "run_command"):  # evaluate, calibrate
+            return int(args.run_command(args, stdout or sys.stdout))
         return _rerank(args, stdout or sys.stdout, stdin or sys.stdin)
     except RerankError as exc:
         sys.stderr.write(f"rerank-plugins: error: {exc}\n")
