@@ -2,8 +2,9 @@
 
 One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
 same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
-``--layer``/``--dim`` and ``--dialect``, with the same defaults and checks. It sits below
-the command line and the server (which both import it) and above ``loading``.
+``--layer``/``--dim``, ``--dialect`` and ``--calibration``, with the same defaults and
+checks. It sits below the command line and the server (which both import it) and above
+``loading``.
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         default=default(None),
         help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score)",
     )
+    add(
+        "--calibration",
+        default=default(None),
+        metavar="PATH",
+        help="calibration file from 'rerank-plugins calibrate' for this model and mode: "
+        "scores become calibrated probabilities",
+    )
 
 
 def model_options(
@@ -106,4 +114,6 @@ def model_options(
         options.update(
             {n: getattr(args, n) for n in ("layer", "dim") if getattr(args, n, None) is not None}
         )
+    if getattr(args, "calibration", None) is not None:
+        options["calibration"] = args.calibration
     return options
