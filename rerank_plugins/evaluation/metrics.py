@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rerank_plugins._imports import require
-from rerank_plugins.evaluation.data import Qrels, Run
+from rerank_plugins.evaluation.data import Qrels, Run, ordered
 
 __all__ = ["MEASURES", "compare", "mean", "per_query"]
 
@@ -36,18 +36,18 @@ def per_query(
 ) -> PerQuery:
     """``{measure: {query id: value}}`` for every judged query (0 where the run has none).
 
-    ``run`` is a :data:`~rerank_plugins.evaluation.data.Run` (best first: scores are
-    replaced by rank-derived ones, so that ties are broken as listed) or a plain
-    ``{query id: {document id: score}}`` (then the tool breaks ties, as trec_eval does).
+    ``run`` is a :data:`~rerank_plugins.evaluation.data.Run` (best first, ties broken as
+    listed) or a plain ``{query id: {document id: score}}`` (ties broken as trec_eval
+    does: document id descending, :func:`~rerank_plugins.evaluation.data.ordered`). Either
+    way the tools get rank-derived scores without ties: ``ir-measures``' msmarco provider,
+    which computes RR@k, would otherwise break ties its own way and disagree with trec_eval.
     """
     ir_measures = _ir_measures()
     parsed = [ir_measures.parse_measure(m) for m in measures]
     scored: dict[str, dict[str, float]] = {}
     for qid, docs in run.items():
-        if isinstance(docs, Mapping):
-            scored[qid] = {d: float(s) for d, s in docs.items()}
-        else:
-            scored[qid] = {d: float(len(docs) - i) for i, (d, _) in enumerate(docs)}
+        listed = ordered(docs) if isinstance(docs, Mapping) else docs
+        scored[qid] = {d: float(len(listed) - i) for i, (d, _) in enumerate(listed)}
     scored = {q: d for q, d in scored.items() if d and q in qrels}
     out: PerQuery = {m: dict.fromkeys(qrels, 0.0) for m in measures}
     names = {str(m): name for m, name in zip(parsed, measures, strict=True)}
