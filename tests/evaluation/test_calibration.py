@@ -222,3 +222,15 @@ def test_expected_calibration_error_by_hand() -> None:
     assert expected_calibration_error([0.95, 0.95, 0.1, 0.1], [1, 0, 0, 0]) == pytest.approx(
         0.45 * 0.5 + 0.1 * 0.5
     )
+
+
+@pytest.mark.parametrize("command", ["rerank", "serve", "score"])
+def test_every_model_command_takes_calibration(command: str) -> None:
+    from rerank_plugins._model_args import model_options
+    from rerank_plugins.bulk import score_options
+    from rerank_plugins.cli import _parser
+
+    tail = {"rerank": ["q", "d"], "serve": [], "score": ["in.jsonl", "-o", "out"]}[command]
+    args = _parser().parse_args([command, "--model", "ckpt", "--calibration", "c.json", *tail])
+    options = score_options(args) if command == "score" else model_options(args)
+    assert options["calibration"] == "c.json"
