@@ -234,3 +234,22 @@ def test_every_model_command_takes_calibration(command: str) -> None:
     args = _parser().parse_args([command, "--model", "ckpt", "--calibration", "c.json", *tail])
     options = score_options(args) if command == "score" else model_options(args)
     assert options["calibration"] == "c.json"
+
+
+async def test_the_server_serves_calibrated_probabilities(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from rerank_plugins.serve import create_app
+
+    scorer = _fake_scorer()
+    cal, _ = fit_calibration(scorer, _synthetic_pairs(scorer, 30, 20))
+    cal.save(tmp_path / "cal.json")
+    calibrated = load_scorer("http://fake.test", calibration=tmp_path / "cal.json", **_clients())
+    app = create_app(calibrated, warmup=False)
+    documents = ["w1 w2 w3", "w30", "w1"]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        answer = await client.post("/v1/rerank", json={"query": "w1 w2", "documents": documents})
+    await app.state.batcher.stop()
+    got = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
+    expected = [s.value for s in calibrated.score("w1 w2", documents)]
+    assert got == pytest.approx(dict(enumerate(expected)))
