@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rerank_plugins.remote.fake import FakeRerankServer, serve
 from rerank_plugins.testing import write_eval_fixture
+from rerank_plugins.testing.fake_server import FakeRerankServer, serve
 
 pytest.importorskip("ir_measures")
 

@@ -26,8 +26,8 @@ from rerank_plugins.evaluation.calibration import (
     read_pairs,
 )
 from rerank_plugins.remote import RemoteScorer
-from rerank_plugins.remote.fake import FakeRerankServer
 from rerank_plugins.testing import WORDS, FunctionScorer, make_modernbert_checkpoint
+from rerank_plugins.testing.fake_server import FakeRerankServer
 
 TRUE_A, TRUE_B = 6.0, -3.5
 
@@ -226,9 +226,9 @@ def test_expected_calibration_error_by_hand() -> None:
 
 @pytest.mark.parametrize("command", ["rerank", "serve", "score"])
 def test_every_model_command_takes_calibration(command: str) -> None:
-    from rerank_plugins._model_args import model_options
-    from rerank_plugins.bulk import score_options
     from rerank_plugins.cli import _parser
+    from rerank_plugins.cli.model_options import model_options
+    from rerank_plugins.cli.score import score_options
 
     tail = {"rerank": ["q", "d"], "serve": [], "score": ["in.jsonl", "-o", "out"]}[command]
     args = _parser().parse_args([command, "--model", "ckpt", "--calibration", "c.json", *tail])

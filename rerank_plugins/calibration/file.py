@@ -1,16 +1,9 @@
-"""Calibrated scores: a Platt-scaling file and the scorer wrapper that applies it.
-
-A calibration maps a scorer's raw score ``s`` (a logit, a MaxSim sum, an endpoint's
-score) to ``P(relevant) = sigmoid(a * s + b)``, fitted by ``rerank-plugins calibrate``
-(:mod:`rerank_plugins.evaluation.calibration`). With it, ``score_threshold=0.5`` means
-"more likely relevant than not" whatever the backend.
+"""The calibration file: Platt parameters, and the model and mode they were fitted for.
 
 The file (JSON) records the model it was fitted for (a local checkpoint's content
 fingerprint, or an endpoint's URL, dialect and model name) and the mode (the options
 that change scores: dtype, layer, dim, output, ...; the kind of raw score).
-:func:`calibrate_scorer` refuses a file made for another model or mode with
-:class:`~rerank_plugins.errors.CalibrationMismatchError`. This module is pure Python: it
-imports no backend, it reads the scorer's attributes.
+:func:`~rerank_plugins.calibration.calibrate_scorer` compares them with the scorer's.
 """
 
 from __future__ import annotations
@@ -18,22 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rerank_plugins.errors import CalibrationMismatchError, ScoringError
-from rerank_plugins.scoring import Score, Scorer, check_scores
+from rerank_plugins.errors import CalibrationMismatchError
+from rerank_plugins.scoring import Scorer
 
-__all__ = [
-    "FORMAT",
-    "CalibratedScorer",
-    "Calibration",
-    "calibrate_scorer",
-    "load_calibration",
-    "scorer_identity",
-]
+__all__ = ["FORMAT", "Calibration", "load_calibration", "scorer_identity"]
 
 FORMAT = "rerank-plugins-calibration/1"
 
@@ -185,65 +171,3 @@ def scorer_identity(
 
 def _jsonable(mode: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(dict(mode), default=str))  # what the file will read back
-
-
-class CalibratedScorer:
-    """A scorer whose scores are calibrated probabilities (``kind="probability"``).
-
-    Wraps ``scorer`` (which must give raw scores of ``calibration.mode["raw_kind"]``);
-    tokens and truncation flags are kept.
-    """
-
-    def __init__(self, scorer: Scorer, calibration: Calibration) -> None:
-        self.scorer = scorer
-        self.calibration = calibration
-
-    def _map(self, scores: object, n: int) -> list[Score]:
-        checked = check_scores(scores, n)
-        expected = self.calibration.mode.get("raw_kind")
-        wrong = [i for i, s in enumerate(checked) if expected and s.kind != expected]
-        if wrong:
-            raise ScoringError(
-                f"the calibration is for {expected} scores, the scorer gave "
-                f"{checked[wrong[0]].kind}",
-                indices=wrong,
-            )
-        return [
-            Score(self.calibration.probability(s.value), "probability", s.tokens, s.truncated)
-            for s in checked
-        ]
-
-    def score(self, query: str, documents: Sequence[str]) -> list[Score]:
-        return self._map(self.scorer.score(query, documents), len(documents))
-
-    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
-        return self._map(await self.scorer.ascore(query, documents), len(documents))
-
-    def __repr__(self) -> str:
-        c = self.calibration
-        return f"CalibratedScorer({self.scorer!r}, a={c.a:.4g}, b={c.b:.4g})"
-
-
-def calibrate_scorer(
-    scorer: Scorer,
-    calibration: Calibration,
-    *,
-    options: Mapping[str, Any] | None = None,
-) -> CalibratedScorer:
-    """``scorer`` wrapped by ``calibration``, after checking that the file was made for
-    this model and mode (:class:`CalibrationMismatchError` naming the difference)."""
-    model, mode = scorer_identity(scorer, options)
-    recorded_mode = {k: v for k, v in calibration.mode.items() if k != "raw_kind"}
-    if model != calibration.model:
-        raise CalibrationMismatchError(
-            f"the calibration file was made for model {calibration.model}, not {model}"
-        )
-    if mode != recorded_mode:
-        differ = sorted(
-            k for k in set(mode) | set(recorded_mode) if mode.get(k) != recorded_mode.get(k)
-        )
-        raise CalibrationMismatchError(
-            f"the calibration file was made for another mode: {differ} differ "
-            f"(file: {recorded_mode}, scorer: {mode})"
-        )
-    return CalibratedScorer(scorer, calibration)
