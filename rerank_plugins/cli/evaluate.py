@@ -79,7 +79,7 @@ def add_evaluate_command(commands: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--calibration",
-        default=None,
+        default=argparse.SUPPRESS,  # also accepted before the subcommand (top-level option)
         help="calibration file for every --model without its own calibration=",
     )
     parser.add_argument("--json", dest="json_path", metavar="PATH", help="write the JSON report")
@@ -139,7 +139,9 @@ def run(args: argparse.Namespace, stdout: TextIO) -> int:
     data = judgments(args)
     ranking, cost = first_stage(args, data)
     specs = [parse_model_spec(text) for text in args.models]
-    systems = [(s.name, _load(s, args.calibration)) for s in specs]
+    if not specs:  # (a --model before the subcommand is the rerank command's option)
+        logger.warning("no --model after 'evaluate': only the first stage is evaluated")
+    systems = [(s.name, _load(s, getattr(args, "calibration", None))) for s in specs]
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     result = evaluate(
         data, ranking, systems, depth=args.depth, first_stage_cost=cost, progress=progress
