@@ -111,9 +111,10 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def plot(
     evaluation: Evaluation, path: str | Path, *, measure: str = "nDCG@10", latency: str = "p50_ms"
 ) -> None:
-    """Quality (``measure``) against latency (``latency`` of the cost, ms per query) per
-    reranking system, the Pareto front joined by a line; the first stage as a horizontal
-    reference line. Drawn with matplotlib's Agg backend into a PNG."""
+    """Quality (``measure``) against latency (``latency``: a cost key in ms per query,
+    ``p50_ms``, ``p95_ms`` or ``cpu_ms_per_query``) per reranking system, the Pareto front
+    joined by a line; the first stage as a horizontal reference line. Drawn with
+    matplotlib's Agg backend into a PNG."""
     require("matplotlib")
     from matplotlib.figure import Figure
 
@@ -140,7 +141,10 @@ def plot(
         )
     base = evaluation.systems[0]
     axes.axhline(base.metrics[measure], color="grey", linestyle=":", label=FIRST_STAGE)
-    axes.set_xlabel(f"{latency.replace('_', ' ')} per query (reranking top {evaluation.depth})")
+    label = {"p50_ms": "p50 ms", "p95_ms": "p95 ms", "cpu_ms_per_query": "CPU ms"}.get(
+        latency, latency
+    )
+    axes.set_xlabel(f"{label} per query (reranking top {evaluation.depth})")
     axes.set_ylabel(measure)
     axes.set_title(f"{measure} against latency, {evaluation.queries} queries")
     axes.legend(loc="best", fontsize=8)

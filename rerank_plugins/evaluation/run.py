@@ -168,6 +168,8 @@ def _cost(
         "tokens_per_s": rate(tokens),
         "p50_ms": None if ms is None else round(float(numpy.percentile(ms, 50)), 3),
         "p95_ms": None if ms is None else round(float(numpy.percentile(ms, 95)), 3),
+        # CPU time (all threads) per query: steadier than wall time on a shared machine.
+        "cpu_ms_per_query": round(cpu * 1000.0 / len(latencies), 3) if latencies else None,
         "peak_rss_mb": _peak_rss_mb(),
     }
 

@@ -35,6 +35,7 @@ COST_KEYS = {
     "tokens_per_s",
     "p50_ms",
     "p95_ms",
+    "cpu_ms_per_query",
     "peak_rss_mb",
 }
 
