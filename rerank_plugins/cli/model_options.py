@@ -2,7 +2,11 @@
 
 One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
 same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
+<<<<<<< HEAD
 ``--layer``/``--dim``, ``--instruction`` and ``--dialect``, with the same defaults and
+=======
+``--layer``/``--dim``, ``--dialect`` and ``--calibration``, with the same defaults and
+>>>>>>> main
 checks.
 """
 
@@ -94,6 +98,13 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score; "
         "default: cohere)",
     )
+    add(
+        "--calibration",
+        default=default(None),
+        metavar="PATH",
+        help="calibration file from 'rerank-plugins calibrate' for this model and mode: "
+        "scores become calibrated probabilities",
+    )
 
 
 def model_options(
@@ -126,4 +137,6 @@ def model_options(
                 if getattr(args, n, None) is not None
             }
         )
+    if getattr(args, "calibration", None) is not None:
+        options["calibration"] = args.calibration
     return options

@@ -19,6 +19,7 @@ from rerank_plugins.testing.decoder import (
     make_mxbai_v2_checkpoint,
     make_qwen3_reranker_checkpoint,
 )
+from rerank_plugins.testing.eval_fixture import EVAL_FIXTURE_SIZE, write_eval_fixture
 from rerank_plugins.testing.function_scorer import FunctionScorer
 from rerank_plugins.testing.gte import (
     TINY_GTE_NEW,
@@ -45,6 +46,7 @@ from rerank_plugins.testing.words import (
 
 __all__ = [
     "COLBERT_SETTINGS",
+    "EVAL_FIXTURE_SIZE",
     "TINY_GTE_NEW",
     "TINY_MATRYOSHKA",
     "TINY_MODERNBERT",
@@ -67,4 +69,5 @@ __all__ = [
     "save_word_tokenizer",
     "save_xlmr_tokenizer",
     "wait_until_healthy",
+    "write_eval_fixture",
 ]
