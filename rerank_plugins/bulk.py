@@ -6,7 +6,7 @@ documents. :func:`score_table` scores an Arrow table of such rows through any
 too); :func:`score_file` runs it over a whole file on one machine::
 
     OUTPUT/
-      _manifest.json             input identity, shard size, columns, model: checked on --resume
+      _manifest.json             input/model identity, options, shard checksums: see manifest
       part-000000.parquet        rows [0, shard_rows), input order, input columns kept
       part-000001.parquet        ... (.jsonl shards for a JSONL input)
       _errors/part-000001.jsonl  rows that could not be scored, with the reason
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -39,8 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 from rerank_plugins._imports import require
 from rerank_plugins._model_args import add_model_options, model_options
-from rerank_plugins.errors import InvalidInputError, InvalidScoreError, RerankError
+from rerank_plugins.errors import InvalidInputError, InvalidScoreError, RerankError, ScoringError
+from rerank_plugins.identity import redact_url, scorer_identity
+from rerank_plugins.jsonl import DEFAULT_MAX_LINE_BYTES, lines, parse_object
 from rerank_plugins.loading import load_scorer
+from rerank_plugins.manifest import MANIFEST, Manifest, input_identity, public_options
 from rerank_plugins.scoring import Score, Scorer, check_scores
 
 if TYPE_CHECKING:
@@ -65,7 +69,6 @@ ROW_ERRORS: tuple[type[RerankError], ...] = (InvalidInputError, InvalidScoreErro
 """Failures that belong to a row's input: recorded with the row. Others stop the run
 (an unreachable endpoint is not a property of the row; the run resumes later)."""
 
-_MANIFEST = "_manifest.json"
 _SUCCESS = "_SUCCESS"
 _ERRORS = "_errors"
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -122,7 +125,19 @@ def score_rows(
             continue
         for i, score in zip(rows, scores, strict=True):
             results[i] = RowResult(scores=score)
-    return [r if r is not None else RowResult(error="not scored") for r in results]
+    return [_finite(r) if r is not None else RowResult(error="not scored") for r in results]
+
+
+def _finite(result: RowResult) -> RowResult:
+    """The row's error when a score is NaN or infinite (never ``score: NaN, error: null``)."""
+    scores = result.scores
+    listed = scores if isinstance(scores, list) else [] if scores is None else [scores]
+    bad = [i for i, s in enumerate(listed) if not math.isfinite(s.value)]
+    if not bad:
+        return result
+    where = f" for documents {bad}" if isinstance(scores, list) else ""
+    exc = InvalidScoreError(f"the model returned a non-finite score{where}", indices=bad)
+    return RowResult(error=_reason(exc))
 
 
 def _score_one(scorer: Scorer, query: object, document: object) -> RowResult:
@@ -260,120 +275,180 @@ def score_file(
     keep_text: bool = True,
     model_options: dict[str, Any] | None = None,
     progress: bool | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> BulkSummary:
     """Score every row of a Parquet or JSONL file into shards under the ``output`` directory.
 
     ``model`` is a spec for :func:`~rerank_plugins.load_scorer` (with ``model_options``) or
-    a scorer. ``resume=True`` continues a run into the same ``output`` (same input, shard
-    size, columns and model, else :class:`InvalidInputError`); without it ``output`` must
-    not exist or be empty. ``progress`` shows a tqdm bar (default: when stderr is a tty).
+    a scorer. ``resume=True`` continues a run into the same ``output``: the same input
+    content, shard size, columns and model (its fingerprint and the options that change
+    scores, see :mod:`rerank_plugins.manifest`), else :class:`ResumeConflictError` naming
+    what changed; shards whose checksum no longer matches are recomputed (logged, and
+    listed in the summary's ``extra["shards_recomputed"]``). Without it ``output`` must not
+    exist or be empty. A JSONL line over ``max_line_bytes`` is an error row, never read
+    whole. ``progress`` shows a tqdm bar (default: when stderr is a tty).
     """
     if shard_rows <= 0:
         raise InvalidInputError(f"shard_rows must be positive, got {shard_rows}")
     started = time.perf_counter()
     source = Path(input_path)
     fmt = input_format(source)
-    try:
-        stat = source.stat()
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {source}: {exc}") from exc
     out = Path(output)
-    manifest = {
-        "version": 1,
-        "input": str(source.resolve()),
-        "input_size": stat.st_size,
-        "input_mtime_ns": stat.st_mtime_ns,
+    if fmt == "parquet":
+        pq = require("pyarrow.parquet")
+        _check_columns(_parquet_schema(source, pq).names, query_column, document_column)
+    existing = _check_output(out, resume=resume)
+    identity: dict[str, Any] = {
+        **input_identity(source),
         "format": fmt,
         "shard_rows": shard_rows,
         "query_column": query_column,
         "document_column": document_column,
         "keep_text": keep_text,
-        "model": str(model) if isinstance(model, (str, Path)) else f"<{type(model).__name__}>",
-        # Never the key: the manifest is a plain file next to the output.
-        "model_options": {
-            k: repr(v) for k, v in sorted((model_options or {}).items()) if k != "api_key"
+        "recorded": {
+            "input": str(source.resolve()),
+            "model": redact_url(str(model))
+            if isinstance(model, (str, Path))
+            else f"<{type(model).__name__}>",
+            "model_options": public_options(model_options),
         },
     }
-    if fmt == "parquet":
-        pq = require("pyarrow.parquet")
-        _check_columns(pq.read_schema(source).names, query_column, document_column)
-    done = _prepare_output(out, manifest, resume=resume)
-    summary = BulkSummary(output=str(out))
-    if (out / _SUCCESS).exists():
-        logger.info("%s is already complete", out)
-        previous = json.loads((out / _SUCCESS).read_text(encoding="utf-8"))
-        return BulkSummary(**{**previous, "shards_resumed": previous.get("shards", 0)})
+    if existing:  # a changed input or shard size is refused before the model loads
+        Manifest(out, identity).check(only_known=True)
     scorer = model if isinstance(model, Scorer) else load_scorer(model, **(model_options or {}))
-    start = _first_missing(done)
-    summary.shards_resumed = start
+    manifest = Manifest(out, {**identity, "model": scorer_identity(scorer)})
+    if existing:
+        manifest.resume()
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        manifest.create()
+    total = _count_rows(source, fmt, max_line_bytes)
+    suffix = ".parquet" if fmt == "parquet" else ".jsonl"
+    n_shards = -(-total // shard_rows)
+    kept, recomputed = _check_shards(manifest, n_shards, suffix)
+    if len(kept) == n_shards and (out / _SUCCESS).exists():
+        logger.info("%s is already complete", out)
+        manifest.finish_run(time.perf_counter() - started)
+        return _summary(out, manifest, n_shards, len(kept), 0, total, recomputed)
+    (out / _SUCCESS).unlink(missing_ok=True)
+    start = _first_missing(kept)
     reader = _parquet_shards if fmt == "parquet" else _jsonl_shards
-    total = _count_rows(source, fmt)
-    bar = _progress_bar(total, start * shard_rows, progress)
+    options = {"max_line_bytes": max_line_bytes} if fmt == "jsonl" else {}
+    bar = _progress_bar(total, sum(_rows(manifest, i) for i in kept), progress)
+    this_run = {"rows": 0, "errors": 0, "tokens": 0}
+    write_shard = _write_parquet_shard if fmt == "parquet" else _write_jsonl_shard
     try:
-        for index, shard in reader(source, shard_rows=shard_rows, start_shard=start):
-            write_shard = _write_parquet_shard if fmt == "parquet" else _write_jsonl_shard
-            rows, errors, tokens = write_shard(
-                out,
-                index,
-                shard,
-                scorer,
-                query_column,
-                document_column,
-                keep_text,
-                shard_rows,
+        for index, shard in reader(source, shard_rows=shard_rows, start_shard=start, **options):
+            if index in kept:
+                continue
+            rows, errors, tokens, tmp = write_shard(
+                out, index, shard, scorer, query_column, document_column, keep_text, shard_rows
             )
-            summary.rows += rows
-            summary.errors += errors
-            summary.tokens += tokens
-            summary.shards += 1
+            counts = {"rows": rows, "errors": errors, "tokens": tokens}
+            path = out / _shard_name(index, suffix)
+            # Checksum first, then the rename: the commit. A shard is visible only whole and
+            # only once recorded; a kill between the two leaves a record with no file.
+            manifest.record(index, tmp, path.name, _errors_path(out, index), counts)
+            os.replace(tmp, path)
+            for key, value in counts.items():
+                this_run[key] += value
             bar.update(rows)
             elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(tokens_s=f"{summary.tokens / elapsed:,.0f}", errors=summary.errors)
+            bar.set_postfix(tokens_s=f"{this_run['tokens'] / elapsed:,.0f}", errors=errors)
             logger.info("shard %d: %d rows, %d errors", index, rows, errors)
     finally:
         bar.close()
-    # Totals over the whole output, not just this run's part: read back from the shards.
-    summary.seconds = round(time.perf_counter() - started, 3)
-    summary.extra = {"rows_this_run": summary.rows, "total_rows": total}
-    summary.rows, summary.errors = _count_output(out, fmt)
-    summary.shards += start
+        manifest.finish_run(time.perf_counter() - started)
+    summary = _summary(out, manifest, n_shards, len(kept), this_run["rows"], total, recomputed)
+    if summary.rows != total or summary.shards != n_shards:
+        raise ScoringError(
+            f"{out} holds {summary.rows} rows in {summary.shards} shards for an input of "
+            f"{total} rows ({n_shards} shards); _SUCCESS not written"
+        )
     _atomic_write_text(out / _SUCCESS, summary.to_json() + "\n")
     return summary
 
 
-def _prepare_output(out: Path, manifest: dict[str, Any], *, resume: bool) -> set[int]:
-    """Check or create ``out``; return the indices of the shards already complete."""
-    path = out / _MANIFEST
+def _parquet_schema(source: Path, pq: Any) -> Any:
+    try:
+        return pq.read_schema(source)
+    except OSError as exc:  # missing, unreadable (ArrowInvalid is an OSError too... or not)
+        raise InvalidInputError(f"cannot read {source}: {exc}") from exc
+
+
+def _check_output(out: Path, *, resume: bool) -> bool:
+    """Whether ``out`` holds an earlier run; refuse a non-empty ``out`` without ``resume``."""
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not resume:
-            raise InvalidInputError(
-                f"{out} is not empty: pass --resume to continue that run, or choose a new output"
-            )
+    if not (out.exists() and any(out.iterdir())):
+        return False
+    if not resume:
+        raise InvalidInputError(
+            f"{out} is not empty: pass --resume to continue that run, or choose a new output"
+        )
+    if not (out / MANIFEST).exists():
+        raise InvalidInputError(f"{out} has no {MANIFEST}: it is not a bulk scoring output")
+    for stale in [*out.glob(".*.tmp"), *(out / _ERRORS).glob(".*.tmp")]:
+        stale.unlink()  # the shard a killed run was writing
+    return True
+
+
+def _check_shards(manifest: Manifest, n_shards: int, suffix: str) -> tuple[set[int], list[int]]:
+    """The shards kept (their files match the manifest) and those to recompute (said)."""
+    out = manifest.out
+    kept: set[int] = set()
+    recomputed: list[int] = []
+    for index in range(n_shards):
+        path = out / _shard_name(index, suffix)
         if not path.exists():
-            raise InvalidInputError(f"{out} has no {_MANIFEST}: it is not a bulk scoring output")
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
-        if changed:
-            raise InvalidInputError(
-                f"cannot resume {out}: {', '.join(changed)} changed since that run "
-                f"(was {[previous.get(k) for k in changed]}, now {[manifest[k] for k in changed]})"
-            )
-        for stale in out.glob(".*.tmp"):  # the shard a killed run was writing
-            stale.unlink()
-        for stale in (out / _ERRORS).glob(".*.tmp"):
-            stale.unlink()
-        suffix = ".parquet" if manifest["format"] == "parquet" else ".jsonl"
-        return {int(p.stem.split("-")[1]) for p in out.glob(f"part-*{suffix}")}
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return set()
+            manifest.forget(index)  # never written, or killed before its rename
+            continue
+        why = manifest.verify(index, _errors_path(out, index))
+        if why is None:
+            kept.add(index)
+            continue
+        logger.warning("shard %s is recomputed: %s", path.name, why)
+        recomputed.append(index)
+        manifest.forget(index)
+    return kept, recomputed
+
+
+def _rows(manifest: Manifest, index: int) -> int:
+    record = manifest.shard(index)
+    return int(record.get("rows", 0)) if record else 0
+
+
+def _summary(
+    out: Path,
+    manifest: Manifest,
+    n_shards: int,
+    kept: int,
+    rows_this_run: int,
+    total: int,
+    recomputed: list[int],
+) -> BulkSummary:
+    """Totals over the whole output (every run's shards), from the checksummed records."""
+    totals = manifest.totals()
+    runs = manifest.runs
+    return BulkSummary(
+        output=str(out),
+        rows=totals["rows"],
+        errors=totals["errors"],
+        tokens=totals["tokens"],
+        shards=len(manifest.data["shards"]),
+        shards_resumed=kept,
+        seconds=round(sum(float(r.get("seconds", 0.0)) for r in runs), 3),
+        extra={
+            "rows_this_run": rows_this_run,
+            "total_rows": total,
+            "shards_recomputed": recomputed,
+            "runs": [{"seconds": r.get("seconds"), "shards": r.get("shards")} for r in runs],
+        },
+    )
 
 
 def _first_missing(done: set[int]) -> int:
-    # Shards are written in order, so the complete ones are a prefix; any shard after the
-    # first missing one is rewritten (replaced atomically, so never duplicated).
+    # The first shard to write; shards after it that are kept are skipped, not rewritten.
     k = 0
     while k in done:
         k += 1
@@ -390,29 +465,11 @@ def _shard_name(index: int, suffix: str) -> str:
     return f"part-{index:06d}{suffix}"
 
 
-def _count_rows(source: Path, fmt: str) -> int:
+def _count_rows(source: Path, fmt: str, max_line_bytes: int) -> int:
     if fmt == "parquet":
         pq = require("pyarrow.parquet")
         return int(pq.ParquetFile(source).metadata.num_rows)
-    with source.open("rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
-def _count_output(out: Path, fmt: str) -> tuple[int, int]:
-    """Rows and error rows written, from the shards on disk (the whole run, resumed or not)."""
-    errors = 0
-    for path in (out / _ERRORS).glob("part-*.jsonl"):
-        with path.open("rb") as f:
-            errors += sum(1 for _ in f)
-    if fmt == "parquet":
-        pq = require("pyarrow.parquet")
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("part-*.parquet"))
-    else:
-        rows = 0
-        for path in out.glob("part-*.jsonl"):
-            with path.open("rb") as f:
-                rows += sum(1 for _ in f)
-    return int(rows), errors
+    return sum(1 for _ in lines(source, max_line_bytes=max_line_bytes))
 
 
 def _progress_bar(total: int, initial: int, enabled: bool | None) -> Any:
@@ -474,34 +531,28 @@ class _Line:
     error: str | None = None
 
 
-def _jsonl_shards(source: Path, *, shard_rows: int, start_shard: int) -> Iterator[Any]:
-    """``(index, [_Line])`` shards of non-blank lines, starting at shard ``start_shard``."""
+def _jsonl_shards(
+    source: Path, *, shard_rows: int, start_shard: int, max_line_bytes: int
+) -> Iterator[Any]:
+    """``(index, [_Line])`` shards of non-blank lines, starting at shard ``start_shard``;
+    a line over ``max_line_bytes`` or that is not a usable JSON object is an error row."""
     skip = start_shard * shard_rows
     index = start_shard
     shard: list[_Line] = []
-    with source.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            if skip:
-                skip -= 1
-                continue
-            try:
-                value = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                shard.append(_Line(number, None, f"line {number} is not valid JSON: {exc}"))
-            else:
-                if isinstance(value, dict):
-                    shard.append(_Line(number, value))
-                else:
-                    kind = type(value).__name__
-                    shard.append(
-                        _Line(number, None, f"line {number} is a JSON {kind}, not an object")
-                    )
-            if len(shard) == shard_rows:
-                yield index, shard
-                index += 1
-                shard = []
+    for number, raw in lines(source, max_line_bytes=max_line_bytes):
+        if skip:
+            skip -= 1
+            continue
+        if raw is None:
+            reason = f"line {number} is longer than max_line_bytes={max_line_bytes}; not read"
+            shard.append(_Line(number, None, reason))
+        else:
+            row, error = parse_object(raw, number)
+            shard.append(_Line(number, row, error))
+        if len(shard) == shard_rows:
+            yield index, shard
+            index += 1
+            shard = []
     if shard:
         yield index, shard
 
@@ -513,13 +564,17 @@ def _error_record(row: int, values: dict[str, Any], document_column: str, error:
     return json.dumps(record, ensure_ascii=False, default=str)
 
 
-def _write_errors(out: Path, index: int, lines: list[str]) -> None:
-    path = out / _ERRORS / _shard_name(index, ".jsonl")
-    if not lines:
+def _errors_path(out: Path, index: int) -> Path:
+    return out / _ERRORS / _shard_name(index, ".jsonl")
+
+
+def _write_errors(out: Path, index: int, records: list[str]) -> None:
+    path = _errors_path(out, index)
+    if not records:
         path.unlink(missing_ok=True)  # left by an earlier, killed attempt at this shard
         return
     path.parent.mkdir(exist_ok=True)
-    _atomic_write_text(path, "".join(line + "\n" for line in lines))
+    _atomic_write_text(path, "".join(line + "\n" for line in records))
 
 
 def _write_parquet_shard(
@@ -531,7 +586,7 @@ def _write_parquet_shard(
     document_column: str,
     keep_text: bool,
     shard_rows: int,
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, Path]:
     pa = require("pyarrow")
     pq = require("pyarrow.parquet")
     results = score_rows(
@@ -557,9 +612,7 @@ def _write_parquet_shard(
     path = out / _shard_name(index, ".parquet")
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(scored, tmp)
-    # The rename is the commit: before it the shard does not exist, after it it is whole.
-    os.replace(tmp, path)
-    return table.num_rows, len(failed), _tokens(results)
+    return table.num_rows, len(failed), _tokens(results), tmp
 
 
 def _write_jsonl_shard(
@@ -571,7 +624,7 @@ def _write_jsonl_shard(
     document_column: str,
     keep_text: bool,
     shard_rows: int,
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, Path]:
     parsed = [i for i, line in enumerate(lines) if line.row is not None]
     results: list[RowResult] = [RowResult(error=line.error) for line in lines]
     usable: list[int] = []
@@ -606,8 +659,10 @@ def _write_jsonl_shard(
         values.update(_fields(result))
         text.append(json.dumps(values, ensure_ascii=False) + "\n")
     _write_errors(out, index, errors)
-    _atomic_write_text(out / _shard_name(index, ".jsonl"), "".join(text))
-    return len(lines), len(errors), _tokens(results)
+    path = out / _shard_name(index, ".jsonl")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(text), encoding="utf-8")
+    return len(lines), len(errors), _tokens(results), tmp
 
 
 def add_score_arguments(parser: argparse.ArgumentParser) -> None:

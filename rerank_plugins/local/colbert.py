@@ -562,6 +562,15 @@ class ColBERTScorer(Rebuildable):
             f"{self.name} asks for query expansion but its tokenizer has no mask, EOS or pad token"
         )
 
+    def identity(self) -> dict[str, Any]:
+        """What changes this scorer's scores: the checkpoint's fingerprint and the resolved
+        options (see :mod:`rerank_plugins.identity`)."""
+        from rerank_plugins.local.fingerprint import local_identity
+
+        options = {"dtype": self.dtype, "overflow": self.overflow, "reduce": self.reduce}
+        options.update(dataclasses.asdict(self.settings))
+        return local_identity("ColBERTScorer", self.directory, options)
+
     def _fingerprint(self) -> tuple[Hashable, ...]:
         stamps = []
         for path in sorted(self.directory.rglob("*.safetensors")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import json
 import logging
@@ -30,6 +31,7 @@ from rerank_plugins.errors import (
     MalformedResponseError,
     ResponseTooLargeError,
 )
+from rerank_plugins.identity import redact_url
 from rerank_plugins.remote import redaction
 from rerank_plugins.remote.dialects import (
     DialectName,
@@ -346,6 +348,21 @@ class RemoteScorer(Rebuildable):
     @property
     def api_key(self) -> SecretStr | None:
         return self._api_key
+
+    def identity(self) -> dict[str, Any]:
+        """What changes this scorer's scores, with no secret in it: the URL without
+        credentials or query, the dialect, the model name, what is asked for (see
+        :mod:`rerank_plugins.identity`). ``extra_body`` counts by its hash only."""
+        extra = json.dumps(self._extra_body, sort_keys=True).encode()
+        return {
+            "kind": "RemoteScorer",
+            "url": redact_url(self.url),  # no user name either
+            "dialect": self.dialect,
+            "model": self.model,
+            "overflow": self.overflow,
+            "score_kind": self.score_kind,
+            "extra_body_sha256": hashlib.sha256(extra).hexdigest(),
+        }
 
     def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args, kwargs = super()._rebuild_arguments()
