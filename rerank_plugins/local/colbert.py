@@ -79,6 +79,7 @@ from rerank_plugins.local.engine.packing import token_budget_batches
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.maxsim import Reduce, maxsim_many
 from rerank_plugins.local.progress import BatchProgress, check_show_progress
+from rerank_plugins.local.tokenization import encode_texts
 from rerank_plugins.local.weights import checkpoint_key, shared_weights
 from rerank_plugins.local.worker import LocalWorker
 from rerank_plugins.scoring import OverflowPolicy, Score, check_documents, check_inputs
@@ -613,11 +614,11 @@ class ColBERTScorer(Rebuildable):
         prefix = self.query_prefix_id
         length = self.settings.query_length
         room = length - (prefix is not None) - self._specials
-        content = self.tokenizer.encode(self._prepare(query), add_special_tokens=False)
+        (content,) = encode_texts(self.tokenizer, [self._prepare(query)], need=room + 1)
         if len(content.ids) > room:
             if self.overflow == "error":
                 raise InputTooLongError(
-                    f"the query is {len(content.ids)} tokens long; the model reads at most "
+                    f"the query is over {room} tokens long; the model reads at most "
                     f"{room} query tokens (query_length={length})"
                 )
             if not self._warned_query:
@@ -632,8 +633,8 @@ class ColBERTScorer(Rebuildable):
     def _encode_document_ids(self, documents: Sequence[str]) -> list[_Encoded]:
         prefix = self.document_prefix_id
         room = self.settings.document_length - (prefix is not None) - self._specials
-        contents = self.tokenizer.encode_batch(
-            [self._prepare(d) for d in documents], add_special_tokens=False
+        contents = encode_texts(
+            self.tokenizer, [self._prepare(d) for d in documents], need=room + 1
         )
         out = []
         for content in contents:
