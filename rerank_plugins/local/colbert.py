@@ -64,6 +64,7 @@ from torch import nn
 
 from rerank_plugins._options import Rebuildable, checked_options
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
+from rerank_plugins.local.bounds import bounded_config
 from rerank_plugins.local.checkpoint import (
     HUB_OPTIONS,
     guard_checkpoint_init,
@@ -426,7 +427,8 @@ class ColBERTScorer(Rebuildable):
         self.name = str(model)
         if not is_colbert_checkpoint(self.directory):
             raise UnsupportedModelError(f"{self.name} is not a PyLate ColBERT checkpoint")
-        self.config = read_json(self.directory / "config.json")
+        # Sizes checked against the weights present before anything is built.
+        self.config = bounded_config(self.directory, read_json(self.directory / "config.json"))
         if self.config.get("model_type") != "modernbert":
             raise UnsupportedModelError(
                 f"{self.name} has a {self.config.get('model_type')!r} trunk; the late-interaction "

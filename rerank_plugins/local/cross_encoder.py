@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from rerank_plugins._options import Rebuildable, checked_options
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
+from rerank_plugins.local.bounds import bounded_config
 from rerank_plugins.local.checkpoint import (
     HUB_OPTIONS,
     guard_checkpoint_init,
@@ -121,7 +122,8 @@ class CrossEncoderScorer(Rebuildable):
             token=token,
         )
         self.name = str(model)
-        self.config = read_json(self.directory / "config.json")
+        # Sizes checked against the weights present before anything is built.
+        self.config = bounded_config(self.directory, read_json(self.directory / "config.json"))
         self.window = model_window(self.config)
         if max_length is None:
             max_length = self.window
