@@ -329,7 +329,9 @@ def score_file(
     if len(kept) == n_shards and (out / _SUCCESS).exists():
         logger.info("%s is already complete", out)
         manifest.finish_run(time.perf_counter() - started)
-        return _summary(out, manifest, n_shards, len(kept), 0, total, recomputed)
+        summary = _summary(out, manifest, n_shards, len(kept), 0, total, recomputed)
+        _atomic_write_text(out / _SUCCESS, summary.to_json() + "\n")
+        return summary
     (out / _SUCCESS).unlink(missing_ok=True)
     start = _first_missing(kept)
     reader = _parquet_shards if fmt == "parquet" else _jsonl_shards
