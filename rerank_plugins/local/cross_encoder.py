@@ -264,7 +264,29 @@ class CrossEncoderScorer(Rebuildable):
         """
         if not pairs:
             return []
-        logits = self._logits(pairs)
+        return self._scores(pairs, self._logits(pairs), raw=raw)
+
+    def score_batch(self, pairs: Sequence[EncodedPair], *, raw: bool = False) -> list[Score]:
+        """Scores of pairs that already form one batch, in one forward, in their order.
+
+        For a caller that budgets its own batches (the server's batcher: within
+        :attr:`batch_tokens`, costed as :attr:`padded` says, sorted longest first): the
+        pairs are neither split nor re-sorted. Scores equal :meth:`score_pairs`'.
+        """
+        if not pairs:
+            return []
+        logits = self.classifier.logits(pairs)
+        rel = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+        return self._scores(pairs, rel.tolist(), raw=raw)
+
+    @property
+    def padded(self) -> bool:
+        """Whether a batch costs ``len(batch) * longest`` tokens (padded) or the sum (packed)."""
+        return bool(self.classifier.padded)
+
+    def _scores(
+        self, pairs: Sequence[EncodedPair], logits: Sequence[float], *, raw: bool
+    ) -> list[Score]:
         kind: Output = "logit" if raw else self.output
         return [
             Score(
