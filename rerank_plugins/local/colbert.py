@@ -567,7 +567,7 @@ class ColBERTScorer(Rebuildable):
 
     def identity(self) -> dict[str, Any]:
         """What changes this scorer's scores: the checkpoint's fingerprint and the resolved
-        options (see :mod:`rerank_plugins.identity`)."""
+        options (see ``rerank_plugins.identity``)."""
         from rerank_plugins.local.fingerprint import local_identity
 
         options = {"dtype": self.dtype, "overflow": self.overflow, "reduce": self.reduce}

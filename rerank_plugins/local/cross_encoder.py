@@ -166,7 +166,7 @@ class CrossEncoderScorer(Rebuildable):
 
     def identity(self) -> dict[str, Any]:
         """What changes this scorer's scores: the checkpoint's fingerprint (whatever path or
-        hub id named it) and the resolved options (see :mod:`rerank_plugins.identity`)."""
+        hub id named it) and the resolved options (see ``rerank_plugins.identity``)."""
         from rerank_plugins.local.fingerprint import local_identity
 
         return local_identity(type(self).__name__, self.directory, self._score_options())

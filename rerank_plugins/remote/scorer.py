@@ -225,7 +225,7 @@ class RemoteScorer(Rebuildable):
     def identity(self) -> dict[str, Any]:
         """What changes this scorer's scores, with no secret in it: the URL without
         credentials or query, the dialect, the model name, what is asked for (see
-        :mod:`rerank_plugins.identity`). ``extra_body`` counts by its hash only."""
+        ``rerank_plugins.identity``). ``extra_body`` counts by its hash only."""
         extra = json.dumps(dict(self._endpoint.extra_body), sort_keys=True).encode()
         return {
             "kind": "RemoteScorer",
