@@ -96,8 +96,8 @@ def score_file(
     ``model`` is a spec for :func:`~rerank_plugins.load_scorer` (with ``model_options``) or
     a scorer. ``resume=True`` continues a run into the same ``output``: the same input
     content, shard size, columns and model (its fingerprint and the options that change
-    scores, see ``rerank_plugins.bulk.manifest``), else :class:`~rerank_plugins.errors.ResumeConflictError`
-    naming what changed; shards whose checksum no longer matches are recomputed (logged,
+    scores, see ``rerank_plugins.bulk.manifest``), else
+    :class:`~rerank_plugins.errors.ResumeConflictError` naming what changed; shards whose checksum no longer matches are recomputed (logged,
     and listed in the summary's ``extra["shards_recomputed"]``). Without it ``output``
     must not exist or be empty. A JSONL line over ``max_line_bytes`` is an error row,
     never read whole. ``progress`` shows a tqdm bar (default: when stderr is a tty).
