@@ -100,7 +100,8 @@ def score_file(
     :class:`~rerank_plugins.errors.ResumeConflictError` naming what changed; shards whose
     checksum no longer matches are recomputed (logged, and listed in the summary's
     ``extra["shards_recomputed"]``). Without it ``output`` must not exist or be empty. A
-    JSONL line over ``max_line_bytes`` is an error row, never read whole. ``progress`` shows a tqdm bar (default: when stderr is a tty).
+    JSONL line over ``max_line_bytes`` is an error row, never read whole. ``progress``
+    shows a tqdm bar (default: when stderr is a tty).
     """
     if shard_rows <= 0:
         raise InvalidInputError(f"shard_rows must be positive, got {shard_rows}")
