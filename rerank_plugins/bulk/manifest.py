@@ -46,7 +46,9 @@ VERSION = 2
 INPUT_FULL_HASH_BYTES = 256 * 2**20
 """Inputs up to this size are hashed whole on every run and resume; larger ones sampled."""
 
-_SECRET_OPTIONS = frozenset({"api_key", "token", "api_key_env", "headers", "client"})
+_SECRET_OPTIONS = frozenset(
+    {"api_key", "token", "api_key_env", "headers", "client", "async_client", "extra_body"}
+)
 _INFO = "recorded"  # for people; never compared
 _MUTABLE = ("shards", "runs", _INFO)
 
