@@ -7,7 +7,9 @@
     ├── InvalidInputError (also ValueError)    bad query, documents or options
     │   ├── InputTooLongError                  over the window with overflow="error"
     │   ├── ResumeConflictError                a resume with another input, model or options
-    │   └── UnsupportedDeviceError             a device that cannot run the mode asked for
+    │   ├── UnsupportedDeviceError             a device that cannot run the mode asked for
+    │   ├── EvaluationDataError                a malformed or inconsistent BEIR/TREC input
+    │   └── CalibrationMismatchError           a calibration file made for another model/mode
     ├── UnsupportedModelError (also ValueError) a checkpoint no scorer can run
     │   └── CheckpointError                    an unreadable or inconsistent checkpoint file
     ├── ModelLoadError                         the model's files could not be fetched
@@ -31,12 +33,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "CalibrationMismatchError",
     "CheckpointError",
     "EndpointConnectionError",
     "EndpointError",
     "EndpointInputTooLongError",
     "EndpointStatusError",
     "EndpointTimeoutError",
+    "EvaluationDataError",
     "InputTooLongError",
     "InvalidInputError",
     "InvalidScoreError",
@@ -174,3 +178,14 @@ class ResponseTooLargeError(MalformedResponseError):
 
 class UnsupportedDeviceError(InvalidInputError):
     """The device cannot run the requested precision mode (or not fast enough to be worth it)."""
+
+
+class EvaluationDataError(InvalidInputError):
+    """An evaluation input (corpus, queries, qrels, run, labelled pairs) is malformed or
+    inconsistent: the message names the file and line (unknown ids, duplicate rows,
+    empty judgments)."""
+
+
+class CalibrationMismatchError(InvalidInputError):
+    """A calibration file was made for another model or mode than the scorer it is applied
+    to (or is not a calibration file); the message shows both."""
