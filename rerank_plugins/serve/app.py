@@ -8,7 +8,8 @@ Endpoints: ``POST /v1/rerank``, ``/v2/rerank`` (Cohere/Jina, :mod:`~.cohere`),
 ``POST /rerank`` (TEI, :mod:`~.tei`: a body with ``texts`` is answered as TEI, a bare
 array; a body with ``documents`` as Cohere), ``POST /score`` and ``/v1/score`` (vLLM,
 :mod:`~.vllm`), ``GET /health``, ``/metrics`` (Prometheus), ``/v1/models``
-(:mod:`~.ops`) and ``/openapi.json``. Middleware in :mod:`~.middleware`, error answers in
+(:mod:`~.ops`), ``/openapi.json``, and with ``docs=True`` ``/docs`` and ``/redoc``.
+Request bodies are read by :mod:`~.body`. Middleware in :mod:`~.middleware`, error answers in
 :mod:`~.handlers`, the shared state and scoring path in :mod:`~.service`.
 """
 
@@ -64,6 +65,7 @@ def create_app(
     api_key: str | SecretStr | None = None,
     warmup: bool = True,
     registry: CollectorRegistry | None = None,
+    docs: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving ``scorer`` (already loaded; the app never loads models).
 
@@ -74,7 +76,9 @@ def create_app(
     ``max_client_batch_size``: documents per request (over: 413); ``max_body_bytes``:
     request body limit (over: 413); ``api_key``: required as ``Authorization: Bearer``
     on every path but ``/health``; ``registry``: where the Prometheus metrics live (a
-    fresh one by default).
+    fresh one by default); ``docs``: serve the Swagger UI at ``/docs`` and ReDoc at
+    ``/redoc`` (off by default: their pages load scripts from a CDN, so they do not work
+    offline; ``/openapi.json`` is always served).
     """
     if max_client_batch_size <= 0 or max_body_bytes <= 0:
         raise InvalidInputError("max_client_batch_size and max_body_bytes must be positive")
@@ -118,6 +122,8 @@ def create_app(
         summary="Cohere/Jina, TEI and vLLM-compatible rerank API with cross-request batching",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
     app.state.service = served
     app.state.batcher = batcher

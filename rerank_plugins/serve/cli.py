@@ -150,7 +150,7 @@ def run_server(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> tuple[Any, str, int]:
     from rerank_plugins._imports import require
 
-    for dependency in ("fastapi", "uvicorn", "prometheus_client"):
+    for dependency in ("fastapi", "uvicorn", "prometheus_client", "ijson"):
         require(dependency)
     from rerank_plugins.loading import load_scorer
     from rerank_plugins.serve.app import create_app

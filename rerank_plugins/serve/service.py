@@ -8,25 +8,39 @@ through the :func:`service` dependency.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel
 
+from rerank_plugins.errors import InvalidScoreError
 from rerank_plugins.scoring import Score, ascore_groups, check_inputs
 from rerank_plugins.serve.batcher import MicroBatcher, RequestTooLargeError
 from rerank_plugins.serve.handlers import ClientGone
 from rerank_plugins.serve.metrics import Metrics
 from rerank_plugins.serve.strategy import Strategy
-from rerank_plugins.wire import TOKENS_HEADER, TRUNCATED_HEADER
+from rerank_plugins.wire import IGNORED_FIELDS_HEADER, TOKENS_HEADER, TRUNCATED_HEADER
 
-__all__ = ["Outcome", "Service", "request_id", "service", "truncation_headers"]
+__all__ = [
+    "Outcome",
+    "Service",
+    "answer_headers",
+    "ignored_fields",
+    "request_id",
+    "service",
+    "truncation_headers",
+]
 
 _T = TypeVar("_T")
 
 _MAX_TOKENS_HEADER = 8192
+_MAX_IGNORED = 20
+_UNPRINTABLE = re.compile(r"[^\x21-\x2b\x2d-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,13 @@ class Service:
         )
         scored = await _until_disconnect(request, ascore_groups(submitter, groups, concurrent=True))
         outcome = Outcome([s for group in scored for s in group])
+        bad = [i for i, s in enumerate(outcome.scores) if not math.isfinite(s.value)]
+        if bad:
+            # JSON has no NaN or inf, and a ranking by them means nothing.
+            raise InvalidScoreError(
+                f"the model returned non-finite scores (NaN or inf) for documents {bad}",
+                indices=bad,
+            )
         request.state.tokens = outcome.tokens
         self.metrics.observe_request(n, outcome.tokens, len(outcome.truncated))
         return outcome
@@ -110,6 +131,23 @@ def truncation_headers(outcome: Outcome) -> dict[str, str]:
         # headers pass clients' header size limits (h11: 16 KiB in all).
         if len(counts) <= _MAX_TOKENS_HEADER:
             headers[TOKENS_HEADER] = counts
+    return headers
+
+
+def ignored_fields(body: BaseModel) -> list[str]:
+    """The request's top-level fields the server does not know (ignored, not refused),
+    sorted, made printable (at most 20, 64 characters each)."""
+    names = sorted(_UNPRINTABLE.sub("?", name)[:64] for name in body.model_extra or {})
+    return names[:_MAX_IGNORED]
+
+
+def answer_headers(outcome: Outcome, body: BaseModel) -> dict[str, str]:
+    """The headers every dialect's answer carries: truncation, token counts, and the
+    ignored fields (:data:`~rerank_plugins.wire.IGNORED_FIELDS_HEADER`)."""
+    headers = truncation_headers(outcome)
+    ignored = ignored_fields(body)
+    if ignored:
+        headers[IGNORED_FIELDS_HEADER] = ",".join(ignored)
     return headers
 
 
