@@ -50,7 +50,8 @@ DEFAULT_BATCH_TOKENS = 16384
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 1000
 """Documents per request (Cohere's documented maximum)."""
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
-"""Request body limit: 1,000 documents of about 8K tokens."""
+"""Request body limit (1,000 documents of about 8K tokens of text); the token cap
+(``max_queued_tokens``) bounds a request first (docs/serving.md, "The largest request")."""
 
 
 def create_app(

@@ -83,6 +83,12 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         help="processes: 1. One process per device: run one server per device or replicas "
         "(e.g. Ray Serve) to scale out",
     )
+    sv.add_argument(
+        "--docs",
+        action="store_true",
+        help="serve Swagger UI at /docs and ReDoc at /redoc (off by default: their pages "
+        "load scripts from a CDN and do not work offline; /openapi.json is always served)",
+    )
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return sv
 
@@ -187,5 +193,6 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, int]:
         max_queued_tokens=args.max_queued_tokens,
         max_body_bytes=args.max_body_bytes,
         api_key=api_key,
+        docs=args.docs,
     )
     return app, args.host, args.port

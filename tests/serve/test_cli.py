@@ -190,3 +190,14 @@ def test_serve_builds_a_matryoshka_model_at_the_exit_given(tmp_path: Path) -> No
     scorer = app.state.engine.scorer
     assert (scorer.layer, scorer.dim) == (2, 21)
     assert app.state.batcher.max_batch_tokens == 512
+
+
+def test_docs_pages_are_served_only_with_the_docs_flag(modernbert_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    base = ["serve", "-m", str(modernbert_dir), "--device", "cpu"]
+    for flags, status in (([], 404), (["--docs"], 200)):
+        app, _, _ = _build(_parser().parse_args([*base, *flags]))
+        with TestClient(app) as client:
+            assert client.get("/docs").status_code == status
+            assert client.get("/openapi.json").status_code == 200
