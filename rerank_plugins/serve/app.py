@@ -38,6 +38,7 @@ from rerank_plugins.serve.strategy import strategy_for
 
 __all__ = [
     "DEFAULT_BATCH_TOKENS",
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_CLIENT_BATCH_SIZE",
     "create_app",
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_TOKENS = 16384
 """Token budget of one batch for a scorer that has none of its own (remote endpoints)."""
+DEFAULT_BODY_TIMEOUT = 60.0
+"""Seconds a request's body may take to arrive (408 after)."""
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 1000
 """Documents per request (Cohere's documented maximum)."""
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
@@ -63,6 +66,7 @@ def create_app(
     max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE,
     max_queued_tokens: int | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
     api_key: str | SecretStr | None = None,
     warmup: bool = True,
     registry: CollectorRegistry | None = None,
@@ -75,14 +79,17 @@ def create_app(
     merged into one batch at most (1: no batching across requests); ``max_queued_tokens``
     (default 32 batches' worth): tokens waiting before requests get 429;
     ``max_client_batch_size``: documents per request (over: 413); ``max_body_bytes``:
-    request body limit (over: 413); ``api_key``: required as ``Authorization: Bearer``
+    request body limit (over: 413); ``body_timeout``: seconds a request's body may take
+    to arrive (over: 408); ``api_key``: required as ``Authorization: Bearer``
     on every path but ``/health``; ``registry``: where the Prometheus metrics live (a
     fresh one by default); ``docs``: serve the Swagger UI at ``/docs`` and ReDoc at
     ``/redoc`` (off by default: their pages load scripts from a CDN, so they do not work
     offline; ``/openapi.json`` is always served).
     """
-    if max_client_batch_size <= 0 or max_body_bytes <= 0:
-        raise InvalidInputError("max_client_batch_size and max_body_bytes must be positive")
+    if max_client_batch_size <= 0 or max_body_bytes <= 0 or body_timeout <= 0:
+        raise InvalidInputError(
+            "max_client_batch_size, max_body_bytes and body_timeout must be positive"
+        )
     if max_batch_tokens is None:
         max_batch_tokens = int(getattr(scorer, "batch_tokens", None) or DEFAULT_BATCH_TOKENS)
     strategy = strategy_for(scorer)
@@ -134,7 +141,7 @@ def create_app(
     for dialect in (cohere, tei, vllm, ops):
         app.include_router(dialect.router)
     install_error_handlers(app, metrics)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
     app.add_middleware(BearerKey, key=_secret(api_key))
     app.add_middleware(AccessLog, metrics=metrics)
     return app

@@ -17,6 +17,7 @@ from typing import Any
 
 from rerank_plugins._model_args import add_model_options, is_remote, model_options
 from rerank_plugins.errors import InvalidInputError, RerankError
+from rerank_plugins.serve.connections import ConnectionLimits
 from rerank_plugins.wire import API_KEY_ENV
 
 __all__ = ["API_KEY_ENV", "add_serve_command", "default_batch_tokens", "run_server"]
@@ -24,6 +25,9 @@ __all__ = ["API_KEY_ENV", "add_serve_command", "default_batch_tokens", "run_serv
 logger = logging.getLogger(__name__)
 
 _CPU_BATCH_TOKENS = 16384  # TEI's default; on CPU a larger forward buys no throughput
+
+# Light (uvicorn is imported only when a server is configured).
+_LIMITS = ConnectionLimits()
 
 
 def add_serve_command(commands: Any) -> argparse.ArgumentParser:
@@ -65,6 +69,38 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         "--max-queued-tokens",
         type=int,
         help="tokens waiting before requests get 429 + Retry-After (default: 32 batches)",
+    )
+    conn = sv.add_argument_group("connection limits (slow or endless clients)")
+    conn.add_argument(
+        "--header-timeout",
+        type=float,
+        default=_LIMITS.header_timeout,
+        help="seconds a client has to send a request's headers; then the connection is "
+        "closed (default: %(default)s)",
+    )
+    conn.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request's body may take to arrive; then 408 (default: %(default)s)",
+    )
+    conn.add_argument(
+        "--timeout-keep-alive",
+        type=int,
+        default=_LIMITS.keep_alive_timeout,
+        help="seconds an idle kept-alive connection stays open (default: %(default)s)",
+    )
+    conn.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=_LIMITS.max_header_bytes,
+        help="request line and headers at most; over: 400 (default: %(default)s)",
+    )
+    conn.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=_LIMITS.limit_concurrency,
+        help="connections and requests taken at once; over: 503 (default: %(default)s)",
     )
     limits.add_argument(
         "--graceful-timeout",
@@ -130,8 +166,17 @@ def run_server(args: argparse.Namespace) -> int:
         return 2
     import uvicorn
 
-    config = uvicorn.Config(
+    from rerank_plugins.serve.connections import uvicorn_config
+
+    limits = ConnectionLimits(
+        header_timeout=args.header_timeout,
+        keep_alive_timeout=args.timeout_keep_alive,
+        max_header_bytes=args.max_header_bytes,
+        limit_concurrency=args.limit_concurrency,
+    )
+    config = uvicorn_config(
         app,
+        limits=limits,
         host=host,
         port=port,
         access_log=False,  # ours logs without query strings or headers
@@ -192,6 +237,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, int]:
         max_client_batch_size=args.max_client_batch_size,
         max_queued_tokens=args.max_queued_tokens,
         max_body_bytes=args.max_body_bytes,
+        body_timeout=args.body_timeout,
         api_key=api_key,
         docs=args.docs,
     )

@@ -132,11 +132,13 @@ class BearerKey:
 
 
 class BodyLimit:
-    """Reads the body up to ``max_bytes`` (413 beyond), then replays it to the app."""
+    """Reads the body up to ``max_bytes`` (413 beyond) within ``timeout`` seconds (408
+    after), then replays it to the app."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -147,21 +149,21 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await too_big(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await too_big(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.timeout):
+                body = await self._read(receive)
+        except TimeoutError:
+            slow = error_response(
+                408, "Validation", f"the request body did not arrive within {self.timeout:g} s"
+            )
+            slow.headers["Connection"] = "close"
+            await slow(scope, receive, send)
+            return
+        if body is None:
+            return  # the client left
+        if len(body) > self.max_bytes:
+            await too_big(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Any:
@@ -172,6 +174,20 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read(self, receive: Any) -> bytes | None:
+        """The body (cut just past ``max_bytes``), or None if the client disconnected."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            chunks.append(chunk)
+            if size > self.max_bytes or not message.get("more_body"):
+                return b"".join(chunks)
 
 
 def header(scope: MutableMapping[str, Any], name: bytes) -> str | None:
