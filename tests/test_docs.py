@@ -52,3 +52,15 @@ def test_every_notebook_is_in_the_site_navigation() -> None:
     nav = (ROOT / "mkdocs.yml").read_text()
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert f"notebooks/{notebook.name}" in nav, f"{notebook.name} is not in mkdocs.yml's nav"
+
+
+def test_the_docs_index_lists_every_extra() -> None:
+    import re
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    index = (ROOT / "docs" / "index.md").read_text()
+    listed = set(re.findall(r"^\| `\[([a-z-]+)\]` \|", index, re.MULTILINE))
+    assert listed == set(extras)

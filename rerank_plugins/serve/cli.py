@@ -9,6 +9,7 @@ exits 0. One process serves one device: for several GPUs run one server per devi
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ __all__ = ["API_KEY_ENV", "add_serve_command", "default_batch_tokens", "run_serv
 
 logger = logging.getLogger(__name__)
 
-_CPU_BATCH_TOKENS = 16384  # TEI's default; on CPU a larger forward buys no throughput
+_REMOTE_BATCH_TOKENS = 16384  # TEI's default
 
 # Light (uvicorn is imported only when a server is configured).
 _LIMITS = ConnectionLimits()
@@ -51,7 +52,7 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         type=int,
         default=argparse.SUPPRESS,
         help="TEI's name for --batch-tokens: the token budget of one forward (default: "
-        "16384 on CPU, more on large GPUs)",
+        "the scorer's own: 4096 on CPU, 16384 on GPU; 16384 for a remote model)",
     )
     limits.add_argument(
         "--max-batch-requests",
@@ -130,18 +131,15 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
 
 
 def default_batch_tokens(device: str | None) -> int:
-    """16384 on CPU (and for remote scorers); on CUDA 16384 per 10 GiB, up to 131072."""
-    if device is not None and not device.startswith(("auto", "cuda")):
-        return _CPU_BATCH_TOKENS
-    try:
-        import torch
-    except ImportError:
-        return _CPU_BATCH_TOKENS
-    if not torch.cuda.is_available():
-        return _CPU_BATCH_TOKENS
-    index = torch.device(device if device and device != "auto" else "cuda").index or 0
-    gib = torch.cuda.get_device_properties(index).total_memory / 2**30
-    return int(_CPU_BATCH_TOKENS * max(1, min(8, int(gib // 10))))
+    """The forward budget a local scorer takes on ``device`` when given none: the one
+    policy of ``rerank_plugins.local`` (4,096 on CPU, 16,384 on GPU); 16,384 without torch
+    (remote models, as ``create_app``'s ``DEFAULT_BATCH_TOKENS``)."""
+    if importlib.util.find_spec("torch") is None:
+        return _REMOTE_BATCH_TOKENS
+    from rerank_plugins.local.engine.device import default_batch_tokens as local_budget
+    from rerank_plugins.local.engine.device import pick_device
+
+    return local_budget(pick_device(device or "auto"))
 
 
 def _model_options(args: argparse.Namespace, batch_tokens: int | None) -> dict[str, Any]:
