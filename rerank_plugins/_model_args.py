@@ -70,10 +70,20 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         "--batch-tokens",
         type=int,
         default=default(None),
-        help="token budget per forward pass (local models)",
+        help="token budget per forward pass (local models; default: 4096 on CPU, 16384 on GPU)",
     )
-    add("--layer", type=int, default=default(None), help="matryoshka models: exit layer")
-    add("--dim", type=int, default=default(None), help="matryoshka models: head width")
+    add(
+        "--layer",
+        type=int,
+        default=default(None),
+        help="matryoshka models: exit layer (default: the deepest)",
+    )
+    add(
+        "--dim",
+        type=int,
+        default=default(None),
+        help="matryoshka models: head width (default: the widest)",
+    )
     add(
         "--dialect",
         default=default(None),

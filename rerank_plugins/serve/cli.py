@@ -9,7 +9,6 @@ exits 0. One process serves one device: for several GPUs run one server per devi
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import signal
@@ -21,11 +20,9 @@ from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.serve.connections import ConnectionLimits
 from rerank_plugins.wire import API_KEY_ENV
 
-__all__ = ["API_KEY_ENV", "add_serve_command", "default_batch_tokens", "run_server"]
+__all__ = ["API_KEY_ENV", "add_serve_command", "run_server"]
 
 logger = logging.getLogger(__name__)
-
-_REMOTE_BATCH_TOKENS = 16384  # TEI's default
 
 # Light (uvicorn is imported only when a server is configured).
 _LIMITS = ConnectionLimits()
@@ -128,18 +125,6 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     )
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return sv
-
-
-def default_batch_tokens(device: str | None) -> int:
-    """The forward budget a local scorer takes on ``device`` when given none: the one
-    policy of ``rerank_plugins.local`` (4,096 on CPU, 16,384 on GPU); 16,384 without torch
-    (remote models, as ``create_app``'s ``DEFAULT_BATCH_TOKENS``)."""
-    if importlib.util.find_spec("torch") is None:
-        return _REMOTE_BATCH_TOKENS
-    from rerank_plugins.local.engine.device import default_batch_tokens as local_budget
-    from rerank_plugins.local.engine.device import pick_device
-
-    return local_budget(pick_device(device or "auto"))
 
 
 def _model_options(args: argparse.Namespace, batch_tokens: int | None) -> dict[str, Any]:
