@@ -106,6 +106,7 @@ def test_local_cross_encoder_keeps_the_contract(
         assert scores[last].truncated == alone.truncated
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 @SETTINGS
 @given(query=TEXT, documents=DOCUMENTS)
 def test_colbert_keeps_the_contract(

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from rerank_plugins import CrossEncoderScorer, RemoteScorer
@@ -36,6 +37,7 @@ def test_a_local_scorer_deep_copies_sharing_weights_with_its_own_worker(
     assert values(asyncio.run(twin.ascore("w1", DOCS))) == values(scorer.score("w1", DOCS))
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch (> 5 s here)
 def test_a_local_scorer_unpickles_in_another_process(modernbert_dir: Path, tmp_path: Path) -> None:
     scorer = CrossEncoderScorer(modernbert_dir, device="cpu")
     blob = tmp_path / "scorer.pkl"

@@ -25,6 +25,8 @@ class ConnectionLimits:
 
     header_timeout: float = 10.0
     """Seconds a client has to send a request's headers (closed after)."""
+    body_timeout: float = 60.0
+    """Seconds a request's body may take to arrive (408 after; the app's limit)."""
     keep_alive_timeout: int = 5
     """Seconds an idle kept-alive connection stays open (uvicorn's default)."""
     max_header_bytes: int = 16 * 1024

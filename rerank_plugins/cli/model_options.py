@@ -1,9 +1,8 @@
-"""The model options of every subcommand that loads a model (``rerank``, ``serve``).
+"""The model options of every subcommand that loads a model (``rerank``, ``serve``, ``score``).
 
 One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
 same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
-``--layer``/``--dim`` and ``--dialect``, with the same defaults and checks. It sits below
-the command line and the server (which both import it) and above ``loading``.
+``--layer``/``--dim`` and ``--dialect``, with the same defaults and checks.
 """
 
 from __future__ import annotations
@@ -14,9 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from rerank_plugins.errors import InvalidInputError
-from rerank_plugins.loading import DEFAULT_MODEL
+from rerank_plugins.loading import DEFAULT_MODEL, is_remote
 
-__all__ = ["MODEL_ENV", "add_model_options", "is_remote", "model_options"]
+__all__ = ["MODEL_ENV", "add_model_options", "model_options"]
 
 MODEL_ENV = "RERANK_MODEL"
 
@@ -31,10 +30,6 @@ _LOCAL_ONLY = {
     "dim": "--dim",
 }
 _REMOTE_ONLY = {"dialect": "--dialect"}
-
-
-def is_remote(model: str) -> bool:
-    return str(model).startswith(("http://", "https://"))
 
 
 def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> None:
@@ -70,24 +65,26 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         "--batch-tokens",
         type=int,
         default=default(None),
-        help="token budget per forward pass (local models; default: 4096 on CPU, 16384 on GPU)",
+        help="token budget per forward pass (local models; default: the model's own, "
+        "sized for its device: 4096 on CPU, 16384 on GPU)",
     )
     add(
         "--layer",
         type=int,
         default=default(None),
-        help="matryoshka models: exit layer (default: the deepest)",
+        help="matryoshka models: exit layer (default: the deepest exit)",
     )
     add(
         "--dim",
         type=int,
         default=default(None),
-        help="matryoshka models: head width (default: the widest)",
+        help="matryoshka models: head width (default: the model's first listed width)",
     )
     add(
         "--dialect",
         default=default(None),
-        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score)",
+        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score; "
+        "default: cohere)",
     )
 
 
@@ -109,7 +106,8 @@ def model_options(
     given = [flag for name, flag in wrong.items() if getattr(args, name, None) is not None]
     if given:
         where = "local models" if remote else "http(s) endpoints"
-        raise InvalidInputError(f"{', '.join(given)} only apply to {where}")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise InvalidInputError(f"{', '.join(given)} only {verb} to {where}")
     names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens")
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:
