@@ -31,10 +31,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in (
         (401, "missing or wrong API key"),
-        (413, "too many documents, body too large, or documents over the window"),
-        (422, "invalid request"),
+        (408, "the body did not arrive within the body timeout"),
+        (413, "too many documents or tokens, body too large, or documents over the window"),
+        (422, "invalid request (a field, NaN, a lone surrogate, no JSON Content-Type)"),
         (429, "queue full: retry after Retry-After seconds"),
-        (503, "shutting down"),
+        (500, "the model returned NaN or infinite scores (indices), or an internal error"),
+        (503, "shutting down, or cut by the shutdown's graceful timeout"),
     )
 }
 """The error answers every scoring endpoint documents (OpenAPI ``responses``)."""
