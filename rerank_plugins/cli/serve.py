@@ -39,7 +39,14 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     # The same model options as ``rerank`` (one definition); like there, they are also
     # accepted before the subcommand, so this copy has SUPPRESS defaults.
     add_model_options(sv.add_argument_group("model options"), defaults=False)
-    limits = sv.add_argument_group("batching and limits")
+    _add_limits(sv.add_argument_group("batching and limits"))
+    _add_connection_limits(sv.add_argument_group("connection limits (slow or endless clients)"))
+    _add_access_and_logging(sv)
+    _add_ray(sv.add_argument_group("Ray Serve (rerank-plugins[ray])"))
+    return sv
+
+
+def _add_limits(limits: Any) -> None:
     limits.add_argument(
         "--max-batch-tokens",
         dest="batch_tokens",
@@ -77,7 +84,9 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         default=60.0,
         help="seconds in-flight requests get to finish on SIGTERM (default: 60)",
     )
-    conn = sv.add_argument_group("connection limits (slow or endless clients)")
+
+
+def _add_connection_limits(conn: Any) -> None:
     conn.add_argument(
         "--header-timeout",
         type=float,
@@ -109,6 +118,9 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         default=_LIMITS.limit_concurrency,
         help="connections and requests taken at once; over: 503 (default: %(default)s)",
     )
+
+
+def _add_access_and_logging(sv: argparse.ArgumentParser) -> None:
     sv.add_argument(
         "--docs",
         action="store_true",
@@ -146,7 +158,9 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="--log-level debug (default: off)",
     )
-    on_ray = sv.add_argument_group("Ray Serve (rerank-plugins[ray])")
+
+
+def _add_ray(on_ray: Any) -> None:
     on_ray.add_argument(
         "--ray",
         nargs="?",
@@ -158,7 +172,6 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     on_ray.add_argument("--num-replicas", type=int, help="default: one per GPU, else 1")
     on_ray.add_argument("--replica-gpus", type=float, help="GPUs per replica (default: 1 if any)")
     on_ray.add_argument("--replica-cpus", type=float, help="CPUs per replica (default: Ray's 1)")
-    return sv
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
