@@ -129,7 +129,8 @@ def _load_failure(
         f"could not get the files of model {name!r}: {why}. Ways out: pass a local checkpoint "
         f"directory (--model DIR / model=DIR); or warm the Hugging Face cache where the hub "
         f"is reachable (hf download {name}) and copy it here (HF_HOME / cache_dir=); "
-        "then set HF_HUB_OFFLINE=1 so that only the cache is read"
+        "then set HF_HUB_OFFLINE=1 so that only the cache is read; or, to try the package "
+        "here, build a tiny random-weight checkpoint: python -m rerank_plugins.testing DIR"
     )
 
 
