@@ -29,6 +29,7 @@ _LOCAL_ONLY = {
     "max_length": "--max-length",
     "layer": "--layer",
     "dim": "--dim",
+    "threads": "--threads",
 }
 _REMOTE_ONLY = {"dialect": "--dialect"}
 
@@ -72,6 +73,12 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         default=default(None),
         help="token budget per forward pass (local models)",
     )
+    add(
+        "--threads",
+        default=default(None),
+        help="intra-op CPU threads: a count or auto (default: $RERANK_THREADS, else the "
+        "CPUs this process may use, by affinity and cgroup quota, minus those busy)",
+    )
     add("--layer", type=int, default=default(None), help="matryoshka models: exit layer")
     add("--dim", type=int, default=default(None), help="matryoshka models: head width")
     add(
@@ -100,7 +107,7 @@ def model_options(
     if given:
         where = "local models" if remote else "http(s) endpoints"
         raise InvalidInputError(f"{', '.join(given)} only apply to {where}")
-    names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens")
+    names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens", "threads")
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:
         options.update(
