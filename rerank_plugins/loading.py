@@ -14,14 +14,25 @@ DEFAULT_MODEL = "Alibaba-NLP/gte-reranker-modernbert-base"
 """The model the command line and the adapters use when none is given."""
 
 
-def load_scorer(spec: str | Path, **options: Any) -> Scorer:
+def load_scorer(spec: str | Path, *, batching: bool = False, **options: Any) -> Scorer:
     """Build a scorer from a hub id, a local checkpoint directory or an endpoint URL.
 
     ``http://`` and ``https://`` URLs give a :class:`~rerank_plugins.remote.RemoteScorer`;
     anything else is resolved to a checkpoint whose own files pick the local scorer.
     ``options`` go to the scorer's constructor (``device``, ``max_length``, ``overflow``,
-    ``api_key``, ``dialect``, ...).
+    ``api_key``, ``dialect``, ...; ``threads`` sets a local model's intra-op threads).
+    ``batching=True`` wraps the scorer in a :class:`~rerank_plugins.batching.BatchingScorer`:
+    concurrent calls (threads, event loops) share forwards through the server's batcher.
     """
+    scorer = _load(spec, options)
+    if batching:
+        from rerank_plugins.batching import BatchingScorer
+
+        return BatchingScorer(scorer)
+    return scorer
+
+
+def _load(spec: str | Path, options: dict[str, Any]) -> Scorer:
     text = str(spec)
     if text.startswith(("http://", "https://")):
         from rerank_plugins.remote import RemoteScorer

@@ -22,8 +22,7 @@ def load_local_scorer(spec: str | Path, **options: Any) -> Scorer:
     The hub options (``revision``, ``cache_dir``, ``local_files_only``, ``token``) are
     used for the download only; the scorer gets the resolved directory. ``threads`` (a
     positive integer or ``"auto"``) sets the process's intra-op threads
-    (:func:`~rerank_plugins.local.engine.threads.configure_threads`); ``batching=True``
-    returns the scorer wrapped in a :class:`~rerank_plugins.local.batching.BatchingScorer`.
+    (:func:`~rerank_plugins.local.engine.threads.configure_threads`).
     """
     threads = options.pop("threads", None)
     if threads is not None:

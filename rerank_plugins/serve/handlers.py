@@ -9,8 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from rerank_plugins.batching.batcher import BatcherClosedError, QueueFullError, RequestTooLargeError
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, RerankError
-from rerank_plugins.serve.batcher import BatcherClosedError, QueueFullError, RequestTooLargeError
 from rerank_plugins.serve.metrics import Metrics
 from rerank_plugins.serve.schemas import ErrorBody
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from rerank_plugins.serve.batcher import BatchStats, MicroBatcher
+from rerank_plugins.batching.batcher import BatchStats, MicroBatcher
 
 __all__ = ["Metrics"]
 

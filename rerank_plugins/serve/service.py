@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
+from rerank_plugins.batching.batcher import MicroBatcher, RequestTooLargeError
+from rerank_plugins.batching.strategy import Strategy
 from rerank_plugins.scoring import Score, ascore_groups, check_inputs
-from rerank_plugins.serve.batcher import MicroBatcher, RequestTooLargeError
 from rerank_plugins.serve.handlers import ClientGone
 from rerank_plugins.serve.metrics import Metrics
-from rerank_plugins.serve.strategy import Strategy
 from rerank_plugins.wire import TOKENS_HEADER, TRUNCATED_HEADER
 
 __all__ = ["Outcome", "Service", "request_id", "service", "truncation_headers"]
