@@ -89,6 +89,7 @@ def create_app(
         max_queued_tokens=max_queued_tokens or 32 * max_batch_tokens,
         padded=strategy.padded,
         on_batch=metrics.observe_batch,
+        on_wait=metrics.observe_wait,
     )
     metrics.watch_queue(batcher)
     served = Service(

@@ -8,6 +8,7 @@ through the :func:`service` dependency.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 
 from rerank_plugins.batching.batcher import MicroBatcher, RequestTooLargeError
-from rerank_plugins.batching.strategy import Strategy
+from rerank_plugins.batching.strategy import Prepared, Strategy
 from rerank_plugins.scoring import Score, ascore_groups, check_inputs
 from rerank_plugins.serve.handlers import ClientGone
 from rerank_plugins.serve.metrics import Metrics
@@ -75,6 +76,7 @@ class Service:
         submitter = _Submitter(
             self.strategy,
             self.batcher,
+            self.metrics,
             truncate=truncate,
             max_document_tokens=max_document_tokens,
             raw=raw,
@@ -120,6 +122,7 @@ class _Submitter:
         self,
         strategy: Strategy,
         batcher: MicroBatcher[Any, Score],
+        metrics: Metrics,
         *,
         truncate: bool,
         max_document_tokens: int | None,
@@ -127,6 +130,7 @@ class _Submitter:
     ) -> None:
         self.strategy = strategy
         self.batcher = batcher
+        self.metrics = metrics
         self.truncate = truncate
         self.max_document_tokens = max_document_tokens
         self.raw = raw
@@ -136,17 +140,22 @@ class _Submitter:
             check_inputs(query, documents)
             return []
         # The strategy's prepare is the request's one input check (and its tokenisation).
-        prepared = await asyncio.to_thread(
-            self.strategy.prepare,
+        prepared = await asyncio.to_thread(self._prepare, query, documents)
+        scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
+        self.strategy.check(scores, truncate=self.truncate)
+        return scores
+
+    def _prepare(self, query: str, documents: Sequence[str]) -> Prepared:
+        start = time.perf_counter()
+        prepared = self.strategy.prepare(
             query,
             documents,
             truncate=self.truncate,
             max_document_tokens=self.max_document_tokens,
             raw=self.raw,
         )
-        scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
-        self.strategy.check(scores, truncate=self.truncate)
-        return scores
+        self.metrics.observe_prepare(time.perf_counter() - start)
+        return prepared
 
 
 async def _until_disconnect(request: Request, work: Awaitable[_T]) -> _T:
