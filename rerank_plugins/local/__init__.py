@@ -10,10 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rerank_plugins.local.engine.threads import passive_openmp_wait
+
 if TYPE_CHECKING:
     from rerank_plugins.scoring import Scorer
 
 __all__ = ["load_local_scorer"]
+
+# Before torch (and its OpenMP runtime) is loaded: OpenMP threads that sleep rather than
+# spin at barriers (benchmarks/RESULTS.md, "Threads under contention").
+passive_openmp_wait()
 
 
 def load_local_scorer(spec: str | Path, **options: Any) -> Scorer:

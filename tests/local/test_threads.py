@@ -209,3 +209,23 @@ def test_usable_cpus_never_exceeds_the_affinity() -> None:
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no affinity on this platform")
     assert 1 <= th.usable_cpus() <= len(os.sched_getaffinity(0))
+
+
+def _fresh(code: str, env: dict[str, str]) -> str:
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_openmp_threads_wait_passively_unless_told_otherwise() -> None:
+    show = "import os; import rerank_plugins.local; print(os.environ.get('OMP_WAIT_POLICY'))"
+    assert _fresh(show, {}) == "PASSIVE"
+    assert _fresh(show, {"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"  # the user's choice stands
+    # torch loaded first: its OpenMP runtime has read the environment already; left alone
+    assert _fresh("import torch; " + show, {}) == "None"

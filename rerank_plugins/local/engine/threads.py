@@ -12,6 +12,10 @@ comes from what the process may use, never from the host's core count:
 - minus the cores other processes keep busy, measured over a short interval on first use
   (``/proc/stat``): a thread on a core something else saturates only slows every barrier.
 
+And idle OpenMP threads sleep instead of spinning (:func:`passive_openmp_wait`, set when
+``rerank_plugins.local`` is imported before torch): spinning at a barrier while the awaited
+thread is descheduled is what turned contention into collapse.
+
 :func:`choose_threads` decides; :func:`configure_threads` applies the choice once per
 process (``torch.set_num_threads``), before the first forward. An explicit count (the
 ``threads=`` option of :func:`~rerank_plugins.load_scorer`, ``--threads``, the
@@ -24,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ __all__ = [
     "choose_threads",
     "configure_threads",
     "configured_threads",
+    "passive_openmp_wait",
     "physical_cores",
     "usable_cpus",
 ]
@@ -225,6 +231,28 @@ def busy_cpus(
 def _own_ticks(own: Path) -> float:
     fields = own.read_text().rsplit(")", 1)[1].split()
     return float(fields[11]) + float(fields[12])  # utime + stime of every thread
+
+
+# -- how idle OpenMP threads wait ----------------------------------------------------------
+
+
+def passive_openmp_wait() -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it or torch is already loaded
+    (OpenMP reads it once, when the runtime loads); whether it was set.
+
+    With the default (active) policy an OpenMP thread that reaches a barrier spins,
+    burning its time slice, while the thread it waits for is descheduled by other load:
+    a 22-layer model at two threads beside two busy processes used 26 CPU-seconds for what
+    takes 0.5 at one thread, and a server fell from 28 to 1.8 documents/s; with passive
+    waiting the same two threads used 0.47 CPU-seconds (benchmarks/RESULTS.md).
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        return False
+    if "torch" in sys.modules:
+        logger.debug("torch is already loaded: OMP_WAIT_POLICY stays as it is")
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
 
 
 # -- the choice ----------------------------------------------------------------------------
