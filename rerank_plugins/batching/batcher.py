@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -112,7 +113,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     ``run_batch(key, items) -> results`` is called in a dedicated worker thread with the
     items of one batch (all submitted with ``key``) and must return one result per item,
     in order. ``on_batch`` (optional) is called on the event loop after each batch,
-    ``on_wait`` with each submission's queue wait in seconds.
+    ``on_wait`` with each submission's queue wait in seconds. ``device`` (optional): a lock
+    that the batcher holds while it forms and runs a batch, for a caller that also runs
+    forwards of its own on the same model (a lone caller's direct path): batches then
+    form only once the device is free, with everything queued meanwhile.
     Start with :meth:`start` inside the running loop (e.g. an ASGI lifespan); ``submit``
     also starts it on first use.
     """
@@ -127,6 +131,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         padded: bool = False,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_wait: Callable[[float], None] | None = None,
+        device: threading.Lock | None = None,
     ) -> None:
         if max_batch_tokens <= 0:
             raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
@@ -141,6 +146,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self.padded = padded
         self._on_batch = on_batch
         self._on_wait = on_wait
+        self._device = device
         self._queue: deque[_Submission] = deque()
         self._queued_tokens = 0
         self._wakeup: asyncio.Event | None = None
@@ -287,18 +293,28 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            picked = self._take()
-            if picked:
-                await self._run(picked)
-                # A submission with more batches to come goes behind those that came
-                # while its batch ran.
-                for sub in dict.fromkeys(sub for sub, _ in picked):
-                    if sub.pending and sub in self._queue:
-                        self._queue.remove(sub)
-                        self._queue.append(sub)
+            if self._device is not None:  # wait until nobody else runs a forward
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._device.acquire
+                )
+            try:
+                picked = self._take()
+                if picked:
+                    await self._run(picked)
+            finally:
+                if self._device is not None:
+                    self._device.release()
+            # A submission with more batches to come goes behind those that came while
+            # its batch ran.
+            for sub in dict.fromkeys(sub for sub, _ in picked):
+                if sub.pending and sub in self._queue:
+                    self._queue.remove(sub)
+                    self._queue.append(sub)
 
     def _take(self) -> list[tuple[_Submission, int]]:
         """The next batch: (submission, item position) pairs, longest first."""
+        if not self._queue:  # cancelled while the batcher waited for the device
+            return []
         key = self._queue[0].key
         picked: list[tuple[_Submission, int]] = []
         tokens = 0

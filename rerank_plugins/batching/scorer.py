@@ -62,8 +62,9 @@ class BatchingScorer:
 
     ``max_batch_tokens``: token budget of one forward (default: the scorer's
     ``batch_tokens``, else :data:`DEFAULT_BATCH_TOKENS`); ``max_batch_requests``: calls
-    merged into one forward at most. A lone call runs at once (the batcher never waits);
-    what batching costs it is one hand-over to the batching thread. :meth:`close` stops the
+    merged into one forward at most. A lone call (nothing running or queued) runs its
+    forward directly in the calling thread, as without batching; calls that come while a
+    forward runs queue and are merged into the next one. :meth:`close` stops the
     thread (it also stops when the object is collected); pickling and copying re-wrap the
     scorer's copy.
     """
@@ -86,12 +87,9 @@ class BatchingScorer:
         self.strategy: Strategy = strategy_for(scorer)
         self.max_batch_tokens = budget or DEFAULT_BATCH_TOKENS
         self.max_batch_requests = max_batch_requests
-        self.batcher: MicroBatcher[Any, Score] = MicroBatcher(
-            self.strategy.run_batch,
-            max_batch_tokens=self.max_batch_tokens,
-            max_batch_requests=max_batch_requests,
-            padded=self.strategy.padded,
-        )
+        # Held by whoever runs a forward: the batcher, or a lone caller's direct path.
+        self._device = threading.Lock()
+        self.batcher: MicroBatcher[Any, Score] = self._new_batcher()
         self._runner: _LoopThread | None = None
         self._lock = threading.Lock()
 
@@ -117,6 +115,9 @@ class BatchingScorer:
         prepared = self._prepare(query, documents)
         if prepared is None:
             return []
+        direct = self._direct(prepared)
+        if direct is not None:
+            return direct
         future = asyncio.run_coroutine_threadsafe(self._submit(prepared), self._loop())
         try:
             return future.result()
@@ -135,8 +136,26 @@ class BatchingScorer:
         else:  # longer inputs tokenise off the caller's event loop
             prepared = await asyncio.to_thread(self._prepare, query, docs)
         assert prepared is not None
+        if self._idle():
+            direct = await asyncio.to_thread(self._direct, prepared)
+            if direct is not None:
+                return direct
         future = asyncio.run_coroutine_threadsafe(self._submit(prepared), self._loop())
         return await asyncio.wrap_future(future)
+
+    def _idle(self) -> bool:
+        return self.batcher.queued_requests == 0 and not self._device.locked()
+
+    def _direct(self, prepared: Prepared) -> list[Score] | None:
+        """A lone caller's path: the forward in this thread when nothing runs or waits
+        (no hand-over to the batching thread), else ``None``. Callers that come while it
+        runs queue in the batcher, whose next batch waits for the device."""
+        if not self._idle() or not self._device.acquire(blocking=False):
+            return None
+        try:
+            return self.strategy.run_all(prepared.key, prepared.items)
+        finally:
+            self._device.release()
 
     def _prepare(self, query: str, documents: Sequence[str]) -> Prepared | None:
         docs = check_inputs(query, documents)
@@ -165,11 +184,15 @@ class BatchingScorer:
             return
         asyncio.run_coroutine_threadsafe(self.batcher.stop(drain=True), runner.loop).result()
         runner.stop()
-        self.batcher = MicroBatcher(
+        self.batcher = self._new_batcher()
+
+    def _new_batcher(self) -> MicroBatcher[Any, Score]:
+        return MicroBatcher(
             self.strategy.run_batch,
             max_batch_tokens=self.max_batch_tokens,
             max_batch_requests=self.max_batch_requests,
             padded=self.strategy.padded,
+            device=self._device,
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

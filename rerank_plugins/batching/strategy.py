@@ -71,6 +71,10 @@ class Strategy:
         """One :class:`Score` per item, in order (runs on the batcher's worker thread)."""
         raise NotImplementedError
 
+    def run_all(self, key: Hashable, items: list[Any]) -> list[Score]:
+        """Like :meth:`run_batch` for items of any total size (the scorer budgets them)."""
+        return self.run_batch(key, items)
+
     def check(self, scores: Sequence[Score], *, truncate: bool | None) -> None:
         """Refuse results the request said it did not want (truncated with truncation off)."""
         if truncate is None or truncate:
@@ -117,6 +121,9 @@ class PairStrategy(Strategy):
         # The batcher formed this batch by the scorer's budget and cost model, longest
         # first: it runs as one forward, neither re-budgeted nor re-sorted.
         return check_scores(self.pair_scorer.score_batch(items, raw=bool(key)), len(items))
+
+    def run_all(self, key: Hashable, items: list[Any]) -> list[Score]:
+        return check_scores(self.pair_scorer.score_pairs(items, raw=bool(key)), len(items))
 
 
 def _estimate_tokens(query: str, document: str) -> int:

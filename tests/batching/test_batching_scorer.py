@@ -48,18 +48,34 @@ def _values(scores: Sequence[Score]) -> list[float]:
 
 
 class _Forwards:
-    """Counts the forwards (``score_batch`` calls) the batcher runs on a scorer."""
+    """Counts the scorer calls that run forwards: the batcher's ``score_batch`` and a lone
+    caller's direct ``score_pairs``."""
 
     def __init__(self, scorer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[int] = []
-        original = scorer.score_batch
+        self.direct: list[int] = []
+        batch, pairs = scorer.score_batch, scorer.score_pairs
 
-        def spy(pairs: Sequence[Any], *, raw: bool = False) -> list[Score]:
-            self.calls.append(len(pairs))
+        def spy(pairs_: Sequence[Any], *, raw: bool = False) -> list[Score]:
+            self.calls.append(len(pairs_))
             time.sleep(0.01)  # let the other callers queue behind this forward
-            return original(pairs, raw=raw)  # type: ignore[no-any-return]
+            return batch(pairs_, raw=raw)  # type: ignore[no-any-return]
+
+        def spy_direct(pairs_: Sequence[Any], *, raw: bool = False) -> list[Score]:
+            self.direct.append(len(pairs_))
+            time.sleep(0.01)
+            return pairs(pairs_, raw=raw)  # type: ignore[no-any-return]
 
         monkeypatch.setattr(scorer, "score_batch", spy)
+        monkeypatch.setattr(scorer, "score_pairs", spy_direct)
+
+    @property
+    def forwards(self) -> int:
+        return len(self.calls) + len(self.direct)
+
+    @property
+    def pairs(self) -> int:
+        return sum(self.calls) + sum(self.direct)
 
 
 async def test_concurrent_ascore_calls_share_forwards_and_keep_their_order(
@@ -72,8 +88,8 @@ async def test_concurrent_ascore_calls_share_forwards_and_keep_their_order(
     for want, have in zip(expected, got, strict=True):
         assert _values(have) == pytest.approx(_values(want), abs=1e-5)
         assert [s.tokens for s in have] == [s.tokens for s in want]
-    assert sum(forwards.calls) == sum(len(d) for _, d in requests)
-    assert len(forwards.calls) < len(requests)  # calls were merged
+    assert forwards.pairs == sum(len(d) for _, d in requests)
+    assert forwards.forwards < len(requests)  # calls were merged
 
 
 def test_threads_and_event_loops_at_once(
@@ -106,14 +122,21 @@ def test_threads_and_event_loops_at_once(
     assert sorted(results) == list(range(16))
     for k, want in enumerate(expected):
         assert _values(results[k]) == pytest.approx(_values(want), abs=1e-5)
-    assert len(forwards.calls) < len(requests)
+    assert forwards.pairs == sum(len(d) for _, d in requests)
+    assert forwards.forwards < len(requests)
 
 
-def test_a_lone_caller_gets_what_the_scorer_gives(plain: Any, batching: BatchingScorer) -> None:
+def test_a_lone_caller_runs_directly_and_gets_what_the_scorer_gives(
+    plain: Any, batching: BatchingScorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     query, docs = _requests(2, 1)[0]
-    assert _values(batching.score(query, docs)) == pytest.approx(
-        _values(plain.score(query, docs)), abs=1e-5
-    )
+    want = _values(plain.score(query, docs))
+    forwards = _Forwards(plain, monkeypatch)
+    assert _values(batching.score(query, docs)) == pytest.approx(want, abs=1e-5)
+    assert _values(asyncio.run(batching.ascore(query, docs))) == pytest.approx(want, abs=1e-5)
+    # nothing ran or waited: both went straight to the scorer, no batching thread started
+    assert forwards.direct == [len(docs), len(docs)] and forwards.calls == []
+    assert batching._runner is None
     assert asyncio.run(batching.ascore(query, [])) == []
     assert batching.score(query, []) == []
     assert batching.name == plain.name and batching.max_length == plain.max_length
