@@ -40,7 +40,7 @@ from rerank_plugins.testing import make_modernbert_checkpoint, random_text
 Call = tuple[str, list[Any]]  # (query, LangChain documents)
 
 
-def calls(seed: int, n: int, docs: tuple[int, int] = (5, 20)) -> list[Call]:
+def calls(seed: int, n: int, sizes: tuple[int, int] = (5, 20)) -> list[Call]:
     from langchain_core.documents import Document
 
     rng = random.Random(seed)
@@ -49,7 +49,7 @@ def calls(seed: int, n: int, docs: tuple[int, int] = (5, 20)) -> list[Call]:
         query = random_text(rng, 6)
         docs = [
             Document(page_content=random_text(rng, rng.randint(8, 60)))
-            for _ in range(rng.randint(*docs))
+            for _ in range(rng.randint(*sizes))
         ]
         out.append((query, docs))
     return out
