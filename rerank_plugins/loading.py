@@ -5,26 +5,51 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rerank_plugins.errors import InvalidInputError
+from rerank_plugins.errors import InvalidInputError, UnknownOptionError
 from rerank_plugins.scoring import Scorer
 
-__all__ = ["DEFAULT_MODEL", "load_scorer", "scorer_from"]
+__all__ = ["DEFAULT_MODEL", "in_user_words", "is_remote", "load_scorer", "scorer_from"]
 
 DEFAULT_MODEL = "Alibaba-NLP/gte-reranker-modernbert-base"
 """The model the command line and the adapters use when none is given."""
 
 
-def load_scorer(spec: str | Path, *, batching: bool = False, **options: Any) -> Scorer:
+def is_remote(spec: str | Path) -> bool:
+    """Whether ``spec`` names an endpoint (an ``http://`` or ``https://`` URL)."""
+    return str(spec).startswith(("http://", "https://"))
+
+
+def load_scorer(
+    spec: str | Path,
+    *,
+    calibration: str | Path | None = None,
+    batching: bool = False,
+    **options: Any,
+) -> Scorer:
     """Build a scorer from a hub id, a local checkpoint directory or an endpoint URL.
 
     ``http://`` and ``https://`` URLs give a :class:`~rerank_plugins.remote.RemoteScorer`;
     anything else is resolved to a checkpoint whose own files pick the local scorer.
     ``options`` go to the scorer's constructor (``device``, ``max_length``, ``overflow``,
     ``api_key``, ``dialect``, ...; ``threads`` sets a local model's intra-op threads).
+
+    ``calibration``: a file written by ``rerank-plugins calibrate`` for this model and
+    mode; the scorer then returns calibrated probabilities (``kind="probability"``), so
+    that 0.5 means "more likely relevant than not". A file made for another model or mode
+    raises :class:`~rerank_plugins.errors.CalibrationMismatchError`.
+
     ``batching=True`` wraps the scorer in a :class:`~rerank_plugins.batching.BatchingScorer`:
     concurrent calls (threads, event loops) share forwards through the server's batcher.
     """
-    scorer = _load(spec, options)
+    if calibration is not None:
+        from rerank_plugins.calibration import calibrate_scorer, load_calibration
+
+        cal = load_calibration(calibration)
+        cal.check_kind(remote=is_remote(spec))
+        merged = {**cal.options, **options}
+        scorer: Scorer = calibrate_scorer(_load(spec, merged), cal, options=merged)
+    else:
+        scorer = _load(spec, options)
     if batching:
         from rerank_plugins.batching import BatchingScorer
 
@@ -33,14 +58,25 @@ def load_scorer(spec: str | Path, *, batching: bool = False, **options: Any) -> 
 
 
 def _load(spec: str | Path, options: dict[str, Any]) -> Scorer:
-    text = str(spec)
-    if text.startswith(("http://", "https://")):
+    if is_remote(spec):
         from rerank_plugins.remote import RemoteScorer
 
-        return RemoteScorer(text, **options)
+        return RemoteScorer(str(spec), **options)
     from rerank_plugins.local import load_local_scorer
 
     return load_local_scorer(spec, **options)
+
+
+def in_user_words(exc: UnknownOptionError, spec: str | Path, options: Any) -> InvalidInputError:
+    """``exc`` (an option the loaded scorer does not take), said the way the command line
+    says it when the option belongs to another kind of model (``--layer`` for a plain
+    cross-encoder); else ``exc`` itself."""
+    for name in ("layer", "dim"):
+        if name in options and f"no option {name!r}" in str(exc):
+            return InvalidInputError(
+                f"--{name} only applies to matryoshka models ({spec} is not one)"
+            )
+    return exc
 
 
 def scorer_from(

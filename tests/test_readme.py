@@ -96,6 +96,8 @@ RUNS: dict[str, tuple[str, ...]] = {
     "from rerank_plugins import InputTooLongError, load_scorer": ("query", "documents"),
     # A FastAPI app with a batching reranker (CHECKS calls its handler too).
     "from fastapi import FastAPI": (),
+    # docs/evaluate.md: evaluate() on the packaged collection (tiny checkpoint, depth 5).
+    "import tempfile": (),
 }
 
 

@@ -13,7 +13,7 @@ import transformers
 from rerank_plugins import InputTooLongError, Score, load_scorer
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer
 from rerank_plugins.testing import random_text
-from tests.contract import QUERY, ScorerContract
+from tests.contract import QUERY, PairScorerContract
 
 
 def reference_logits(directory: Path, query: str, docs: list[str]) -> list[float]:
@@ -30,7 +30,7 @@ def reference_logits(directory: Path, query: str, docs: list[str]) -> list[float
     return out
 
 
-class TestTransformersCrossEncoder(ScorerContract):
+class TestTransformersCrossEncoder(PairScorerContract):
     @pytest.fixture(scope="class")
     @classmethod
     def scorer(cls, modernbert_dir: Path) -> CrossEncoderScorer:
@@ -57,6 +57,7 @@ def test_probability_is_sigmoid_of_logit(modernbert_dir: Path, docs: list[str]) 
         assert p.value == pytest.approx(float(torch.sigmoid(torch.tensor(lg.value))), abs=1e-6)
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_batch_budget_does_not_change_scores(modernbert_dir: Path, docs: list[str]) -> None:
     big = CrossEncoderScorer(modernbert_dir, device="cpu", engine="transformers")
     small = CrossEncoderScorer(modernbert_dir, device="cpu", engine="transformers", batch_tokens=1)

@@ -1,9 +1,9 @@
-"""The model options of every subcommand that loads a model (``rerank``, ``serve``).
+"""The model options of every subcommand that loads a model (``rerank``, ``serve``, ``score``).
 
 One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
 same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
-``--layer``/``--dim`` and ``--dialect``, with the same defaults and checks. It sits below
-the command line and the server (which both import it) and above ``loading``.
+``--layer``/``--dim``, ``--dialect`` and ``--calibration``, with the same defaults and
+checks.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from rerank_plugins.errors import InvalidInputError
-from rerank_plugins.loading import DEFAULT_MODEL
+from rerank_plugins.loading import DEFAULT_MODEL, is_remote
 
-__all__ = ["MODEL_ENV", "add_model_options", "is_remote", "model_options"]
+__all__ = ["MODEL_ENV", "add_model_options", "model_options"]
 
 MODEL_ENV = "RERANK_MODEL"
 
@@ -32,10 +32,6 @@ _LOCAL_ONLY = {
     "threads": "--threads",
 }
 _REMOTE_ONLY = {"dialect": "--dialect"}
-
-
-def is_remote(model: str) -> bool:
-    return str(model).startswith(("http://", "https://"))
 
 
 def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> None:
@@ -71,7 +67,20 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         "--batch-tokens",
         type=int,
         default=default(None),
-        help="token budget per forward pass (local models)",
+        help="token budget per forward pass (local models; default: the model's own, "
+        "sized for its device)",
+    )
+    add(
+        "--layer",
+        type=int,
+        default=default(None),
+        help="matryoshka models: exit layer (default: the deepest exit)",
+    )
+    add(
+        "--dim",
+        type=int,
+        default=default(None),
+        help="matryoshka models: head width (default: the model's first listed width)",
     )
     add(
         "--threads",
@@ -79,12 +88,18 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         help="intra-op CPU threads: a count or auto (default: $RERANK_THREADS, else the "
         "CPUs this process may use, by affinity and cgroup quota, minus those busy)",
     )
-    add("--layer", type=int, default=default(None), help="matryoshka models: exit layer")
-    add("--dim", type=int, default=default(None), help="matryoshka models: head width")
     add(
         "--dialect",
         default=default(None),
-        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score)",
+        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score; "
+        "default: cohere)",
+    )
+    add(
+        "--calibration",
+        default=default(None),
+        metavar="PATH",
+        help="calibration file from 'rerank-plugins calibrate' for this model and mode: "
+        "scores become calibrated probabilities",
     )
 
 
@@ -106,11 +121,14 @@ def model_options(
     given = [flag for name, flag in wrong.items() if getattr(args, name, None) is not None]
     if given:
         where = "local models" if remote else "http(s) endpoints"
-        raise InvalidInputError(f"{', '.join(given)} only apply to {where}")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise InvalidInputError(f"{', '.join(given)} only {verb} to {where}")
     names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens", "threads")
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:
         options.update(
             {n: getattr(args, n) for n in ("layer", "dim") if getattr(args, n, None) is not None}
         )
+    if getattr(args, "calibration", None) is not None:
+        options["calibration"] = args.calibration
     return options
