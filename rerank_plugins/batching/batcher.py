@@ -361,9 +361,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         try:
             results = await self._forward(key, items)
         except Exception as exc:
-            logger.warning(
-                "a batch of %d items failed: %s: %s", len(items), type(exc).__name__, exc
-            )
+            # A foreign error's message may quote the input: only ours are logged whole.
+            said = f": {exc}" if isinstance(exc, RerankError) else ""
+            logger.warning("a batch of %d items failed: %s%s", len(items), type(exc).__name__, said)
             if len(subs) == 1:
                 self._fail(subs[0], exc)
             else:  # find whose items raise: each submission's share alone

@@ -75,15 +75,26 @@ class Strategy:
         """Like :meth:`run_batch` for items of any total size (the scorer budgets them)."""
         return self.run_batch(key, items)
 
-    def check(self, scores: Sequence[Score], *, truncate: bool | None) -> None:
-        """Refuse results the request said it did not want (truncated with truncation off)."""
+    def check(
+        self,
+        scores: Sequence[Score],
+        *,
+        truncate: bool | None,
+        max_document_tokens: int | None = None,
+    ) -> None:
+        """Refuse results the request said it did not want (truncated with truncation off;
+        ``truncate=None``: the scorer's own policy applied, nothing to refuse)."""
         if truncate is None or truncate:
             return
         cut = [i for i, s in enumerate(scores) if s.truncated]
         if cut:
+            limit = (
+                f"max_tokens_per_doc ({max_document_tokens}) or the model's token window"
+                if max_document_tokens is not None and self.per_request_truncation
+                else "the model's token window"
+            )
             raise InputTooLongError(
-                f"documents {cut} exceed the model's token window and truncate is off",
-                indices=cut,
+                f"documents {cut} exceed {limit} and truncate is off", indices=cut
             )
 
 
