@@ -2,12 +2,8 @@
 
 One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
 same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
-<<<<<<< HEAD
-``--layer``/``--dim``, ``--instruction`` and ``--dialect``, with the same defaults and
-=======
-``--layer``/``--dim``, ``--dialect`` and ``--calibration``, with the same defaults and
->>>>>>> main
-checks.
+``--layer``/``--dim``, ``--instruction``, ``--dialect`` and ``--calibration``, with the
+same defaults and checks.
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ _LOCAL_ONLY = {
     "max_length": "--max-length",
     "layer": "--layer",
     "dim": "--dim",
+    "threads": "--threads",
     "instruction": "--instruction",
 }
 _REMOTE_ONLY = {"dialect": "--dialect"}
@@ -87,6 +84,12 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         help="matryoshka models: head width (default: the model's first listed width)",
     )
     add(
+        "--threads",
+        default=default(None),
+        help="intra-op CPU threads: a count or auto (default: $RERANK_THREADS, else the "
+        "CPUs this process may use, by affinity and cgroup quota, minus those busy)",
+    )
+    add(
         "--instruction",
         default=default(None),
         help="decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2): the task instruction "
@@ -127,7 +130,7 @@ def model_options(
         where = "local models" if remote else "http(s) endpoints"
         verb = "applies" if len(given) == 1 else "apply"
         raise InvalidInputError(f"{', '.join(given)} only {verb} to {where}")
-    names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens")
+    names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens", "threads")
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:
         options.update(
