@@ -94,6 +94,8 @@ RUNS: dict[str, tuple[str, ...]] = {
     ),
     "import llama_index.core.instrumentation as instrument": (),
     "from rerank_plugins import InputTooLongError, load_scorer": ("query", "documents"),
+    'scorer = load_scorer("Alibaba-NLP/gte-reranker-modernbert-base", overflow="chunk", '
+    'aggregate="max")': ("load_scorer", "query", "documents"),
 }
 
 

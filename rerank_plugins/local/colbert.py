@@ -71,6 +71,7 @@ from rerank_plugins.local.checkpoint import (
     read_json,
     resolve_checkpoint,
 )
+from rerank_plugins.local.chunking import ChunkOptions, chunk_spans
 from rerank_plugins.local.detect import is_colbert_checkpoint
 from rerank_plugins.local.engine.attention import pack_sequences
 from rerank_plugins.local.engine.device import pick_device, pick_dtype
@@ -79,6 +80,7 @@ from rerank_plugins.local.engine.packing import token_budget_batches
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.maxsim import Reduce, maxsim_many
 from rerank_plugins.local.progress import BatchProgress, check_show_progress
+from rerank_plugins.local.tokenization import check_max_document_tokens
 from rerank_plugins.local.weights import checkpoint_key, shared_weights
 from rerank_plugins.local.worker import LocalWorker
 from rerank_plugins.scoring import OverflowPolicy, Score, check_documents, check_inputs
@@ -103,7 +105,7 @@ DEFAULT_CACHE_BYTES = 256 * 2**20
 """Default bound of a scorer's document-vector cache: 256 MiB (about 1,700 documents of
 300 tokens at 128 fp32 values per token)."""
 
-_POLICIES = ("truncate", "error")
+_POLICIES = ("truncate", "error", "chunk")
 _DENSE_TYPES = frozenset(
     {
         "pylate.models.Dense.Dense",
@@ -187,12 +189,14 @@ class TokenVectors:
     ``vectors`` is fp32 ``[n, dim]``, L2-normalised rows, on the scorer's device (for a
     document: its tokens minus the skiplist; for a query: every token, expansion tokens
     included). ``tokens`` is the length of the sequence the encoder saw (prefix and
-    special tokens included) and ``truncated`` whether the text was cut to fit it.
+    special tokens included; summed over the windows of a chunked document, whose
+    ``chunks`` says how many) and ``truncated`` whether the text was cut to fit it.
     """
 
     vectors: torch.Tensor
     tokens: int
     truncated: bool
+    chunks: int | None = None  # windows of a document longer than document_length
 
     @property
     def nbytes(self) -> int:
@@ -350,6 +354,8 @@ class _Encoded:
     ids: list[int]
     real: int  # tokens that are not query-expansion padding
     truncated: bool
+    over: bool = False  # longer than document_length (truncated or chunked)
+    windows: tuple[list[int], ...] = ()  # overflow="chunk": each window's ids
 
 
 class _ColBERTWeights:
@@ -372,7 +378,13 @@ class ColBERTScorer(Rebuildable):
     Options: ``device``, ``dtype`` ("auto" = bf16 on CUDA, fp32 on CPU; projection, vectors
     and MaxSim are fp32), ``document_length`` (default: the checkpoint's; up to the trunk's
     window, for long documents; ``max_length`` is an alias), ``query_length``, ``overflow``
-    ("truncate": cut and flag, or "error"), ``batch_tokens`` (token budget per forward;
+    ("truncate": cut and flag, "error", or "chunk": a longer document is split into token
+    windows of ``chunk_tokens`` (default: all of ``document_length``) overlapping by
+    ``chunk_overlap``, each encoded as ``[CLS] [D] window [SEP]``, and MaxSim runs over
+    the union of all its windows' token vectors — each query token takes its best match
+    anywhere in the document; ``Score.chunks`` says how many windows),
+    ``max_tokens_per_doc`` (cut every document to its first N tokens, flagged
+    ``truncated``; with "chunk" the cap comes first), ``batch_tokens`` (token budget per forward;
     default 4,096 on the CPU, 32,768 on a GPU),
     ``cache`` (a :class:`DocumentVectorCache` to use or share, its size in bytes, or
     ``None``/0 for none; default 256 MiB; ``False`` also turns off weight sharing),
@@ -396,6 +408,9 @@ class ColBERTScorer(Rebuildable):
         max_length: int | None = None,
         query_length: int | None = None,
         overflow: OverflowPolicy = "truncate",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int = 0,
+        max_tokens_per_doc: int | None = None,
         reduce: Reduce = "sum",
         batch_tokens: int | None = None,
         cache: DocumentVectorCache | int | None = DEFAULT_CACHE_BYTES,
@@ -446,6 +461,8 @@ class ColBERTScorer(Rebuildable):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.overflow: OverflowPolicy = overflow
+        self.chunking = ChunkOptions(chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)
+        self.max_tokens_per_doc = check_max_document_tokens(max_tokens_per_doc)
         self.reduce: Reduce = reduce
         if batch_tokens is None:
             # Measured on CPU: 4K-token batches stay in cache (15-20% faster than 16K).
@@ -620,16 +637,46 @@ class ColBERTScorer(Rebuildable):
             ids += [self.expansion_id] * (length - real)
         return _Encoded(ids, real, cut)
 
+    @property
+    def _document_room(self) -> int:
+        """Document tokens that fit in ``document_length`` beside the prefix and specials."""
+        prefix = self.document_prefix_id
+        return self.settings.document_length - (prefix is not None) - self._specials
+
+    def _document_frame(self) -> list[int]:
+        """``[CLS] [D] [SEP]``: what surrounds a document's tokens."""
+        empty = self.tokenizer.encode("", add_special_tokens=False)
+        ids = list(self.tokenizer.post_process(empty, None, add_special_tokens=True).ids)
+        if self.document_prefix_id is not None:
+            ids.insert(1, self.document_prefix_id)
+        return ids
+
     def _encode_document_ids(self, documents: Sequence[str]) -> list[_Encoded]:
         prefix = self.document_prefix_id
-        room = self.settings.document_length - (prefix is not None) - self._specials
+        room = self._document_room
         contents = self.tokenizer.encode_batch(
             [self._prepare(d) for d in documents], add_special_tokens=False
         )
+        cap = self.max_tokens_per_doc
+        size = self.chunking.size(room) if self.overflow == "chunk" else room
         out = []
         for content in contents:
+            capped = cap is not None and len(content.ids) > cap
+            if capped and cap is not None:
+                content.truncate(cap)
+            over = len(content.ids) > room
+            if over and self.overflow == "chunk":
+                ids = list(content.ids)
+                frame = self._document_frame()
+                windows = tuple(
+                    frame[:-1] + ids[a:b] + frame[-1:]
+                    for a, b in chunk_spans(len(ids), size, self.chunking.chunk_overlap)
+                )
+                n = sum(len(w) for w in windows)
+                out.append(_Encoded(windows[0], n, capped, over=True, windows=windows))
+                continue
             ids, cut = self._assemble(content, room, prefix)
-            out.append(_Encoded(ids, len(ids), cut))
+            out.append(_Encoded(ids, len(ids), cut or capped, over=over))
         return out
 
     # --- vectors ------------------------------------------------------------------------
@@ -685,28 +732,51 @@ class ColBERTScorer(Rebuildable):
                 todo.setdefault(text, []).append(i)
         texts = list(todo)
         encoded = self._encode_document_ids(texts)
+        # A cached entry that was cut overflowed the window unless a cap below it cut it.
+        cap = self.max_tokens_per_doc
+        capped_only = cap is not None and cap <= self._document_room
         over = sorted(
-            [i for i, v in enumerate(out) if v is not None and v.truncated]
-            + [i for text, e in zip(texts, encoded, strict=True) if e.truncated for i in todo[text]]
+            [i for i, v in enumerate(out) if v is not None and v.truncated and not capped_only]
+            + [i for text, e in zip(texts, encoded, strict=True) if e.over for i in todo[text]]
         )
-        if over:
+        if over and self.overflow != "chunk":
             self._overflowed(over)
         if texts:
-            for text, e, vectors in zip(
-                texts, encoded, self._document_vectors(encoded), strict=True
-            ):
-                entry = TokenVectors(vectors, len(e.ids), e.truncated)
+            for text, e, vectors in zip(texts, encoded, self._vectors_of(encoded), strict=True):
+                entry = TokenVectors(
+                    vectors, e.real, e.truncated, len(e.windows) if e.windows else None
+                )
                 if self.cache is not None:
                     self.cache.put(self._cache_key(length, text), entry)
                 for i in todo[text]:
                     out[i] = entry
         return _filled(out)
 
+    def _vectors_of(self, encoded: Sequence[_Encoded]) -> list[torch.Tensor]:
+        """Each document's vectors; a chunked one's windows are encoded in the same
+        batches as the other documents and their vectors concatenated (MaxSim over the
+        union)."""
+        if not any(e.windows for e in encoded):
+            return self._document_vectors(encoded)
+        flat = [_Encoded(w, len(w), False) for e in encoded for w in (e.windows or (e.ids,))]
+        parts = self._document_vectors(flat)
+        out = []
+        at = 0
+        for e in encoded:
+            n = len(e.windows) or 1
+            out.append(parts[at] if n == 1 else torch.cat(parts[at : at + n]))
+            at += n
+        return out
+
     def _cache_key(self, length: int, text: str) -> Hashable:
         # A fixed-size digest, not the text: the cache bounds vector bytes, and keys holding
         # whole documents would grow past that bound (6 MiB of text under a 1 MiB cap).
         # surrogatepass: check_documents lets lone surrogates through (they are valid str).
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+        if self.overflow == "chunk" or self.max_tokens_per_doc is not None:
+            chunking = self.chunking
+            shape = (self.overflow, chunking.chunk_tokens, chunking.chunk_overlap)
+            return (self._model_key, length, shape, self.max_tokens_per_doc, digest)
         return (self._model_key, length, digest)
 
     def _overflowed(self, indices: list[int]) -> None:
@@ -746,6 +816,7 @@ class ColBERTScorer(Rebuildable):
                 kind="maxsim",
                 tokens=q.tokens + e.tokens,
                 truncated=e.truncated or q.truncated,
+                chunks=e.chunks,
             )
             for v, e in zip(values.tolist(), encoded, strict=True)
         ]

@@ -17,10 +17,11 @@ from rerank_plugins.local.checkpoint import (
     read_json,
     resolve_checkpoint,
 )
+from rerank_plugins.local.chunking import Aggregate, ChunkOptions, aggregate
 from rerank_plugins.local.engine.device import default_batch_tokens, pick_device, pick_mode
 from rerank_plugins.local.engine.packing import token_budget_batches
 from rerank_plugins.local.progress import BatchProgress, check_show_progress
-from rerank_plugins.local.tokenization import EncodedPair, PairEncoder
+from rerank_plugins.local.tokenization import ChunkedPair, EncodedPair, PairEncoder
 from rerank_plugins.local.weights import checkpoint_key, shared_weights
 from rerank_plugins.local.worker import LocalWorker
 from rerank_plugins.scoring import OverflowPolicy, Score, check_inputs
@@ -72,8 +73,14 @@ class CrossEncoderScorer(Rebuildable):
     ...), ``dtype`` ("auto" = bf16 on CUDA, fp32 on CPU and MPS; "float32", "bfloat16",
     "float16", or "int8" = dynamic int8 linear layers on CPUs with VNNI/AMX, native engines
     only; a CPU mode the processor cannot run fast raises ``UnsupportedDeviceError``),
-    ``max_length`` (default: the model's window, clamped to it), ``overflow`` ("truncate"
-    or "error"), ``batch_tokens`` (token budget per forward; default 4,096 on CPU, 16,384
+    ``max_length`` (default: the model's window, clamped to it), ``overflow`` ("truncate",
+    "error", or "chunk": a longer document is split into token windows, each scored as its
+    own pair with the query, and its score is ``aggregate`` over them — see
+    :mod:`rerank_plugins.local.chunking`; ``chunk_tokens`` default: all the room the
+    window leaves beside the query, ``chunk_overlap`` default 0, ``aggregate`` "max",
+    "mean", "top2" or "top3"; ``Score.chunks`` says how many windows), ``max_tokens_per_doc``
+    (cut every document to its first N tokens, flagged ``truncated``; with "chunk" the cap
+    comes first), ``batch_tokens`` (token budget per forward; default 4,096 on CPU, 16,384
     on GPUs), ``backend`` (the native engine's attention: "auto", "varlen", "flex" or
     "sdpa"), ``show_progress`` (a tqdm bar: False by default, True, or None for "when
     stderr is a terminal and the call is more than a few batches"), ``cache`` (share loaded
@@ -95,6 +102,10 @@ class CrossEncoderScorer(Rebuildable):
         dtype: str | None = "auto",
         max_length: int | None = None,
         overflow: OverflowPolicy = "truncate",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int = 0,
+        aggregate: Aggregate = "max",
+        max_tokens_per_doc: int | None = None,
         output: Output = "probability",
         batch_tokens: int | None = None,
         engine: Engine = "auto",
@@ -137,7 +148,13 @@ class CrossEncoderScorer(Rebuildable):
             default_batch_tokens(self.device) if batch_tokens is None else batch_tokens
         )
         self.encoder = PairEncoder(
-            load_tokenizer(self.directory), max_length=max_length, overflow=overflow
+            load_tokenizer(self.directory),
+            max_length=max_length,
+            overflow=overflow,
+            chunking=ChunkOptions(
+                chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap, aggregate=aggregate
+            ),
+            max_document_tokens=max_tokens_per_doc,
         )
         self.engine = engine
         self.classifier = shared_weights(
@@ -228,7 +245,7 @@ class CrossEncoderScorer(Rebuildable):
         *,
         overflow: OverflowPolicy | None = None,
         max_document_tokens: int | None = None,
-    ) -> list[EncodedPair]:
+    ) -> list[EncodedPair | ChunkedPair]:
         """Tokenise ``(query, document)`` pairs for :meth:`score_pairs` (the
         :class:`~rerank_plugins.scoring.PairScorer` seam). ``overflow`` overrides the
         scorer's policy for this call; ``max_document_tokens`` cuts documents further."""
@@ -237,25 +254,43 @@ class CrossEncoderScorer(Rebuildable):
             query, docs, overflow=overflow, max_document_tokens=max_document_tokens
         )
 
-    def score_pairs(self, pairs: Sequence[EncodedPair], *, raw: bool = False) -> list[Score]:
+    def score_pairs(
+        self, pairs: Sequence[EncodedPair | ChunkedPair], *, raw: bool = False
+    ) -> list[Score]:
         """Scores of encoded pairs, in order; the pairs may come from different queries.
 
-        Batched by the scorer's token budget like :meth:`score`. ``raw=True`` returns the
-        relevance logit (kind ``"logit"``) whatever ``output`` says.
+        Batched by the scorer's token budget like :meth:`score` (the windows of chunked
+        documents go into the same batches as the other pairs). ``raw=True`` returns the
+        relevance logit (kind ``"logit"``) whatever ``output`` says; a chunked document's
+        score is the aggregate of its windows' scores (probabilities or logits).
         """
         if not pairs:
             return []
-        logits = self._logits(pairs)
+        units = [c for p in pairs for c in (p.chunks if isinstance(p, ChunkedPair) else (p,))]
+        logits = self._logits(units)
         kind: Output = "logit" if raw else self.output
-        return [
-            Score(
-                value=logit if raw else self._value(logit),
-                kind=kind,
-                tokens=len(pair.ids),
-                truncated=pair.truncated,
-            )
-            for logit, pair in zip(logits, pairs, strict=True)
-        ]
+        values = logits if raw else [self._value(x) for x in logits]
+        out = []
+        at = 0
+        for pair in pairs:
+            if isinstance(pair, ChunkedPair):
+                n = len(pair.chunks)
+                out.append(
+                    Score(
+                        value=aggregate(values[at : at + n], pair.aggregate),
+                        kind=kind,
+                        tokens=pair.tokens,
+                        truncated=pair.truncated,
+                        chunks=n,
+                    )
+                )
+                at += n
+            else:
+                out.append(
+                    Score(value=values[at], kind=kind, tokens=pair.tokens, truncated=pair.truncated)
+                )
+                at += 1
+        return out
 
     async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
         docs = check_inputs(query, documents)
