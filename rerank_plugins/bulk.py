@@ -41,7 +41,7 @@ from rerank_plugins._imports import require
 from rerank_plugins._model_args import add_model_options, model_options
 from rerank_plugins.errors import InvalidInputError, InvalidScoreError, RerankError
 from rerank_plugins.loading import load_scorer
-from rerank_plugins.scoring import Score, Scorer, check_scores
+from rerank_plugins.scoring import Score, Scorer, score_groups
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -80,11 +80,6 @@ class RowResult:
     error: str | None = None
 
 
-def _call(scorer: Scorer, query: object, documents: list[object]) -> list[Score]:
-    # The scorer validates its own input (raising InvalidInputError with indices).
-    return check_scores(scorer.score(query, documents), len(documents))  # type: ignore[arg-type]
-
-
 def _reason(exc: RerankError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -94,42 +89,41 @@ def score_rows(
 ) -> list[RowResult]:
     """Score rows given as parallel ``queries`` and ``documents``; one result per row, in order.
 
-    A row whose document is a list is scored as one ``scorer.score(query, documents)`` call;
-    pair rows that share a query are scored together in one call (the engine then packs
-    them into token-budget batches). When a call fails for bad input, its rows are scored
-    one by one so that each bad row gets its own reason and the good ones their scores.
+    A row whose document is a list is scored as one query group, a pair row as a group of
+    one; all go through :func:`~rerank_plugins.scoring.score_groups` together, so rows that
+    share a query are scored in one call (the engine then packs them into token-budget
+    batches). When a call fails for bad input, the rows are split in halves and scored
+    again, down to single rows, so that each bad row gets its own reason and the good
+    ones their scores.
     """
     if len(queries) != len(documents):
         raise InvalidInputError(f"{len(queries)} queries for {len(documents)} document rows")
-    results: list[RowResult | None] = [None] * len(queries)
-    groups: dict[str, list[int]] = {}
-    for i, (query, doc) in enumerate(zip(queries, documents, strict=True)):
-        if isinstance(doc, (list, tuple)):
-            try:
-                results[i] = RowResult(scores=_call(scorer, query, list(doc)))
-            except ROW_ERRORS as exc:
-                results[i] = RowResult(error=_reason(exc))
-        elif isinstance(query, str):
-            groups.setdefault(query, []).append(i)
+    groups: list[tuple[Any, list[Any]]] = [
+        (query, list(doc) if isinstance(doc, (list, tuple)) else [doc])
+        for query, doc in zip(queries, documents, strict=True)
+    ]
+    is_list = [isinstance(doc, (list, tuple)) for doc in documents]
+    results = _score_split(scorer, groups, list(range(len(groups))))
+    out: list[RowResult] = []
+    for listed, result in zip(is_list, results, strict=True):
+        if isinstance(result, str):
+            out.append(RowResult(error=result))
         else:
-            results[i] = _score_one(scorer, query, doc)
-    for query, rows in groups.items():
-        try:
-            scores = _call(scorer, query, [documents[i] for i in rows])
-        except ROW_ERRORS:
-            for i in rows:
-                results[i] = _score_one(scorer, query, documents[i])
-            continue
-        for i, score in zip(rows, scores, strict=True):
-            results[i] = RowResult(scores=score)
-    return [r if r is not None else RowResult(error="not scored") for r in results]
+            out.append(RowResult(scores=result if listed else result[0]))
+    return out
 
 
-def _score_one(scorer: Scorer, query: object, document: object) -> RowResult:
+def _score_split(
+    scorer: Scorer, groups: list[tuple[Any, list[Any]]], rows: list[int]
+) -> list[list[Score] | str]:
+    """Scores (or the reason of the failure) of ``rows``, halving the rows after a row error."""
     try:
-        return RowResult(scores=_call(scorer, query, [document])[0])
+        return list(score_groups(scorer, [groups[i] for i in rows]))
     except ROW_ERRORS as exc:
-        return RowResult(error=_reason(exc))
+        if len(rows) == 1:
+            return [_reason(exc)]
+    middle = len(rows) // 2
+    return _score_split(scorer, groups, rows[:middle]) + _score_split(scorer, groups, rows[middle:])
 
 
 def _fields(result: RowResult) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from rerank_plugins.bulk import add_score_arguments, score_file, score_options
 from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.ranking import rank
-from rerank_plugins.scoring import check_scores
+from rerank_plugins.scoring import score_groups
 from rerank_plugins.serve.cli import add_serve_command, run_server
 from rerank_plugins.wire import API_KEY_ENV
 
@@ -122,9 +122,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             options["score_kind"] = args.output
         if args.api_key is not None:
             options["api_key"] = args.api_key
-        elif not os.environ.get(API_KEY_ENV) and os.environ.get(
-            _DIALECT_KEY_ENV.get(dialect, "")
-        ):
+        elif not os.environ.get(API_KEY_ENV) and os.environ.get(_DIALECT_KEY_ENV.get(dialect, "")):
             options["api_key_env"] = _DIALECT_KEY_ENV[dialect]
         return options
     if args.output is not None:
@@ -141,7 +139,7 @@ def _rerank(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
     documents = [_doc_text(item, i) for i, item in enumerate(items)]
     options = _options(args)
     scorer = load_scorer(args.model, **options)
-    scores = check_scores(scorer.score(args.query, documents), len(documents))
+    (scores,) = score_groups(scorer, [(args.query, documents)])
     ranked = rank(scores, top_n=args.top_n, score_threshold=args.threshold)
     if args.jsonl_input and not args.json:
         # JSON lines in, JSON lines out: each object keeps its own fields (id, metadata).

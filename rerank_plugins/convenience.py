@@ -13,7 +13,7 @@ from typing import Any
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
-from rerank_plugins.scoring import Scorer, check_scores
+from rerank_plugins.scoring import Scorer, score_groups
 
 __all__ = ["rerank"]
 
@@ -64,5 +64,5 @@ def rerank(
             indices=bad,
         )
     used = scorer_from(scorer, model, dict(model_kwargs or {}))
-    scores = check_scores(used.score(query, texts), len(texts)) if texts else []
+    (scores,) = score_groups(used, [(query, texts)]) if texts else ([],)
     return rank(scores, top_n=top_n, score_threshold=score_threshold)

@@ -28,7 +28,7 @@ from rerank_plugins._options import check_fields
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
-from rerank_plugins.scoring import check_scores
+from rerank_plugins.scoring import ascore_groups, score_groups
 
 if TYPE_CHECKING:
     from rerank_plugins.scoring import Scorer
@@ -88,7 +88,7 @@ class RerankCompressor(BaseDocumentCompressor):
             return []
         scorer: Scorer = self.scorer
         texts = [d.page_content for d in documents]
-        scores = check_scores(scorer.score(query, texts), len(texts))
+        (scores,) = score_groups(scorer, [(query, texts)])
         ranked = rank(scores, top_n=self.top_n, score_threshold=self.score_threshold)
         return self._annotate(documents, ranked)
 
@@ -99,7 +99,7 @@ class RerankCompressor(BaseDocumentCompressor):
             return []
         scorer: Scorer = self.scorer
         texts = [d.page_content for d in documents]
-        scores = check_scores(await scorer.ascore(query, texts), len(texts))
+        (scores,) = await ascore_groups(scorer, [(query, texts)])
         ranked = rank(scores, top_n=self.top_n, score_threshold=self.score_threshold)
         return self._annotate(documents, ranked)
 
@@ -142,20 +142,13 @@ class CrossEncoder(BaseCrossEncoder):
         self.scorer: Scorer = scorer_from(scorer, model, dict(model_kwargs or {}))
 
     def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
-        by_query: dict[str, list[int]] = {}
         for i, pair in enumerate(text_pairs):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise InvalidInputError(
                     f"text_pairs[{i}] is not a (query, document) pair", indices=[i]
                 )
-            by_query.setdefault(pair[0], []).append(i)
-        out = [0.0] * len(text_pairs)
-        for query, positions in by_query.items():
-            documents = [text_pairs[i][1] for i in positions]
-            scores = check_scores(self.scorer.score(query, documents), len(documents))
-            for i, s in zip(positions, scores, strict=True):
-                out[i] = s.value
-        return out
+        scored = score_groups(self.scorer, [(query, [document]) for query, document in text_pairs])
+        return [group[0].value for group in scored]
 
     def __repr__(self) -> str:
         return f"CrossEncoder(model={self.model!r}, scorer={self.scorer!r})"

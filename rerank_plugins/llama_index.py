@@ -26,7 +26,7 @@ from rerank_plugins._options import check_fields
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
-from rerank_plugins.scoring import Score, check_scores
+from rerank_plugins.scoring import Score, ascore_groups, score_groups
 
 __all__ = ["RerankPostprocessor"]
 
@@ -99,7 +99,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._start_payload(nodes, query)
         ) as event:
-            scores = self.scorer.score(query, texts) if texts else []
+            (scores,) = score_groups(self.scorer, [(query, texts)]) if texts else ([],)
             new_nodes = self._finish(nodes, scores)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
@@ -112,7 +112,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._start_payload(nodes, query)
         ) as event:
-            scores = await self.scorer.ascore(query, texts) if texts else []
+            (scores,) = await ascore_groups(self.scorer, [(query, texts)]) if texts else ([],)
             new_nodes = self._finish(nodes, scores)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
@@ -143,8 +143,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
         }
 
     def _finish(self, nodes: list[NodeWithScore], scores: list[Score]) -> list[NodeWithScore]:
-        checked = check_scores(scores, len(nodes))
-        ranked = rank(checked, top_n=self.top_n, score_threshold=self.score_threshold)
+        ranked = rank(scores, top_n=self.top_n, score_threshold=self.score_threshold)
         return [self._rescored(nodes[r.index], r) for r in ranked]
 
     def _rescored(self, original: NodeWithScore, ranked: Ranked) -> NodeWithScore:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from rerank_plugins.errors import InvalidInputError, RerankError, ScoringError
+from rerank_plugins.errors import InputTooLongError, InvalidInputError, RerankError, ScoringError
 
 # The header names moved to rerank_plugins.wire; kept importable from here.
 from rerank_plugins.wire import TOKENS_HEADER, TRUNCATED_HEADER  # noqa: F401
 
 __all__ = [
+    "AsyncScorer",
     "OverflowPolicy",
     "PairScorer",
     "PreparedPair",
@@ -78,6 +80,12 @@ class Scorer(Protocol):
     async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]: ...
 
 
+class AsyncScorer(Protocol):
+    """What :func:`ascore_groups` needs: the async half of :class:`Scorer`."""
+
+    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]: ...
+
+
 class PreparedPair(Protocol):
     """One ``(query, document)`` pair made ready by :meth:`PairScorer.encode_pairs`."""
 
@@ -98,7 +106,9 @@ class PairScorer(Scorer, Protocol):
     raises as ``score`` would); ``score_pairs`` scores any prepared pairs together,
     whatever query each came from, in their order. ``score(q, d)`` equals
     ``score_pairs(encode_pairs(q, d))``. ``raw=True`` asks for the model's raw output
-    (a logit) where the scorer's usual score is a transformation of it.
+    (a logit) where the scorer's usual score is a transformation of it. ``score_batch``
+    is for a caller that forms its own batches (a server's batcher) by the scorer's
+    token budget, costed as ``padded`` says.
     """
 
     def encode_pairs(
@@ -111,6 +121,16 @@ class PairScorer(Scorer, Protocol):
     ) -> Sequence[PreparedPair]: ...
 
     def score_pairs(self, pairs: Sequence[Any], *, raw: bool = False) -> list[Score]: ...
+
+    def score_batch(self, pairs: Sequence[Any], *, raw: bool = False) -> list[Score]:
+        """Like ``score_pairs`` for pairs that already form one budgeted batch: one
+        forward, no re-budgeting, no re-sorting."""
+        ...
+
+    @property
+    def padded(self) -> bool:
+        """How a batch is costed: ``len(batch) * longest`` (True) or the sum of lengths."""
+        ...
 
 
 def check_inputs(query: object, documents: object) -> list[str]:
@@ -184,7 +204,6 @@ def check_scores(scores: object, n_documents: int) -> list[Score]:
     return scores
 
 
-
 Group = tuple[str, Sequence[str]]
 """One query and its documents."""
 
@@ -213,6 +232,11 @@ class _GroupPlan:
         """One ``(query, slots, documents)`` per distinct query, in order of first use."""
         merged: dict[str, list[tuple[int, int]]] = {}
         for g, (query, documents) in enumerate(self.groups):
+            if not isinstance(query, str):  # as the scorer would say; also never a dict key
+                raise InvalidInputError(
+                    f"query must be a str, got {type(query).__name__}",
+                    indices=range(self.offsets[g], self.offsets[g] + len(documents)),
+                )
             merged.setdefault(query, []).extend((g, i) for i in range(len(documents)))
         return [
             (query, slots, [self.groups[g][1][i] for g, i in slots])
@@ -261,13 +285,53 @@ def score_groups(scorer: Scorer, groups: Sequence[Group]) -> list[list[Score]]:
     return plan.result()
 
 
-async def ascore_groups(scorer: Scorer, groups: Sequence[Group]) -> list[list[Score]]:
-    """The async twin of :func:`score_groups` (calls ``scorer.ascore``)."""
+async def ascore_groups(
+    scorer: AsyncScorer, groups: Sequence[Group], *, concurrent: bool = False
+) -> list[list[Score]]:
+    """The async twin of :func:`score_groups` (calls ``scorer.ascore``).
+
+    With ``concurrent=True`` the calls for the distinct queries run together (a server
+    then merges them into shared batches); every call finishes before an error is
+    raised: the first failing call's (in input order), or, when every failure is an
+    :class:`InputTooLongError`, one that lists all their documents.
+    """
     plan = _GroupPlan(groups)
-    for query, slots, documents in plan.calls():
+    calls = plan.calls()
+    if not concurrent:
+        for query, slots, documents in calls:
+            try:
+                plan.place(slots, await scorer.ascore(query, documents))
+            except RerankError as exc:
+                plan.reindex(exc, slots)
+                raise
+        return plan.result()
+    results = await asyncio.gather(
+        *(scorer.ascore(query, documents) for query, _, documents in calls),
+        return_exceptions=True,
+    )
+    failures: list[BaseException] = []
+    for (_, slots, _), result in zip(calls, results, strict=True):
+        if isinstance(result, BaseException):
+            if isinstance(result, RerankError):
+                plan.reindex(result, slots)
+            failures.append(result)
+            continue
         try:
-            plan.place(slots, await scorer.ascore(query, documents))
+            plan.place(slots, result)
         except RerankError as exc:
             plan.reindex(exc, slots)
-            raise
+            failures.append(exc)
+    if failures:
+        raise _merged(failures)
     return plan.result()
+
+
+def _merged(failures: list[BaseException]) -> BaseException:
+    if len(failures) == 1 or not all(isinstance(f, InputTooLongError) for f in failures):
+        return failures[0]
+    indices = sorted(i for f in failures for i in getattr(f, "indices", ()))
+    return InputTooLongError(
+        f"documents {indices} exceed the model's token window and truncation is off "
+        f"(first: {failures[0]})",
+        indices=indices,
+    )

@@ -78,3 +78,42 @@ def test_error_indices_name_positions_in_the_input() -> None:
 def test_malformed_groups_are_refused(bad: object) -> None:
     with pytest.raises(InvalidInputError):
         score_groups(_Counting(), bad)  # type: ignore[arg-type]
+
+
+async def test_concurrent_async_runs_the_queries_together_and_keeps_input_order() -> None:
+    import asyncio
+
+    running: set[str] = set()
+    overlapped: list[bool] = []
+
+    class Slow(_Counting):
+        async def ascore(self, query, documents):  # type: ignore[no-untyped-def]
+            running.add(query)
+            await asyncio.sleep(0.01)
+            overlapped.append(len(running) > 1)
+            running.discard(query)
+            return await super().ascore(query, documents)
+
+    scorer = Slow()
+    assert _values(await ascore_groups(scorer, GROUPS, concurrent=True)) == EXPECTED
+    assert any(overlapped)  # the two distinct queries were in flight together
+    assert sorted(scorer.seen) == [("a", ["x", "yy", "wwww", "v"]), ("bb", ["zzz"])]
+
+
+async def test_concurrent_too_long_errors_of_several_queries_are_merged() -> None:
+    from rerank_plugins.errors import InputTooLongError
+
+    class Refusing(FunctionScorer):
+        async def ascore(self, query, documents):  # type: ignore[no-untyped-def]
+            raise InputTooLongError("too long", indices=[len(documents) - 1])
+
+    scorer = Refusing(lambda q, d: 0.0)
+    with pytest.raises(InputTooLongError) as info:
+        await ascore_groups(scorer, [("a", ["x", "y"]), ("b", ["z"])], concurrent=True)
+    assert info.value.indices == (1, 2)
+
+
+def test_a_query_that_is_not_a_string_is_refused_with_its_positions() -> None:
+    with pytest.raises(InvalidInputError, match="query must be a str") as info:
+        score_groups(FunctionScorer(lambda q, d: 0.0), [("a", ["x"]), (["q"], ["y", "z"])])  # type: ignore[list-item]
+    assert info.value.indices == (1, 2)

@@ -62,6 +62,11 @@ def model_window(config: dict[str, Any]) -> int:
     return window
 
 
+def _units(pairs: Sequence[EncodedPair | ChunkedPair]) -> list[EncodedPair]:
+    """The sequences the model runs: each pair, or each window of a chunked pair."""
+    return [c for p in pairs for c in (p.chunks if isinstance(p, ChunkedPair) else (p,))]
+
+
 class CrossEncoderScorer(Rebuildable):
     """Scores documents with a local sequence-classification cross-encoder.
 
@@ -266,8 +271,38 @@ class CrossEncoderScorer(Rebuildable):
         """
         if not pairs:
             return []
-        units = [c for p in pairs for c in (p.chunks if isinstance(p, ChunkedPair) else (p,))]
-        logits = self._logits(units)
+        units = _units(pairs)
+        return self._scores(pairs, self._logits(units), raw=raw)
+
+    def score_batch(
+        self, pairs: Sequence[EncodedPair | ChunkedPair], *, raw: bool = False
+    ) -> list[Score]:
+        """Scores of pairs that already form one batch, in one forward, in their order.
+
+        For a caller that budgets its own batches (the server's batcher: within
+        :attr:`batch_tokens`, costed as :attr:`padded` says, sorted longest first): the
+        pairs are neither split nor re-sorted. Scores equal :meth:`score_pairs`'. The
+        windows of a chunked document (which may be far over the budget on its own) go
+        through :meth:`score_pairs`' budgeted batches instead.
+        """
+        if not pairs:
+            return []
+        if any(isinstance(p, ChunkedPair) for p in pairs):
+            return self.score_pairs(pairs, raw=raw)
+        logits = self.classifier.logits(_units(pairs))
+        rel = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
+        return self._scores(pairs, rel.tolist(), raw=raw)
+
+    @property
+    def padded(self) -> bool:
+        """Whether a batch costs ``len(batch) * longest`` tokens (padded) or the sum (packed)."""
+        return bool(self.classifier.padded)
+
+    def _scores(
+        self, pairs: Sequence[EncodedPair | ChunkedPair], logits: Sequence[float], *, raw: bool
+    ) -> list[Score]:
+        """One score per pair from one logit per unit (a chunked pair's windows: theirs,
+        aggregated)."""
         kind: Output = "logit" if raw else self.output
         values = logits if raw else [self._value(x) for x in logits]
         out = []

@@ -9,8 +9,10 @@ scored; its items may span several batches.
 - **Order of service**: submissions are served first come, first served; the items of
   one submission are taken longest first, and each batch is sorted longest first (similar
   lengths end up together, which is what the packed engine and padded backends want).
-- **Budget**: a batch's tokens (the sum of its items' lengths) never exceed
-  ``max_batch_tokens``, except a single item longer than the budget, which runs alone.
+- **Budget**: a batch's cost never exceeds ``max_batch_tokens``, except a single item
+  longer than the budget, which runs alone. The cost is the sum of the items' lengths
+  (packed execution), or ``len(batch) * longest`` with ``padded=True`` (padded tensors):
+  the batch is the one the engine runs, in one forward, as it is handed over.
 - **No waiting**: a batch starts as soon as the previous one ends, with whatever is
   queued; merging happens because submissions pile up while a forward runs.
 - **Keys**: only submissions with the same ``key`` share a batch (e.g. raw logits vs
@@ -111,6 +113,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         max_batch_tokens: int,
         max_batch_requests: int | None = None,
         max_queued_tokens: int | None = None,
+        padded: bool = False,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         if max_batch_tokens <= 0:
@@ -123,6 +126,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests
         self.max_queued_tokens = max_queued_tokens
+        self.padded = padded
         self._on_batch = on_batch
         self._queue: deque[_Submission] = deque()
         self._queued_tokens = 0
@@ -278,6 +282,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         key = self._queue[0].key
         picked: list[tuple[_Submission, int]] = []
         tokens = 0
+        longest = 0
+        cost = 0
         merged = 0
         full = False
         for sub in list(self._queue):
@@ -288,16 +294,19 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             took = False
             while sub.pending:
                 n = sub.lengths[sub.pending[0]]
-                if picked and tokens + n > self.max_batch_tokens:
+                after = (len(picked) + 1) * max(longest, n) if self.padded else tokens + n
+                if picked and after > self.max_batch_tokens:
                     full = True
                     break
                 picked.append((sub, sub.pending.popleft()))
                 tokens += n
+                longest = max(longest, n)
+                cost = after
                 took = True
             merged += took
             if not sub.pending:
                 self._queue.remove(sub)
-            if full or tokens >= self.max_batch_tokens:
+            if full or cost >= self.max_batch_tokens:
                 break
         self._queued_tokens -= tokens
         picked.sort(key=lambda p: p[0].lengths[p[1]], reverse=True)

@@ -102,10 +102,10 @@ def default_batch_tokens(device: str | None) -> int:
     return int(_CPU_BATCH_TOKENS * max(1, min(8, int(gib // 10))))
 
 
-def _model_options(args: argparse.Namespace, batch_tokens: int) -> dict[str, Any]:
+def _model_options(args: argparse.Namespace, batch_tokens: int | None) -> dict[str, Any]:
     # The budget bounds the batcher for any model; only a local scorer takes it too.
     options = model_options(argparse.Namespace(**{**vars(args), "batch_tokens": None}))
-    if not is_remote(args.model):
+    if not is_remote(args.model) and batch_tokens is not None:
         options["batch_tokens"] = batch_tokens
     return options
 
@@ -164,7 +164,9 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, int]:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise InvalidInputError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    batch_tokens = args.batch_tokens or default_batch_tokens(args.device)
+    # None: the scorer's own budget (a local scorer sizes it for its device), which the
+    # app's batcher then asks the scorer for.
+    batch_tokens = args.batch_tokens
     options = _model_options(args, batch_tokens)
     logger.info("loading %s", args.model)
     try:

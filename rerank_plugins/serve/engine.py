@@ -1,137 +1,16 @@
-"""Between the HTTP layer and a scorer: prepare a request's pairs, score a batch of them.
+"""Old name of :mod:`rerank_plugins.serve.strategy` (kept importable).
 
-Two ways to drive a scorer, chosen by what it offers:
-
-- :class:`PairEngine` for a :class:`~rerank_plugins.scoring.PairScorer` (the local
-  cross-encoders): pairs are tokenised per request, with the request's own truncation
-  policy, and batches mix pairs of different requests and queries in one forward.
-- :class:`GroupedEngine` for any other scorer (remote endpoints, ColBERT): a batch is
-  split by query and each group goes through ``scorer.score``; lengths are estimated from
-  the text (about four bytes a token), and the scorer's own truncation applies.
+"engine" names the transformer package (``rerank_plugins.local.engine``); the serve
+strategies are ``Strategy``, ``PairStrategy`` and ``GroupedStrategy`` now.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
-from typing import Any
-
-from rerank_plugins.errors import InputTooLongError
-from rerank_plugins.scoring import PairScorer, Score, Scorer, check_scores
+from rerank_plugins.serve.strategy import GroupedStrategy, PairStrategy, Prepared, Strategy
+from rerank_plugins.serve.strategy import strategy_for as engine_for
 
 __all__ = ["Engine", "GroupedEngine", "PairEngine", "Prepared", "engine_for"]
 
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A request made ready for the batcher: items, their token lengths, the batch key."""
-
-    items: list[Any]
-    lengths: list[int]
-    key: Hashable
-
-
-class Engine:
-    """How the server prepares requests for, and runs batches on, one scorer."""
-
-    #: whether ``truncate`` / ``max_document_tokens`` are applied per request
-    per_request_truncation: bool = False
-
-    def __init__(self, scorer: Scorer) -> None:
-        self.scorer = scorer
-
-    def prepare(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        truncate: bool,
-        max_document_tokens: int | None = None,
-        raw: bool = False,
-    ) -> Prepared:
-        """Check and prepare one query's documents; raises like ``scorer.score``."""
-        raise NotImplementedError
-
-    def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
-        """One :class:`Score` per item, in order (runs on the batcher's worker thread)."""
-        raise NotImplementedError
-
-    def check(self, scores: Sequence[Score], *, truncate: bool) -> None:
-        """Refuse results the request said it did not want (truncated with truncation off)."""
-        if truncate:
-            return
-        cut = [i for i, s in enumerate(scores) if s.truncated]
-        if cut:
-            raise InputTooLongError(
-                f"documents {cut} exceed the model's token window and truncate is off",
-                indices=cut,
-            )
-
-
-class PairEngine(Engine):
-    per_request_truncation = True
-
-    def __init__(self, scorer: PairScorer) -> None:
-        super().__init__(scorer)
-        self.pair_scorer = scorer
-
-    def prepare(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        truncate: bool,
-        max_document_tokens: int | None = None,
-        raw: bool = False,
-    ) -> Prepared:
-        pairs = list(
-            self.pair_scorer.encode_pairs(
-                query,
-                documents,
-                overflow="truncate" if truncate else "error",
-                max_document_tokens=max_document_tokens,
-            )
-        )
-        return Prepared(pairs, [p.tokens for p in pairs], key=raw)
-
-    def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
-        return check_scores(self.pair_scorer.score_pairs(items, raw=bool(key)), len(items))
-
-
-def _estimate_tokens(query: str, document: str) -> int:
-    # For budgeting only: about four UTF-8 bytes per token, plus the special tokens.
-    return (len(query.encode()) + len(document.encode())) // 4 + 3
-
-
-class GroupedEngine(Engine):
-    def prepare(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        truncate: bool,
-        max_document_tokens: int | None = None,
-        raw: bool = False,
-    ) -> Prepared:
-        items = [(query, d) for d in documents]
-        return Prepared(items, [_estimate_tokens(query, d) for d in documents], key=None)
-
-    def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
-        groups: dict[str, list[int]] = {}
-        for position, (query, _) in enumerate(items):
-            groups.setdefault(query, []).append(position)
-        out: list[Score | None] = [None] * len(items)
-        for query, positions in groups.items():
-            scores = check_scores(
-                self.scorer.score(query, [items[p][1] for p in positions]), len(positions)
-            )
-            for p, s in zip(positions, scores, strict=True):
-                out[p] = s
-        return [s for s in out if s is not None]
-
-
-def engine_for(scorer: Scorer) -> Engine:
-    """The engine that batches ``scorer`` best."""
-    if isinstance(scorer, PairScorer):
-        return PairEngine(scorer)
-    return GroupedEngine(scorer)
+Engine = Strategy
+PairEngine = PairStrategy
+GroupedEngine = GroupedStrategy

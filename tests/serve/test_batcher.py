@@ -180,3 +180,17 @@ async def test_stop_drains_queued_work_then_refuses_new_work() -> None:
     assert [p.result() for p in pending] == [[f"r{k}:{i}" for i in range(3)] for k in range(5)]
     with pytest.raises(BatcherClosedError):
         await batcher.submit(items_of("after", 1), [1])
+
+
+async def test_a_padded_cost_model_budgets_len_times_longest() -> None:
+    record = Recorder(delay=0.001)
+    budget = 64
+    batcher: MicroBatcher[Item, str] = MicroBatcher(record, max_batch_tokens=budget, padded=True)
+    lengths = {f"r{k}": [30, 2, 2, 2, 2, 2, 2, 2] for k in range(4)}
+    await asyncio.gather(*(batcher.submit(items_of(name, 8), lengths[name]) for name in lengths))
+    await batcher.stop()
+    for _, batch in record.batches:
+        sizes = [lengths[name][i] for name, i in batch]
+        assert len(sizes) * max(sizes) <= budget or len(batch) == 1
+    # Summed, 30 + 2 * 7 fits 64; padded, a 30 shares its batch with one other item at most.
+    assert all(len(batch) <= 2 for _, batch in record.batches if batch[0][1] == 0)

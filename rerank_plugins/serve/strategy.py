@@ -1,0 +1,142 @@
+"""The serve strategy: how the server prepares a request's pairs and scores a batch of them.
+
+Two ways to drive a scorer, chosen by what it offers:
+
+- :class:`PairStrategy` for a :class:`~rerank_plugins.scoring.PairScorer` (the local
+  cross-encoders): pairs are tokenised per request, with the request's own truncation
+  policy, and batches mix pairs of different requests and queries in one forward.
+- :class:`GroupedStrategy` for any other scorer (remote endpoints, ColBERT): a batch goes
+  through :func:`~rerank_plugins.scoring.score_groups` (one ``scorer.score`` per query);
+  lengths are estimated from the text (about four bytes a token), and the scorer's own
+  truncation applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rerank_plugins.errors import InputTooLongError
+from rerank_plugins.scoring import (
+    PairScorer,
+    Score,
+    Scorer,
+    check_inputs,
+    check_scores,
+    score_groups,
+)
+
+__all__ = ["GroupedStrategy", "PairStrategy", "Prepared", "Strategy", "strategy_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request made ready for the batcher: items, their token lengths, the batch key."""
+
+    items: list[Any]
+    lengths: list[int]
+    key: Hashable
+
+
+class Strategy:
+    """How the server prepares requests for, and runs batches on, one scorer."""
+
+    #: whether ``truncate`` / ``max_document_tokens`` are applied per request
+    per_request_truncation: bool = False
+    #: how the batcher costs a batch: ``len(batch) * longest`` (True) or the sum
+    padded: bool = False
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+
+    def prepare(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncate: bool,
+        max_document_tokens: int | None = None,
+        raw: bool = False,
+    ) -> Prepared:
+        """Check and prepare one query's documents; raises like ``scorer.score``."""
+        raise NotImplementedError
+
+    def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
+        """One :class:`Score` per item, in order (runs on the batcher's worker thread)."""
+        raise NotImplementedError
+
+    def check(self, scores: Sequence[Score], *, truncate: bool) -> None:
+        """Refuse results the request said it did not want (truncated with truncation off)."""
+        if truncate:
+            return
+        cut = [i for i, s in enumerate(scores) if s.truncated]
+        if cut:
+            raise InputTooLongError(
+                f"documents {cut} exceed the model's token window and truncate is off",
+                indices=cut,
+            )
+
+
+class PairStrategy(Strategy):
+    per_request_truncation = True
+
+    def __init__(self, scorer: PairScorer) -> None:
+        super().__init__(scorer)
+        self.pair_scorer = scorer
+        self.padded = bool(scorer.padded)
+
+    def prepare(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncate: bool,
+        max_document_tokens: int | None = None,
+        raw: bool = False,
+    ) -> Prepared:
+        pairs = list(
+            self.pair_scorer.encode_pairs(
+                query,
+                documents,
+                overflow="truncate" if truncate else "error",
+                max_document_tokens=max_document_tokens,
+            )
+        )
+        return Prepared(pairs, [p.tokens for p in pairs], key=raw)
+
+    def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
+        # The batcher formed this batch by the scorer's budget and cost model, longest
+        # first: it runs as one forward, neither re-budgeted nor re-sorted.
+        return check_scores(self.pair_scorer.score_batch(items, raw=bool(key)), len(items))
+
+
+def _estimate_tokens(query: str, document: str) -> int:
+    # For budgeting only: about four UTF-8 bytes per token, plus the special tokens.
+    return (len(query.encode()) + len(document.encode())) // 4 + 3
+
+
+class GroupedStrategy(Strategy):
+    def prepare(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncate: bool,
+        max_document_tokens: int | None = None,
+        raw: bool = False,
+    ) -> Prepared:
+        docs = check_inputs(query, documents)
+        items = [(query, d) for d in docs]
+        return Prepared(items, [_estimate_tokens(query, d) for d in docs], key=None)
+
+    def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
+        scored = score_groups(self.scorer, [(query, [document]) for query, document in items])
+        return [group[0] for group in scored]
+
+
+def strategy_for(scorer: Scorer) -> Strategy:
+    """The strategy that batches ``scorer`` best."""
+    if isinstance(scorer, PairScorer):
+        return PairStrategy(scorer)
+    return GroupedStrategy(scorer)
