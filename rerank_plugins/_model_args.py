@@ -2,21 +2,27 @@
 
 One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
 same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
-``--layer``/``--dim`` and ``--dialect``, with the same defaults and checks. It sits below
-the command line and the server (which both import it) and above ``loading``.
+``--layer``/``--dim``, the past-the-window options (``--chunk-tokens``,
+``--chunk-overlap``, ``--aggregate``, ``--max-tokens-per-doc``), the cascades
+(``--exit-layer``/``--keep``, ``--cascade``/``--keep``) and ``--dialect``, with the same
+defaults and checks. It sits below the command line and the server (which both import
+it) and above ``loading``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+from rerank_plugins.cascade import Cascade
 from rerank_plugins.errors import InvalidInputError
-from rerank_plugins.loading import DEFAULT_MODEL
+from rerank_plugins.loading import DEFAULT_MODEL, load_scorer
+from rerank_plugins.scoring import Scorer
 
-__all__ = ["MODEL_ENV", "add_model_options", "is_remote", "model_options"]
+__all__ = ["MODEL_ENV", "add_model_options", "is_remote", "load_model", "model_options"]
 
 MODEL_ENV = "RERANK_MODEL"
 
@@ -29,7 +35,22 @@ _LOCAL_ONLY = {
     "max_length": "--max-length",
     "layer": "--layer",
     "dim": "--dim",
+    "chunk_tokens": "--chunk-tokens",
+    "chunk_overlap": "--chunk-overlap",
+    "aggregate": "--aggregate",
+    "max_tokens_per_doc": "--max-tokens-per-doc",
+    "exit_layer": "--exit-layer",
 }
+# Passed on to a local scorer as they are (when given).
+_LOCAL_PASSED = (
+    "layer",
+    "dim",
+    "chunk_tokens",
+    "chunk_overlap",
+    "aggregate",
+    "max_tokens_per_doc",
+    "exit_layer",
+)
 _REMOTE_ONLY = {"dialect": "--dialect"}
 
 
@@ -75,6 +96,50 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
     add("--layer", type=int, default=default(None), help="matryoshka models: exit layer")
     add("--dim", type=int, default=default(None), help="matryoshka models: head width")
     add(
+        "--chunk-tokens",
+        type=int,
+        default=default(None),
+        help="with --overflow chunk: document tokens per window (default: all the room "
+        "the window leaves beside the query)",
+    )
+    add(
+        "--chunk-overlap",
+        type=int,
+        default=default(None),
+        help="with --overflow chunk: tokens shared by consecutive windows (default 0)",
+    )
+    add(
+        "--aggregate",
+        choices=["max", "mean", "top2", "top3"],
+        default=default(None),
+        help="with --overflow chunk: a document's score from its windows' (default max)",
+    )
+    add(
+        "--max-tokens-per-doc",
+        type=int,
+        default=default(None),
+        help="cut every document to its first N tokens (flagged truncated)",
+    )
+    add(
+        "--exit-layer",
+        type=int,
+        default=default(None),
+        help="matryoshka cascade: score every document at this exit, continue the --keep "
+        "best to --layer",
+    )
+    add(
+        "--cascade",
+        default=default(None),
+        metavar="MODEL",
+        help="a second model that re-scores the --keep best of --model's scores",
+    )
+    add(
+        "--keep",
+        type=int,
+        default=default(None),
+        help="documents a cascade (--exit-layer or --cascade) continues",
+    )
+    add(
         "--dialect",
         default=default(None),
         help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score)",
@@ -104,6 +169,38 @@ def model_options(
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:
         options.update(
-            {n: getattr(args, n) for n in ("layer", "dim") if getattr(args, n, None) is not None}
+            {n: getattr(args, n) for n in _LOCAL_PASSED if getattr(args, n, None) is not None}
         )
+    cascade, keep = getattr(args, "cascade", None), getattr(args, "keep", None)
+    if cascade is not None and getattr(args, "exit_layer", None) is not None:
+        raise InvalidInputError("--cascade and --exit-layer both use --keep: give one of them")
+    if keep is None and (cascade is not None or "exit_layer" in options):
+        raise InvalidInputError("a cascade (--exit-layer or --cascade) needs --keep")
+    if keep is not None:
+        if cascade is None and "exit_layer" not in options:
+            raise InvalidInputError("--keep needs --exit-layer or --cascade")
+        options["keep"] = keep
+    if cascade is not None:
+        options["cascade"] = cascade
     return options
+
+
+def load_model(
+    model: str | Path,
+    options: Mapping[str, Any],
+    *,
+    load: Callable[..., Scorer] = load_scorer,
+) -> Scorer:
+    """The scorer of ``model`` with ``options`` (:func:`model_options`' output): with a
+    ``cascade`` option, a :class:`~rerank_plugins.cascade.Cascade` of ``model`` and that
+    second model (which gets the same options but the matryoshka exit ones), keeping
+    ``keep``. ``load`` loads one model (``load_scorer``)."""
+    options = dict(options)
+    second = options.pop("cascade", None)
+    if second is None:
+        return load(model, **options)
+    keep = options.pop("keep")
+    rest = {k: v for k, v in options.items() if k not in ("layer", "dim")}
+    if is_remote(second) != is_remote(str(model)):  # the kinds take different options
+        rest = {k: v for k, v in rest.items() if k in ("overflow",)}
+    return Cascade(load(model, **options), load(second, **rest), keep=keep)

@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerank_plugins._imports import require
-from rerank_plugins._model_args import add_model_options, model_options
+from rerank_plugins._model_args import add_model_options, load_model, model_options
 from rerank_plugins.errors import InvalidInputError, InvalidScoreError, RerankError
-from rerank_plugins.loading import load_scorer
 from rerank_plugins.scoring import Score, Scorer, score_groups
 
 if TYPE_CHECKING:
@@ -297,7 +296,7 @@ def score_file(
         logger.info("%s is already complete", out)
         previous = json.loads((out / _SUCCESS).read_text(encoding="utf-8"))
         return BulkSummary(**{**previous, "shards_resumed": previous.get("shards", 0)})
-    scorer = model if isinstance(model, Scorer) else load_scorer(model, **(model_options or {}))
+    scorer = model if isinstance(model, Scorer) else load_model(model, model_options or {})
     start = _first_missing(done)
     summary.shards_resumed = start
     reader = _parquet_shards if fmt == "parquet" else _jsonl_shards
@@ -632,9 +631,10 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser.add_argument_group("model options"), defaults=False)
     parser.add_argument(
         "--overflow",
-        choices=["truncate", "error"],
+        choices=["truncate", "error", "chunk"],
         default=keep,
-        help="documents over the window: truncate and flag (default) or record as errors",
+        help="documents over the window: truncate and flag (default), record as errors, "
+        "or score them in token windows (chunk)",
     )
     parser.add_argument("--api-key", default=keep, help="remote endpoint key")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

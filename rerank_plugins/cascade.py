@@ -43,6 +43,9 @@ class Cascade(Rebuildable):
         self.second = second
         self.keep = keep
 
+    #: a document's score depends on the other candidates: a server runs each request whole
+    scores_whole_list = True
+
     @property
     def name(self) -> str:
         names = (getattr(s, "name", type(s).__name__) for s in (self.first, self.second))

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rerank_plugins import __version__
-from rerank_plugins._model_args import add_model_options, is_remote, model_options
+from rerank_plugins._model_args import add_model_options, is_remote, load_model, model_options
 from rerank_plugins.bulk import add_score_arguments, score_file, score_options
 from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.ranking import rank
-from rerank_plugins.scoring import score_groups
+from rerank_plugins.scoring import Score, score_groups
 from rerank_plugins.serve.cli import add_serve_command, run_server
 from rerank_plugins.wire import API_KEY_ENV
 
@@ -138,7 +138,7 @@ def _rerank(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
     # Every item is checked here, before anything is loaded.
     documents = [_doc_text(item, i) for i, item in enumerate(items)]
     options = _options(args)
-    scorer = load_scorer(args.model, **options)
+    scorer = load_model(args.model, options, load=load_scorer)
     (scores,) = score_groups(scorer, [(args.query, documents)])
     ranked = rank(scores, top_n=args.top_n, score_threshold=args.threshold)
     if args.jsonl_input and not args.json:
@@ -151,6 +151,7 @@ def _rerank(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
                 score=r.score.value,
                 tokens=r.score.tokens,
                 truncated=r.score.truncated,
+                **_extras(r.score),
             )
             stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         return 0
@@ -163,6 +164,7 @@ def _rerank(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
                 "kind": r.score.kind,
                 "tokens": r.score.tokens,
                 "truncated": r.score.truncated,
+                **_extras(r.score),
                 "text": documents[r.index],
             }
             for position, r in enumerate(ranked)
@@ -179,6 +181,15 @@ def _rerank(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
         row = f"{position + 1:>4}  {r.score.value:>10.4f}  {r.index:>5}  {tokens:>6}"
         stdout.write(f"{row}  {preview}{cut}\n")
     return 0
+
+
+def _extras(score: Score) -> dict[str, int]:
+    """``chunks`` (a document scored in windows) and ``stage`` (a cascade), when set."""
+    return {
+        name: value
+        for name, value in (("chunks", score.chunks), ("stage", score.stage))
+        if value is not None
+    }
 
 
 def _add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -237,9 +248,10 @@ def _add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
     )
     add(
         "--overflow",
-        choices=["truncate", "error"],
+        choices=["truncate", "error", "chunk"],
         default=default("truncate"),
-        help="documents over the window: truncate and flag them (default) or fail",
+        help="documents over the window: truncate and flag them (default), fail, or score "
+        "them in token windows (chunk; see --chunk-tokens, --chunk-overlap, --aggregate)",
     )
     add(
         "--progress",

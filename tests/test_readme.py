@@ -96,6 +96,8 @@ RUNS: dict[str, tuple[str, ...]] = {
     "from rerank_plugins import InputTooLongError, load_scorer": ("query", "documents"),
     'scorer = load_scorer("Alibaba-NLP/gte-reranker-modernbert-base", overflow="chunk", '
     'aggregate="max")': ("load_scorer", "query", "documents"),
+    "scorer = load_scorer(": ("load_scorer",),
+    "from rerank_plugins import Cascade, load_scorer": (),
 }
 
 

@@ -184,6 +184,11 @@ class CrossEncoderScorer(Rebuildable):
     def max_length(self) -> int:
         return self.encoder.max_length
 
+    @property
+    def overflow(self) -> OverflowPolicy:
+        """The policy for documents over the window ("truncate", "error" or "chunk")."""
+        return self.encoder.overflow
+
     def _weights_key(self) -> tuple[Any, ...]:
         """What, beyond checkpoint, device and dtype, tells this scorer's loaded model apart."""
         return (CrossEncoderScorer, self.engine, self.backend)

@@ -430,6 +430,19 @@ class MatryoshkaScorer(CrossEncoderScorer):
             final_readout=final_readout,
         )
 
+    @property
+    def scores_whole_list(self) -> bool:
+        """True for a cascade: a document's score depends on the other candidates (a
+        server runs each request's documents together, alone)."""
+        return self.cascade is not None
+
+    def score_batch(
+        self, pairs: Sequence[EncodedPair | ChunkedPair], *, raw: bool = False
+    ) -> list[Score]:
+        if self.cascade is None:
+            return super().score_batch(pairs, raw=raw)
+        return self.score_pairs(pairs, raw=raw)  # the pairs are one candidate list
+
     def score_pairs(
         self, pairs: Sequence[EncodedPair | ChunkedPair], *, raw: bool = False
     ) -> list[Score]:

@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import Any
 
-from rerank_plugins._model_args import add_model_options, is_remote, model_options
+from rerank_plugins._model_args import add_model_options, is_remote, load_model, model_options
 from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.wire import API_KEY_ENV
 
@@ -40,6 +40,13 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     # The same model options as ``rerank`` (one definition); like there, they are also
     # accepted before the subcommand, so this copy has SUPPRESS defaults.
     add_model_options(sv.add_argument_group("model options"), defaults=False)
+    sv.add_argument(
+        "--overflow",
+        choices=["truncate", "chunk"],
+        default=argparse.SUPPRESS,
+        help="documents over the window: truncate and flag (default; a request's "
+        "truncate=false refuses them instead) or score them in token windows (chunk)",
+    )
     limits = sv.add_argument_group("batching and limits")
     limits.add_argument(
         "--max-batch-tokens",
@@ -107,6 +114,8 @@ def _model_options(args: argparse.Namespace, batch_tokens: int | None) -> dict[s
     options = model_options(argparse.Namespace(**{**vars(args), "batch_tokens": None}))
     if not is_remote(args.model) and batch_tokens is not None:
         options["batch_tokens"] = batch_tokens
+    if getattr(args, "overflow", None) == "chunk":
+        options["overflow"] = "chunk"
     return options
 
 
@@ -152,7 +161,6 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, int]:
 
     for dependency in ("fastapi", "uvicorn", "prometheus_client"):
         require(dependency)
-    from rerank_plugins.loading import load_scorer
     from rerank_plugins.serve.app import create_app
 
     if args.workers != 1:
@@ -170,7 +178,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, int]:
     options = _model_options(args, batch_tokens)
     logger.info("loading %s", args.model)
     try:
-        scorer = load_scorer(args.model, **options)
+        scorer = load_model(args.model, options)
     except TypeError as exc:  # an option this kind of model does not take (e.g. --layer)
         raise InvalidInputError(f"{args.model}: {exc}") from exc
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)

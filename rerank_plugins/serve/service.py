@@ -144,7 +144,13 @@ class _Submitter:
             max_document_tokens=self.max_document_tokens,
             raw=self.raw,
         )
-        scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
+        if self.strategy.whole_requests:
+            # A cascade's candidate list: one batch of its own (outside the token budget).
+            scores = list(await self.batcher.run_one(prepared.key, prepared.items))
+        else:
+            scores = await self.batcher.submit(
+                prepared.items, prepared.lengths, key=prepared.key
+            )
         self.strategy.check(scores, truncate=self.truncate)
         return scores
 

@@ -9,6 +9,10 @@ Two ways to drive a scorer, chosen by what it offers:
   through :func:`~rerank_plugins.scoring.score_groups` (one ``scorer.score`` per query);
   lengths are estimated from the text (about four bytes a token), and the scorer's own
   truncation applies.
+
+A scorer whose scores depend on the whole candidate list (a cascade keeps the K best of
+the list: ``scores_whole_list`` is true) gets ``whole_requests``: each request's documents
+run together as one batch of their own, never split nor merged with another request's.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_plugins.errors import InputTooLongError
+from rerank_plugins.errors import InputTooLongError, InvalidInputError
 from rerank_plugins.scoring import (
+    OverflowPolicy,
     PairScorer,
     Score,
     Scorer,
@@ -49,6 +54,8 @@ class Strategy:
 
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
+        #: a request's documents are one candidate list: run them alone, whole
+        self.whole_requests = bool(getattr(scorer, "scores_whole_list", False))
 
     def prepare(
         self,
@@ -95,12 +102,15 @@ class PairStrategy(Strategy):
         max_document_tokens: int | None = None,
         raw: bool = False,
     ) -> Prepared:
+        # A scorer built with overflow="chunk" chunks (nothing is cut, so truncate=false
+        # has nothing to refuse); otherwise the request's flag picks the policy.
+        if getattr(self.pair_scorer, "overflow", None) == "chunk":
+            overflow: OverflowPolicy = "chunk"
+        else:
+            overflow = "truncate" if truncate else "error"
         pairs = list(
             self.pair_scorer.encode_pairs(
-                query,
-                documents,
-                overflow="truncate" if truncate else "error",
-                max_document_tokens=max_document_tokens,
+                query, documents, overflow=overflow, max_document_tokens=max_document_tokens
             )
         )
         return Prepared(pairs, [p.tokens for p in pairs], key=raw)
@@ -127,6 +137,11 @@ class GroupedStrategy(Strategy):
         raw: bool = False,
     ) -> Prepared:
         docs = check_inputs(query, documents)
+        if max_document_tokens is not None:
+            raise InvalidInputError(
+                "max_tokens_per_doc is applied per request by the local cross-encoders; "
+                "this server's scorer takes it at start-up (--max-tokens-per-doc)"
+            )
         items = [(query, d) for d in docs]
         return Prepared(items, [_estimate_tokens(query, d) for d in docs], key=None)
 

@@ -38,7 +38,11 @@ async def rerank_tei(
     if isinstance(body, CohereRerankRequest):
         return await cohere_answer(request, body, served)
     outcome = await served.score(
-        request, [(body.query, body.texts)], truncate=body.truncate, raw=body.raw_scores
+        request,
+        [(body.query, body.texts)],
+        truncate=body.truncate,
+        max_document_tokens=body.max_tokens_per_doc,
+        raw=body.raw_scores,
     )
     ranks = [
         TEIRank(
