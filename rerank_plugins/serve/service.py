@@ -148,9 +148,7 @@ class _Submitter:
             # A cascade's candidate list: one batch of its own (outside the token budget).
             scores = list(await self.batcher.run_one(prepared.key, prepared.items))
         else:
-            scores = await self.batcher.submit(
-                prepared.items, prepared.lengths, key=prepared.key
-            )
+            scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
         self.strategy.check(scores, truncate=self.truncate)
         return scores
 
