@@ -273,3 +273,29 @@ def test_max_tokens_per_doc_comes_before_the_error_policy(modernbert_dir: Path) 
 def test_bad_max_tokens_per_doc_is_refused(modernbert_dir: Path, value: Any) -> None:
     with pytest.raises(InvalidInputError):
         _scorer("native", modernbert_dir, modernbert_dir, max_tokens_per_doc=value)
+
+
+# --- the adapters take the options through model_kwargs ------------------------------------
+
+
+def test_adapters_chunk_through_model_kwargs(modernbert_dir: Path) -> None:
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from rerank_plugins.langchain import RerankCompressor
+    from rerank_plugins.llama_index import RerankPostprocessor
+
+    rng = random.Random(8)
+    texts = [random_text(rng, n) for n in (120, 8, 70, 30)]
+    options = {"device": "cpu", "max_length": MAX_LENGTH, "overflow": "chunk", "aggregate": "mean"}
+    scores = CrossEncoderScorer(modernbert_dir, **options).score(QUERY, texts)
+    order = sorted(range(len(texts)), key=lambda i: -scores[i].value)
+    compressor = RerankCompressor(model=str(modernbert_dir), model_kwargs=options, top_n=4)
+    ranked = compressor.compress_documents([Document(page_content=t) for t in texts], QUERY)
+    assert [d.page_content for d in ranked] == [texts[i] for i in order]
+    post = RerankPostprocessor(model=str(modernbert_dir), model_kwargs=options, top_n=4)
+    nodes = post.postprocess_nodes(
+        [NodeWithScore(node=TextNode(text=t)) for t in texts], query_str=QUERY
+    )
+    assert [n.node.get_content() for n in nodes] == [texts[i] for i in order]
+    assert [n.score for n in nodes] == pytest.approx([scores[i].value for i in order], abs=1e-6)
