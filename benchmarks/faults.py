@@ -35,7 +35,7 @@ import httpx
 
 from rerank_plugins.errors import RerankError
 from rerank_plugins.remote import RemoteScorer, RetryPolicy
-from rerank_plugins.remote.fake import fake_probability
+from rerank_plugins.testing.fake_server import fake_probability
 from rerank_plugins.testing.hostile_server import HostileServer
 
 REMOTE_CASES = [

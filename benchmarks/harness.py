@@ -16,7 +16,8 @@ The pieces, in the order a script uses them:
   documents; each workload is drawn from its own seed, so a subset run scores the same
   documents as a full run;
 - :func:`round_robin`: best-of-N timing where every round times every engine once, with
-  wall and process-CPU seconds and, optionally, peak memory (:class:`PeakMemory`);
+  wall and process-CPU seconds and, optionally, peak memory (:class:`PeakMemory`); these
+  come from ``rerank_plugins.testing.timing``, imported on first use;
 - :class:`Column`, :func:`format_table`, :func:`ratio`: fixed-width or markdown tables
   whose rows are the same dicts that go to JSON;
 - :func:`write_json`: ``{"benchmark", "created", "command", "machine", "args", "results"}``.
@@ -25,23 +26,45 @@ The pieces, in the order a script uses them:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
-import gc
 import json
 import math
 import os
 import platform
 import random
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-Clock = Literal["wall", "cpu"]
+# The timer (round_robin, time_call(s), Run, PeakMemory, ...) is the package's own
+# (rerank_plugins.testing.timing: notebooks use it from an installed package). It is looked
+# up on first use, so that importing this module still imports no rerank_plugins (a worker
+# in another virtualenv imports it for its tables).
+_TIMING = frozenset(
+    {
+        "Clock",
+        "PeakMemory",
+        "Run",
+        "round_robin",
+        "rss_bytes",
+        "time_call",
+        "time_calls",
+        "trim_heap",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TIMING:
+        from rerank_plugins.testing import timing
+
+        return getattr(timing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 # --- arguments and header -------------------------------------------------------------
@@ -211,85 +234,12 @@ def describe(workload: Workload) -> str:
 # --- memory -----------------------------------------------------------------------------
 
 
-def trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc ``malloc_trim``), so that RSS growth
-    measures the next run only; a no-op where there is no glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: RSS growth may then under-count
-        pass
-
-
-def rss_bytes() -> int:
-    """This process's resident set size in bytes (Linux ``/proc/self/statm``)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakMemory:
-    """Peak memory during a ``with`` block, in bytes (``.peak``): on ``"cuda"`` the peak
-    allocated by torch, otherwise the RSS growth, sampled every 5 ms after a GC and
-    :func:`trim_heap`."""
-
-    def __init__(self, device_type: str = "cpu") -> None:
-        self.device_type = device_type
-        self.peak = 0
-        self._stop = threading.Event()
-        self._base = 0
-
-    def _sample(self, base: int) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes() - base)
-            time.sleep(0.005)
-
-    def __enter__(self) -> PeakMemory:
-        if self.device_type == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            gc.collect()
-            trim_heap()
-            self._thread = threading.Thread(target=self._sample, args=(rss_bytes(),), daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device_type == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self._base
-        else:
-            self._stop.set()
-            self._thread.join()
-
-
 def fmt_bytes(n: int) -> str:
     """Bytes as ``1,234 MiB``."""
     return f"{n / 2**20:,.0f} MiB"
 
 
 # --- timing -----------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """One timed call: wall and process-CPU seconds (all threads), what the call returned,
-    the peak memory (0 when not measured) and, for a failed call, the error."""
-
-    engine: str
-    seconds: float
-    cpu_seconds: float
-    value: Any = None
-    peak_bytes: int = 0
-    error: str | None = None
-
-    def on(self, clock: Clock) -> float:
-        """Seconds on ``clock``."""
-        return self.seconds if clock == "wall" else self.cpu_seconds
 
 
 def cuda_sync(device: Any) -> Callable[[], None] | None:
@@ -299,83 +249,6 @@ def cuda_sync(device: Any) -> Callable[[], None] | None:
 
         return torch.cuda.synchronize
     return None
-
-
-def time_call(
-    name: str,
-    fn: Callable[[], Any],
-    *,
-    sync: Callable[[], None] | None = None,
-    memory: str | None = None,
-) -> Run:
-    """Time one call of ``fn`` (``sync`` before the clocks stop; peak memory on device type
-    ``memory`` when given)."""
-    mem = PeakMemory(memory) if memory else None
-    if mem:
-        mem.__enter__()
-    try:
-        cpu = time.process_time()
-        start = time.perf_counter()
-        value = fn()
-        if sync:
-            sync()
-        wall = time.perf_counter() - start
-        cpu = time.process_time() - cpu
-    finally:
-        if mem:
-            mem.__exit__()
-    return Run(name, wall, cpu, value, mem.peak if mem else 0)
-
-
-def time_calls(
-    name: str, fn: Callable[[], Any], runs: int, *, sync: Callable[[], None] | None = None
-) -> list[Run]:
-    """``runs`` consecutive timed calls of ``fn`` (for medians, and for engines that need a
-    state between calls, such as a warm cache)."""
-    return [time_call(name, fn, sync=sync) for _ in range(runs)]
-
-
-def round_robin(
-    engines: Mapping[str, Callable[[], Any]],
-    rounds: int,
-    *,
-    clock: Clock = "wall",
-    sync: Callable[[], None] | None = None,
-    memory: str | None = None,
-    max_rounds: Mapping[str, int] | None = None,
-    catch: tuple[type[BaseException], ...] = (RuntimeError, MemoryError),
-    on_error: Callable[[], None] | None = None,
-) -> dict[str, Run]:
-    """Best of ``rounds`` runs per engine, every round timing every engine once, so that
-    background load on a shared machine spreads over all engines instead of biasing the
-    ones measured during it.
-
-    ``clock`` picks the best run; the run kept carries both clocks, and the highest peak
-    memory seen over its rounds. ``max_rounds`` limits an engine (e.g. a very slow
-    baseline) to its first rounds. An exception in ``catch`` (e.g. out of memory) makes a
-    failed :class:`Run` with ``error`` set, the engine is not run again, and ``on_error``
-    (e.g. ``torch.cuda.empty_cache``) is called. Returns runs in ``engines`` order.
-    """
-    limits = max_rounds or {}
-    best: dict[str, Run] = {}
-    for r in range(rounds):
-        for name, fn in engines.items():
-            if (name in best and best[name].error) or r >= limits.get(name, rounds):
-                continue
-            try:
-                run = time_call(name, fn, sync=sync, memory=memory)
-            except catch as exc:
-                run = Run(name, math.nan, math.nan, error=f"{type(exc).__name__}: {exc}"[:200])
-                if on_error:
-                    on_error()
-            previous = best.get(name)
-            if previous is None or run.error or run.on(clock) < previous.on(clock):
-                if previous is not None and not run.error:
-                    run.peak_bytes = max(run.peak_bytes, previous.peak_bytes)
-                best[name] = run
-            else:
-                previous.peak_bytes = max(previous.peak_bytes, run.peak_bytes)
-    return {name: best[name] for name in engines if name in best}
 
 
 def ratio(numerator: float, denominator: float | None) -> float:

@@ -1,6 +1,6 @@
 """Load test of the remote scorer: N concurrent callers against a local rerank server.
 
-Not a unit test. Starts ``python -m rerank_plugins.remote.fake`` on loopback (a separate
+Not a unit test. Starts ``python -m rerank_plugins.testing.fake_server`` on loopback (a separate
 process, so the client's CPU time is the client's alone) and runs, for a bounded time
 each:
 
@@ -43,8 +43,8 @@ from harness import Column
 
 from rerank_plugins.errors import RerankError
 from rerank_plugins.remote import RemoteScorer, RetryPolicy
-from rerank_plugins.remote.fake import fake_probability
 from rerank_plugins.testing import WORDS
+from rerank_plugins.testing.fake_server import fake_probability
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Server:
     def __init__(self, fail_rate: float, seed: int) -> None:
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "rerank_plugins.remote.fake",
+                sys.executable, "-m", "rerank_plugins.testing.fake_server",
                 "--host", "127.0.0.1", "--port", "0",
                 "--fail-rate", str(fail_rate), "--seed", str(seed),
             ],

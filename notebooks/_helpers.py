@@ -4,8 +4,11 @@
   is already cached), else a tiny random-weight checkpoint built on the spot.
 - :func:`load_corpus`: the small bundled corpus (``data/corpus.jsonl``).
 - :func:`side_by_side`: first-stage order beside reranked order, as a text table.
-- :func:`round_robin`: the benchmarks' timer (``benchmarks/harness.py``): interleaved
-  best-of-N with wall and CPU clocks and peak memory, for the plots.
+- :func:`round_robin`: the benchmarks' timer (``rerank_plugins.testing.timing``, which
+  ``benchmarks/harness.py`` uses too): interleaved best-of-N with wall and CPU clocks
+  and peak memory, for the plots.
+
+This folder needs only the installed package and its own files: a copy of it anywhere runs.
 - :func:`start_server`: ``rerank-plugins serve`` in a child process, ready to call.
 """
 
@@ -37,8 +40,7 @@ from rerank_plugins.testing import make_modernbert_checkpoint  # noqa: E402
 from rerank_plugins.testing.first_stage import minilm_path  # noqa: E402
 
 # The notebooks time things the way the benchmark scripts do, with the same code.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from harness import round_robin  # noqa: E402
+from rerank_plugins.testing.timing import round_robin  # noqa: E402
 
 __all__ = [
     "CORPUS",

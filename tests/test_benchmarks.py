@@ -115,6 +115,7 @@ CROSS_ENCODER_KEYS = {
 ENGINES = {"native", "sentence-transformers", "transformers (padded sdpa)"}
 
 
+@pytest.mark.slow  # a smoke run of the benchmark scripts (minutes, shared)
 @pytest.mark.parametrize(
     ("script", "workloads"),
     [
@@ -138,6 +139,7 @@ def test_cross_encoder_benchmarks_time_every_engine_on_every_workload(
             assert row["ours_over_this"] == 1.0 and row["ours_over_this_cpu"] == 1.0
 
 
+@pytest.mark.slow  # a smoke run of the benchmark scripts (minutes, shared)
 def test_matryoshka_benchmark_reports_every_exit(smoke_runs: dict[str, Any]) -> None:
     rows = finished(smoke_runs, "bench_matryoshka.py")["results"]
     assert {(r["layer"], r["dim"]) for r in rows} == {(4, 32), (4, 16), (2, 32), (2, 16)}
@@ -150,6 +152,7 @@ def test_matryoshka_benchmark_reports_every_exit(smoke_runs: dict[str, Any]) -> 
     assert half["flop_predicted_speed"] == pytest.approx(2.0)  # 2 of 4 identical layers
 
 
+@pytest.mark.slow  # a smoke run of the benchmark scripts (minutes, shared)
 def test_chunking_benchmark_reports_windows_against_truncation(
     smoke_runs: dict[str, Any],
 ) -> None:
@@ -196,6 +199,7 @@ def test_matryoshka_cascade_benchmark(tmp_path: Path) -> None:
     assert rows[1]["max_abs_delta"] < 1e-5
 
 
+@pytest.mark.slow  # a smoke run of the benchmark scripts (minutes, shared)
 def test_colbert_benchmark_compares_cold_warm_and_loop(smoke_runs: dict[str, Any]) -> None:
     document = finished(smoke_runs, "bench_colbert.py")
     engines = [r["engine"] for r in document["results"]]
@@ -209,6 +213,7 @@ def test_colbert_benchmark_compares_cold_warm_and_loop(smoke_runs: dict[str, Any
     assert document["max_abs_delta_vs_loop"] < 1e-3
 
 
+@pytest.mark.slow  # a smoke run of the benchmark scripts (minutes, shared)
 def test_load_test_loses_no_document(smoke_runs: dict[str, Any]) -> None:
     document = finished(smoke_runs, "load_test.py")
     assert len(document["results"]) == 5
@@ -219,6 +224,7 @@ def test_load_test_loses_no_document(smoke_runs: dict[str, Any]) -> None:
     positive(document, "in_process_raw_cpu_us", "in_process_ours_cpu_us")
 
 
+@pytest.mark.slow  # a smoke run of the benchmark scripts (minutes, shared)
 def test_bulk_benchmark_scores_every_row_on_every_path(smoke_runs: dict[str, Any]) -> None:
     document = finished(smoke_runs, "bench_bulk.py")
     rows = document["results"]
@@ -306,6 +312,7 @@ def test_write_json_writes_strict_json_with_nan_as_null(tmp_path: Path) -> None:
     assert document["results"] == [{"x": None, "y": 1.5}] and document["z"] is None
 
 
+@pytest.mark.slow  # one interpreter per script, each importing torch
 @pytest.mark.parametrize(
     "script",
     sorted(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -18,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from rerank_plugins import load_scorer
-from rerank_plugins.bulk import score_file, score_table
-from rerank_plugins.cli import main
+from rerank_plugins.bulk import BulkInterrupted, score_file, score_table
+from rerank_plugins.cli import _parser, main
 from rerank_plugins.errors import EndpointError, InputTooLongError, InvalidInputError
 from rerank_plugins.scoring import Score, check_inputs
 from rerank_plugins.testing import FunctionScorer, random_text
@@ -261,6 +262,7 @@ def test_missing_or_clashing_columns_are_named(tmp_path: Path) -> None:
         score_file(tmp_path / "in.csv", tmp_path / "c", model=FunctionScorer(overlap))
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_killed_command_resumes_to_exactly_the_uninterrupted_rows(
     tmp_path: Path, modernbert_dir: Path, one_thread: None
 ) -> None:
@@ -330,3 +332,112 @@ def test_importing_the_package_and_cli_imports_no_pyarrow_tqdm_or_ray() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# -- issue 20, item 19: the score command's failures, each one line -------------------------
+
+
+class InterruptingScorer(FunctionScorer):
+    """Scores ``calls_before`` calls, then raises KeyboardInterrupt (Ctrl-C mid-run)."""
+
+    def __init__(self, calls_before: int) -> None:
+        super().__init__(overlap)
+        self.calls_before = calls_before
+
+    def score(self, query: str, documents: Sequence[str]) -> list[Score]:
+        if self.calls >= self.calls_before:
+            raise KeyboardInterrupt
+        return super().score(query, documents)
+
+
+def test_ctrl_c_says_how_many_shards_are_written_and_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{"query": "w1", "text": f"w{i}"} for i in range(40)]  # one query: a call per shard
+    source = write_parquet(tmp_path / "in.parquet", rows)
+    scorers = [InterruptingScorer(calls_before=2), InterruptingScorer(calls_before=100)]
+    monkeypatch.setattr("rerank_plugins.bulk.files.load_scorer", lambda *a, **k: scorers.pop(0))
+    argv = ["score", str(source), "-o", str(tmp_path / "out"), "--shard-rows", "10"]
+    assert main([*argv, "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted: 2 of 4 shards written; rerun with --resume"
+    out = io.StringIO()
+    assert main([*argv, "--resume", "--no-progress"], stdout=out) == 0
+    assert json.loads(out.getvalue())["rows"] == 40
+
+
+def test_score_file_raises_a_keyboard_interrupt_that_counts_the_shards(tmp_path: Path) -> None:
+    source = write_parquet(tmp_path / "in.parquet", [{"query": "q", "text": "d"}] * 30)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        score_file(
+            source, tmp_path / "out", model=InterruptingScorer(1), shard_rows=10, progress=False
+        )
+    assert isinstance(caught.value, BulkInterrupted)
+    assert (caught.value.shards_written, caught.value.shards_total) == (1, 3)
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("rerank-plugins: error: "), err
+    return err
+
+
+def test_a_corrupt_parquet_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.parquet"
+    source.write_bytes(b"PAR1 this is not a parquet file")
+    assert main(["score", str(source), "-o", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "not a readable Parquet file" in one_line_error(capsys)
+
+
+def test_a_dangling_output_symlink_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_parquet(tmp_path / "in.parquet", pairs(3))
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    assert main(["score", str(source), "-o", str(link), "--no-progress"]) == 2
+    assert "which does not exist" in one_line_error(capsys)
+
+
+def test_an_output_that_cannot_be_created_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_parquet(tmp_path / "in.parquet", pairs(3))
+    # /proc refuses new directories even to root (a chmod-ed folder would not stop root).
+    argv = ["score", str(source), "-o", "/proc/rerank-plugins-out", "--no-progress"]
+    assert main(argv) == 2
+    assert "/proc/rerank-plugins-out" in one_line_error(capsys)
+
+
+def test_a_full_disk_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_parquet(tmp_path / "in.parquet", pairs(3))
+
+    def no_space(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x"))
+
+    monkeypatch.setattr("rerank_plugins.bulk.files.write_parquet_shard", no_space)
+    monkeypatch.setattr(
+        "rerank_plugins.bulk.files.load_scorer", lambda *a, **k: FunctionScorer(overlap)
+    )
+    assert main(["score", str(source), "-o", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "No space left on device" in one_line_error(capsys)
+
+
+def test_verbose_and_progress_work_after_score(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write_parquet(tmp_path / "in.parquet", pairs(5))
+    monkeypatch.setattr(
+        "rerank_plugins.bulk.files.load_scorer", lambda *a, **k: FunctionScorer(overlap)
+    )
+    out = io.StringIO()
+    argv = ["score", str(source), "-o", str(tmp_path / "out"), "-v", "--no-progress"]
+    assert main(argv, stdout=out) == 0
+    assert json.loads(out.getvalue())["rows"] == 5
+    args = _parser().parse_args(["score", "in.parquet", "-o", "out", "--progress", "-v"])
+    assert args.progress is True and args.verbose is True

@@ -69,6 +69,7 @@ def test_overflow_error_flag(modernbert_dir: Path, capsys: pytest.CaptureFixture
     assert "exceed" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch (> 5 s here)
 def test_console_script_runs_as_a_module(modernbert_dir: Path) -> None:
     proc = subprocess.run(
         [

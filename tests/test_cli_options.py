@@ -86,7 +86,7 @@ def capture_options(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
         return FunctionScorer(lambda q, d: 1.0)
 
-    monkeypatch.setattr("rerank_plugins.cli.load_scorer", fake_load)
+    monkeypatch.setattr("rerank_plugins.cli.rerank.load_scorer", fake_load)
     return seen
 
 
@@ -109,7 +109,7 @@ def test_local_only_options_are_refused_for_an_endpoint(
 ) -> None:
     code, _ = run(["rerank", "q", "d", "-m", "http://127.0.0.1:8000", "--dtype", "bf16"])
     assert code == 2
-    assert "--dtype only apply to local models" in capsys.readouterr().err
+    assert "--dtype only applies to local models" in capsys.readouterr().err  # issue 20: grammar
 
 
 def option_strings(parser: Any) -> set[str]:
@@ -127,3 +127,56 @@ def test_the_command_line_page_lists_every_option_of_the_help() -> None:
     missing = sorted(o for o in options if o not in listed and o != "--no-progress")
     assert not missing, f"docs/cli.md does not list {missing}"
     assert "--no-progress" in section
+
+
+def test_two_options_for_the_other_kind_of_model_are_named_in_plural(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["rerank", "q", "d", "-m", "http://127.0.0.1:8000", "--dtype", "bf16", "--layer", "2"]
+    assert run(argv)[0] == 2
+    assert "--dtype, --layer only apply to local models" in capsys.readouterr().err
+
+
+def test_layer_for_a_model_that_is_not_matryoshka_says_so(
+    modernbert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = run(["rerank", "q", "d", "-m", str(modernbert_dir), "--layer", "2"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--layer only applies to matryoshka models" in err and len(err.splitlines()) == 1
+
+
+def test_score_kind_is_the_name_and_output_its_deprecated_spelling(
+    modernbert_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = ["rerank", "w1", *DOCS, "-m", str(modernbert_dir), "--json", "--no-progress"]
+    code, out = run([*argv, "--score-kind", "logit"])
+    assert code == 0 and all(r["kind"] == "logit" for r in json.loads(out))
+    assert "deprecated" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        code, old = run([*argv, "--output", "logit"])
+    assert code == 0 and json.loads(old) == json.loads(out)
+    assert "--output logit is deprecated: write --score-kind logit" in caplog.text
+    # Before the subcommand too; and score's -o/--output is a directory, a separate option.
+    args = _parser().parse_args(["--score-kind", "logit", "score", "in.parquet", "-o", "dir"])
+    assert (args.score_kind, args.output) == ("logit", "dir")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "lines"),
+    [
+        (".txt", ["w1 w2", "", "w9", "  ", "w1 w3"]),
+        (".jsonl", ['{"text": "w1 w2"}', "", '{"text": "w9"}', "  ", '{"text": "w1 w3"}']),
+    ],
+)
+def test_blank_lines_in_a_file_keep_the_line_numbers_in_index(
+    tmp_path: Path, suffix: str, lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture_options(monkeypatch)  # a scorer that gives every document 1.0
+    path = tmp_path / f"docs{suffix}"
+    path.write_text("\n".join(lines) + "\n")
+    code, out = run(["rerank", "q", "--file", str(path), "--json"])
+    assert code == 0
+    by_index = {row["index"]: row["text"] for row in json.loads(out)}
+    # index = line number - 1: the blank lines 2 and 4 are skipped but keep their place.
+    assert by_index == {0: "w1 w2", 2: "w9", 4: "w1 w3"}

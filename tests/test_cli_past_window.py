@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from rerank_plugins import Cascade, InvalidInputError, rank
-from rerank_plugins._model_args import add_model_options, load_model, model_options
+from rerank_plugins.cli.model_options import add_model_options, model_options
+from rerank_plugins.loading import load_model
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer
 from rerank_plugins.local.matryoshka import MatryoshkaScorer
 from rerank_plugins.testing import make_matryoshka_checkpoint, random_text

@@ -23,8 +23,8 @@ from rerank_plugins import InvalidInputError, RerankError, Score
 from rerank_plugins.local.colbert import ColBERTScorer
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer
 from rerank_plugins.remote import RemoteScorer
-from rerank_plugins.remote.fake import FakeRerankServer, fake_probability
 from rerank_plugins.testing import make_colbert_checkpoint
+from rerank_plugins.testing.fake_server import FakeRerankServer, fake_probability
 
 # Every code point, lone surrogates and control characters included, plus words the tiny
 # tokenizers know, so that both unknown and known tokens (and long documents) show up.
@@ -106,6 +106,7 @@ def test_local_cross_encoder_keeps_the_contract(
         assert scores[last].truncated == alone.truncated
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 @SETTINGS
 @given(query=TEXT, documents=DOCUMENTS)
 def test_colbert_keeps_the_contract(

@@ -8,6 +8,12 @@ cell takes the tiny local checkpoint, as it does on any offline machine.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +21,9 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CHEAPEST = "02_llama_index_rag.ipynb"  # about 45 s here; every notebook imports _helpers
 WITH_PLOTS = {
     "01_langchain_rag.ipynb",
     "02_llama_index_rag.ipynb",
@@ -35,6 +43,47 @@ def _images(nb: object) -> int:
 
 def test_every_notebook_is_covered() -> None:
     assert {p.name for p in NOTEBOOKS} >= WITH_PLOTS
+
+
+def _outside_the_clone() -> Path:
+    """A new folder that is not inside the clone (nor a folder above it holds the clone's
+    ``benchmarks/``), for a copy of ``notebooks/``."""
+    place = Path(tempfile.mkdtemp(prefix="rerank_plugins_notebooks_copy_"))
+    assert ROOT not in place.parents and not (place.parent / "benchmarks").exists()
+    return place
+
+
+@pytest.fixture
+def copied_notebooks() -> Iterator[Path]:
+    place = _outside_the_clone()
+    shutil.copytree(ROOT / "notebooks", place / "notebooks")
+    yield place / "notebooks"
+    shutil.rmtree(place, ignore_errors=True)
+
+
+def test_the_notebook_helpers_import_from_a_copy_outside_the_clone(copied_notebooks: Path) -> None:
+    # Only the installed package (here: PYTHONPATH) and the folder itself: no ../benchmarks.
+    code = "import _helpers; print(_helpers.round_robin.__module__)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=copied_notebooks,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "rerank_plugins.testing.timing"
+
+
+@pytest.mark.slow
+def test_a_copy_of_the_notebooks_folder_runs_outside_the_clone(
+    copied_notebooks: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    test_notebook_executes_in_a_jupyter_kernel_without_errors(
+        copied_notebooks / CHEAPEST, tmp_path, monkeypatch
+    )
 
 
 @pytest.mark.slow

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from rerank_plugins import CrossEncoderScorer, RemoteScorer
-from rerank_plugins.remote.fake import FakeRerankServer
+from rerank_plugins.testing.fake_server import FakeRerankServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["w1 w2 w3", "w9 w8", "w1 w50 w51 w52", "w200"]
@@ -36,6 +37,7 @@ def test_a_local_scorer_deep_copies_sharing_weights_with_its_own_worker(
     assert values(asyncio.run(twin.ascore("w1", DOCS))) == values(scorer.score("w1", DOCS))
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch (> 5 s here)
 def test_a_local_scorer_unpickles_in_another_process(modernbert_dir: Path, tmp_path: Path) -> None:
     scorer = CrossEncoderScorer(modernbert_dir, device="cpu")
     blob = tmp_path / "scorer.pkl"

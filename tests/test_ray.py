@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import random
 import socket
@@ -20,13 +21,17 @@ import ray
 from rerank_plugins import load_scorer
 from rerank_plugins.bulk import score_file
 from rerank_plugins.cli import main
+from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.ray import score_dataset, serve_app
-from rerank_plugins.remote.fake import FakeRerankServer, fake_probability, serve
 from rerank_plugins.scoring import Score
 from rerank_plugins.testing import FunctionScorer, random_text
+from rerank_plugins.testing.fake_server import FakeRerankServer, fake_probability, serve
 
 # Ray's own DataContext warns about its deprecated fields when the context is copied.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),
+    pytest.mark.slow,  # a local Ray starts in each test (seconds to a minute)
+]
 
 # Fractional CPUs: with two 1-CPU actors on 2 CPUs the read tasks never get a CPU and the
 # pipeline deadlocks.
@@ -237,3 +242,44 @@ def test_serve_on_ray_refuses_bad_limits_before_starting_anything(
     argv = ["serve", "--model", "/no/such/model", "--max-batch-tokens", "0", "--ray"]
     assert main(argv) == 2
     assert "batch-tokens must be positive" in capsys.readouterr().err  # alias of --batch-tokens
+
+
+def test_serve_on_ray_warns_loudly_on_a_non_loopback_host_without_a_key(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import rerank_plugins.ray.serve as on_ray
+
+    def stop_here(**_: object) -> None:
+        raise InvalidInputError("stopped before deploying")
+
+    monkeypatch.delenv("RERANK_API_KEY", raising=False)
+    monkeypatch.setattr(on_ray.ray, "is_initialized", lambda: True)  # no cluster started
+    monkeypatch.setattr(on_ray, "serve_app", stop_here)
+    with caplog.at_level(logging.WARNING):
+        assert main(["serve", "--model", "/no/such/model", "--host", "0.0.0.0", "--ray"]) == 2
+    assert "WITHOUT AN API KEY" in caplog.text
+
+
+def test_score_command_with_ray_keeps_stdout_for_the_summary_and_honours_no_progress(
+    local_ray: None,
+    modernbert_dir: Path,
+    tmp_path: Path,
+    one_thread: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(json.dumps({"query": "w1", "text": f"w{i}"}) + "\n" for i in range(6))
+    )
+    context = ray.data.DataContext.get_current()
+    before = context.enable_progress_bars
+    out = io.StringIO()
+    argv = ["score", str(source), "-o", str(tmp_path / "ray"), "--model", str(modernbert_dir)]
+    argv += ["--device", "cpu", "--num-cpus", str(ACTOR_CPUS), "--no-progress", "--ray"]
+    try:
+        assert main(argv, stdout=out) == 0
+        assert context.enable_progress_bars is False
+    finally:
+        context.enable_progress_bars = before
+    assert json.loads(out.getvalue())["rows"] == 6  # the summary, alone
+    assert capsys.readouterr().out == ""  # nothing else on standard output

@@ -37,3 +37,28 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_the_fake_rerank_server_runs_with_python_dash_m() -> None:
+    from rerank_plugins.remote import RemoteScorer
+    from rerank_plugins.testing.fake_server import fake_probability
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rerank_plugins.testing.fake_server", "--dialect", "tei"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        url = line.split()[-1]
+        with RemoteScorer(url, dialect="tei", api_key_env=None) as scorer:
+            scores = scorer.score("w1 w2", ["w1 w3", "w4"])
+        assert [s.value for s in scores] == pytest.approx(
+            [fake_probability("w1 w2", "w1 w3"), fake_probability("w1 w2", "w4")]
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -28,7 +28,10 @@ _LOGGERS = (
     "hpack",
     "rerank_plugins",
     "rerank_plugins.remote",
+    "rerank_plugins.remote.config",
+    "rerank_plugins.remote.outcome",
     "rerank_plugins.remote.scorer",
+    "rerank_plugins.remote.transport",
 )
 _MIN_SECRET = 4  # shorter values (a page number, "v1") would blank out ordinary words
 

@@ -32,6 +32,7 @@ from rerank_plugins.serve.batcher import MicroBatcher
 from rerank_plugins.serve.handlers import install_error_handlers
 from rerank_plugins.serve.metrics import Metrics
 from rerank_plugins.serve.middleware import AccessLog, BearerKey, BodyLimit
+from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS
 from rerank_plugins.serve.service import Service
 from rerank_plugins.serve.strategy import strategy_for
 
@@ -44,8 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH_TOKENS = 16384
-"""Token budget of one batch for a scorer that has none of its own (remote endpoints)."""
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 1000
 """Documents per request (Cohere's documented maximum)."""
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20

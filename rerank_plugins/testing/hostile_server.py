@@ -4,7 +4,7 @@ It speaks raw HTTP/1.1 over a socket (no framework to tidy its answers up). The 
 segment picks the fault: ``http://127.0.0.1:PORT/drip`` as the base URL of a
 :class:`~rerank_plugins.remote.RemoteScorer` (cohere dialect) gets a server that drips one
 byte every 0.25 s. :data:`FAULTS` lists them; ``ok`` answers correctly (scores from
-:func:`~rerank_plugins.remote.fake.fake_probability`), as a control.
+:func:`~rerank_plugins.testing.fake_server.fake_probability`), as a control.
 
 >>> with HostileServer() as server:  # doctest: +SKIP
 ...     RemoteScorer(server.url("gzip-bomb")).score("q", ["d"])
@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable
 from types import TracebackType
 
-from rerank_plugins.remote.fake import fake_probability
+from rerank_plugins.testing.fake_server import fake_probability
 
 __all__ = ["FAULTS", "HostileServer", "gzip_bomb"]
 

@@ -145,6 +145,7 @@ def test_model_spec_loads_a_local_checkpoint(modernbert_dir: Path) -> None:
     assert out[0].metadata["rerank_plugins"]["tokens"] > 0
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_contextual_compression_retriever_returns_the_reranked_top_n(
     modernbert_dir: Path,
 ) -> None:

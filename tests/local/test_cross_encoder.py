@@ -57,6 +57,7 @@ def test_probability_is_sigmoid_of_logit(modernbert_dir: Path, docs: list[str]) 
         assert p.value == pytest.approx(float(torch.sigmoid(torch.tensor(lg.value))), abs=1e-6)
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_batch_budget_does_not_change_scores(modernbert_dir: Path, docs: list[str]) -> None:
     big = CrossEncoderScorer(modernbert_dir, device="cpu", engine="transformers")
     small = CrossEncoderScorer(modernbert_dir, device="cpu", engine="transformers", batch_tokens=1)

@@ -102,6 +102,7 @@ def order(values: list[float]) -> list[int]:
     return sorted(range(len(values)), key=values.__getitem__)
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_every_exit_matches_the_transformers_reference(
     mm_dir: Path, reference: Reference, docs: list[str]
 ) -> None:

@@ -97,6 +97,7 @@ def same_order(a: list[float], b: list[float]) -> bool:
 # --- parity with transformers -----------------------------------------------------------
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_classifier_logits_match_transformers(seqcls_dir: Path) -> None:
     seqs = random_ids(random.Random(0), LENGTHS)
     ref = transformers.AutoModelForSequenceClassification.from_pretrained(
@@ -111,6 +112,7 @@ def test_classifier_logits_match_transformers(seqcls_dir: Path) -> None:
     assert same_order(got.tolist(), want.tolist())
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_scorer_matches_transformers_reference(seqcls_dir: Path, docs: list[str]) -> None:
     from tests.local.test_cross_encoder import reference_logits
 
@@ -122,6 +124,7 @@ def test_scorer_matches_transformers_reference(seqcls_dir: Path, docs: list[str]
     assert same_order(ours, ref)
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_masked_lm_logits_match_transformers_at_asked_positions(mlm_dir: Path) -> None:
     seqs = random_ids(random.Random(1), [30, 7, 300])
     ref = transformers.AutoModelForMaskedLM.from_pretrained(
@@ -257,6 +260,7 @@ def test_batch_budget_does_not_change_scores(modernbert_dir: Path, docs: list[st
 # --- long context -----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_long_document_is_seen_to_its_end_and_cut_at_the_window(modernbert_dir: Path) -> None:
     rng = random.Random(8)
     scorer = CrossEncoderScorer(modernbert_dir, device="cpu", output="logit")

@@ -220,6 +220,7 @@ def test_default_token_budget_is_smaller_on_cpu_than_on_gpu(ckpt: Path) -> None:
         CrossEncoderScorer(ckpt, device="cpu", batch_tokens=0)
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_scores_do_not_depend_on_the_token_budget(ckpt: Path, docs: list[str]) -> None:
     small = CrossEncoderScorer(ckpt, device="cpu", batch_tokens=300)
     large = CrossEncoderScorer(ckpt, device="cpu", batch_tokens=100_000)

@@ -17,6 +17,7 @@ def many(docs: list[str]) -> list[str]:
     return docs * 3
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_show_progress_draws_a_bar_on_stderr(
     modernbert_dir: Path, docs: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -27,6 +28,7 @@ def test_show_progress_draws_a_bar_on_stderr(
     assert re.search(r"rerank: +\d+%\|", err) and "tok/s" in err
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_no_bar_by_default_nor_in_auto_mode_off_a_terminal(
     modernbert_dir: Path, docs: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -38,6 +40,7 @@ def test_no_bar_by_default_nor_in_auto_mode_off_a_terminal(
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow  # > 5 s here (pytest --durations, shared 2-core machine)
 def test_throughput_is_logged_at_info(
     modernbert_dir: Path, docs: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:

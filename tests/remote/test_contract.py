@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from rerank_plugins.remote import DIALECTS, RemoteScorer
-from rerank_plugins.remote.fake import FakeRerankServer
+from rerank_plugins.testing.fake_server import FakeRerankServer
 from tests.contract import ScorerContract
 
 

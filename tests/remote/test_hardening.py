@@ -16,7 +16,7 @@ import pytest
 from rerank_plugins import RerankError
 from rerank_plugins.errors import EndpointConnectionError, InvalidInputError
 from rerank_plugins.remote import RemoteScorer, RetryPolicy
-from rerank_plugins.remote.fake import FakeRerankServer, serve
+from rerank_plugins.testing.fake_server import FakeRerankServer, serve
 
 KEY = "sk-live-SECRETKEY0123456789"
 PASSWORD = "PASSWORD-hunter2"

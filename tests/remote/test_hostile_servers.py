@@ -22,7 +22,7 @@ from rerank_plugins.errors import (
     ResponseTooLargeError,
 )
 from rerank_plugins.remote import RemoteScorer, RetryPolicy
-from rerank_plugins.remote.fake import fake_probability
+from rerank_plugins.testing.fake_server import fake_probability
 from rerank_plugins.testing.hostile_server import HostileServer
 
 DOCS = ["w1 w2", "w3"]

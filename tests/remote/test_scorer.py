@@ -29,8 +29,8 @@ from rerank_plugins.errors import (
     MalformedResponseError,
 )
 from rerank_plugins.remote import DEFAULT_TIMEOUT, RemoteScorer, RetryPolicy
-from rerank_plugins.remote.fake import FakeRerankServer, fake_probability
 from rerank_plugins.remote.retry import parse_retry_after
+from rerank_plugins.testing.fake_server import FakeRerankServer, fake_probability
 
 QUERY = "w1 w2"
 KEY = "sk-test-0123456789abcdef"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rerank_plugins._model_args import add_model_options
 from rerank_plugins.cli import _parser, main
-from rerank_plugins.serve.cli import _build, _model_options
+from rerank_plugins.cli.model_options import add_model_options
+from rerank_plugins.cli.serve import serve_options
+from rerank_plugins.serve.runner import build_server
 from rerank_plugins.testing import (
     free_port,
     make_matryoshka_checkpoint,
@@ -48,6 +51,7 @@ def metric(text: str, name: str) -> float:
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
+@pytest.mark.slow  # a server in a subprocess, under load (> 5 s here)
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(
     modernbert_dir: Path, tmp_path: Path
 ) -> None:
@@ -115,7 +119,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(
 
 def test_the_command_line_imports_no_server_stack_until_serve_runs() -> None:
     code = (
-        "import sys, rerank_plugins.cli, rerank_plugins.serve, rerank_plugins.serve.cli\n"
+        "import sys, rerank_plugins.cli, rerank_plugins.serve, rerank_plugins.serve.runner\n"
         "print([m for m in ('fastapi', 'uvicorn', 'prometheus_client', 'torch') "
         "if m in sys.modules])"
     )
@@ -159,7 +163,7 @@ def test_serve_and_rerank_take_the_same_model_options() -> None:
 def test_model_options_before_or_after_serve_reach_the_scorer(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     assert args.model == "DIR"
-    assert _model_options(args, args.batch_tokens) == {"dtype": "bfloat16", "batch_tokens": 4096}
+    assert serve_options(args).scorer_options() == {"dtype": "bfloat16", "batch_tokens": 4096}
 
 
 def test_serve_defaults_to_the_rerank_model_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,13 +184,108 @@ def test_a_model_option_for_the_other_kind_of_model_names_the_flag(
 ) -> None:
     assert main(["serve", "--model", model, *flags]) == 2
     err = capsys.readouterr().err
-    assert named in err and "only apply to" in err
+    assert named in err and "only applies to" in err  # one flag (issue 20: grammar)
 
 
 def test_serve_builds_a_matryoshka_model_at_the_exit_given(tmp_path: Path) -> None:
     directory = make_matryoshka_checkpoint(tmp_path / "mm")
     argv = ["serve", "-m", str(directory), "--device", "cpu", "--layer", "2", "--dim", "21"]
-    app, _, _ = _build(_parser().parse_args([*argv, "--batch-tokens", "512"]))
+    app = build_server(serve_options(_parser().parse_args([*argv, "--batch-tokens", "512"])))
     scorer = app.state.engine.scorer
     assert (scorer.layer, scorer.dim) == (2, 21)
     assert app.state.batcher.max_batch_tokens == 512
+
+
+# -- issue 20, item 18: the port, the key, the warning, the help ------------------------
+
+
+def test_a_port_in_use_is_one_line_and_exit_2_before_the_model_loads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--model", "/no/such/model", "--port", str(port)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "/no/such/model" not in err  # refused before any loading
+
+
+@pytest.mark.parametrize("key", ["", "   ", "\t\n"])
+def test_a_blank_api_key_is_refused(key: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", "/no/such/model", "--api-key", key]) == 2
+    assert "only whitespace" in capsys.readouterr().err
+
+
+def test_a_blank_api_key_from_a_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "key"
+    path.write_text("  \n")
+    assert main(["serve", "--model", "/no/such/model", "--api-key-file", str(path)]) == 2
+    assert "only whitespace" in capsys.readouterr().err
+
+
+def test_the_api_key_comes_from_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "key"
+    path.write_text("s3cret\n")
+    args = _parser().parse_args(["serve", "--api-key-file", str(path)])
+    assert serve_options(args).resolved_api_key() == "s3cret"
+    monkeypatch.setenv("RERANK_API_KEY", "from-env")
+    assert serve_options(_parser().parse_args(["serve"])).resolved_api_key() == "from-env"
+    with pytest.raises(SystemExit):  # one source at a time
+        _parser().parse_args(["serve", "--api-key", "a", "--api-key-file", str(path)])
+
+
+def test_an_unreadable_api_key_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--api-key-file", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot read the API key file" in err
+
+
+def test_a_non_loopback_host_without_a_key_warns_loudly(
+    modernbert_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("RERANK_API_KEY", raising=False)
+    argv = ["serve", "-m", str(modernbert_dir), "--device", "cpu", "--host", "0.0.0.0"]
+    with caplog.at_level(logging.WARNING):
+        build_server(serve_options(_parser().parse_args(argv)))
+    assert "WITHOUT AN API KEY" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build_server(serve_options(_parser().parse_args([*argv, "--api-key", "k"])))
+    assert "WITHOUT AN API KEY" not in caplog.text
+
+
+def test_serve_help_shows_every_default() -> None:
+    serve = subcommand("serve")
+    undocumented = [
+        action.option_strings[-1]
+        for action in serve._actions
+        if action.option_strings
+        and action.help != argparse.SUPPRESS
+        and "-h" not in action.option_strings
+        and "default" not in (action.help or "")
+    ]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("argv", [["serve", "-v"], ["-v", "serve"], ["serve", "--verbose"]])
+def test_verbose_before_or_after_serve_means_debug_logs(argv: list[str]) -> None:
+    assert serve_options(_parser().parse_args(argv)).log_level == "debug"
+    assert serve_options(_parser().parse_args(["serve"])).log_level == "info"
+
+
+def test_serve_says_layer_only_applies_to_matryoshka_models(
+    modernbert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["serve", "--model", str(modernbert_dir), "--device", "cpu", "--layer", "2"])
+    assert code == 2
+    assert "--layer only applies to matryoshka models" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 
+@pytest.mark.slow  # hundreds of generated requests through the whole app
 def test_no_server_error_on_any_generated_request(local_scorer: CrossEncoderScorer) -> None:
     # Driven through hypothesis directly: schemathesis' pytest plugin does not run on
     # this pytest. A small client batch limit keeps each request cheap on a shared CPU.

@@ -1,49 +1,18 @@
-"""Past one machine with Ray: bulk scoring with Ray Data, online serving with Ray Serve.
-
-::
-
-    import ray
-    from rerank_plugins.ray import score_dataset
-
-    ds = ray.data.read_parquet("s3://bucket/pairs/")           # columns: id, query, text
-    scored = score_dataset(ds, model="Alibaba-NLP/gte-reranker-modernbert-base",
-                           num_gpus=1, concurrency=8)            # 8 actors, one GPU each
-    scored.write_parquet("s3://bucket/scored/")                 # + score, tokens, truncated, error
-
-Each actor loads one scorer once (weights are not reloaded per batch) and scores the
-batches Ray Data hands it with :func:`rerank_plugins.bulk.score_table`, the same code the
-single-machine ``rerank-plugins score`` runs. A remote endpoint works too
-(``model="https://..."``): each actor holds one client, so ``concurrency`` bounds the
-requests in flight.
-
-:func:`serve_app` is a Ray Serve application whose replicas each run the app and
-micro-batcher of ``rerank-plugins serve`` (:func:`rerank_plugins.serve.create_app`)::
-
-    from ray import serve
-    from rerank_plugins.ray import serve_app
-
-    serve.run(serve_app(model="Alibaba-NLP/gte-reranker-modernbert-base", num_replicas=4,
-                        ray_actor_options={"num_gpus": 1}))     # /v1/rerank, /rerank, ...
-
-Needs the ``ray`` extra; ``import rerank_plugins`` does not import ray.
-"""
+"""Bulk scoring on a Ray cluster: :func:`score_dataset` (a Ray Data UDF over
+:func:`rerank_plugins.bulk.score_table`) and :func:`score_file_on_ray`
+(``rerank-plugins score --ray``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerank_plugins._imports import require
 from rerank_plugins.bulk import BulkSummary, input_format, score_table
-from rerank_plugins.errors import InvalidInputError, RerankError
+from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.scoring import Scorer
 
@@ -53,9 +22,7 @@ if TYPE_CHECKING:
 ray = require("ray")
 require("ray.data")
 
-__all__ = ["score_dataset", "score_file_on_ray", "serve_app", "serve_on_ray"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["cluster_gpus", "score_dataset", "score_file_on_ray"]
 
 
 class _ScoreBatches:
@@ -87,7 +54,7 @@ class _ScoreBatches:
         )
 
 
-def _cluster_gpus() -> float:
+def cluster_gpus() -> float:
     if not ray.is_initialized():
         ray.init()  # what Ray Data would do on first execution; RAY_ADDRESS is honoured
     return float(ray.cluster_resources().get("GPU", 0.0))
@@ -120,7 +87,7 @@ def score_dataset(
     if batch_size <= 0:
         raise InvalidInputError(f"batch_size must be positive, got {batch_size}")
     if num_gpus is None or concurrency is None:
-        gpus = _cluster_gpus()
+        gpus = cluster_gpus()
         if num_gpus is None:
             num_gpus = 1.0 if gpus > 0 else 0.0
         if concurrency is None:
@@ -165,6 +132,7 @@ def score_file_on_ray(
     num_cpus: float | None = None,
     concurrency: int | None = None,
     batch_size: int = 512,
+    progress: bool | None = None,
 ) -> BulkSummary:
     """``rerank-plugins score --ray``: read, :func:`score_dataset`, write, on a Ray cluster.
 
@@ -172,6 +140,7 @@ def score_file_on_ray(
     already initialised. Parquet in, Parquet files out (JSONL in, JSONL out) under the
     ``output`` directory, in input order; rows that could not be scored are also listed
     in ``output/_errors/errors.jsonl``. A Ray run is not resumable: rerun it whole.
+    ``progress`` turns Ray Data's progress bars on or off (default: Ray Data's setting).
     """
     started = time.perf_counter()
     fmt = input_format(input_path)
@@ -179,8 +148,11 @@ def score_file_on_ray(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInputError(f"{out} exists and is not empty; choose a new output")
     if not ray.is_initialized():
-        ray.init(address=address)
+        # Ray's own INFO lines (start-up, dashboard) are not this command's output.
+        ray.init(address=address, logging_level=logging.WARNING)
     context = ray.data.DataContext.get_current()
+    if progress is not None:  # --progress / --no-progress; else Ray Data's default
+        context.enable_progress_bars = progress
     context.execution_options.preserve_order = True  # input order in the output files
     source = str(Path(input_path).resolve())
     ds = (
@@ -248,108 +220,3 @@ def _summarise(out: Path, fmt: str, document_column: str, seconds: float) -> Bul
     )
     (out / "_SUCCESS").write_text(summary.to_json() + "\n", encoding="utf-8")
     return summary
-
-
-def serve_app(
-    *,
-    model: str | Path,
-    num_replicas: int | None = None,
-    ray_actor_options: dict[str, Any] | None = None,
-    model_options: dict[str, Any] | None = None,
-    model_name: str | None = None,
-    name: str = "rerank",
-    **app_options: Any,
-) -> Any:
-    """A Ray Serve application serving ``model`` over the HTTP API of ``rerank-plugins serve``.
-
-    Each replica loads one scorer (``load_scorer(model, **model_options)``) and runs the
-    very app and micro-batcher of :func:`rerank_plugins.serve.create_app` (``app_options``
-    go to it: ``max_batch_tokens``, ``api_key``, ...), so the paths, limits and answers are
-    the same as one server's. ``ray_actor_options`` defaults to one GPU per replica when
-    the cluster has GPUs, and ``num_replicas`` to one replica per GPU (else 1). Run it
-    with ``ray.serve.run(serve_app(model=...))``.
-    """
-    serve = require("ray.serve")
-    if ray_actor_options is None or num_replicas is None:
-        gpus = _cluster_gpus()
-        if ray_actor_options is None:
-            ray_actor_options = {"num_gpus": 1} if gpus > 0 else {}
-        if num_replicas is None:
-            per_replica = float(ray_actor_options.get("num_gpus") or 0)
-            num_replicas = max(1, int(gpus // per_replica)) if per_replica > 0 else 1
-    if num_replicas <= 0:
-        raise InvalidInputError(f"num_replicas must be positive, got {num_replicas}")
-    options = dict(model_options or {})
-    served_name = model_name or str(model)
-
-    def build_app() -> Any:
-        # Runs in each replica: the scorer is loaded there, never pickled from here.
-        from rerank_plugins.serve import create_app
-
-        return create_app(load_scorer(model, **options), model_name=served_name, **app_options)
-
-    deployment = serve.deployment(
-        name=name, num_replicas=num_replicas, ray_actor_options=ray_actor_options
-    )(serve.ingress(build_app)())
-    return deployment.bind()
-
-
-def serve_on_ray(args: argparse.Namespace) -> int:
-    """``rerank-plugins serve --ray [ADDRESS]``: deploy :func:`serve_app` and serve until
-    interrupted (then the deployment is removed). Exit status 2 for bad options."""
-    from rerank_plugins.serve.cli import API_KEY_ENV, _model_options
-
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        for flag in ("batch_tokens", "max_batch_requests", "max_queued_tokens"):
-            value = getattr(args, flag, None)
-            if value is not None and value <= 0:
-                raise InvalidInputError(f"--{flag.replace('_', '-')} must be positive")
-        # The default of one server (16384 tokens, more on a large local GPU) is not known
-        # here: the replicas' GPUs are elsewhere. Give --max-batch-tokens for large GPUs.
-        batch_tokens = getattr(args, "batch_tokens", None) or 16384
-        actor_options: dict[str, Any] = {}
-        if args.replica_gpus is not None:
-            actor_options["num_gpus"] = args.replica_gpus
-        if args.replica_cpus is not None:
-            actor_options["num_cpus"] = args.replica_cpus
-        api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
-        if not ray.is_initialized():
-            ray.init(address=args.ray or None)
-        app = serve_app(
-            model=args.model,
-            num_replicas=args.num_replicas,
-            ray_actor_options=actor_options or None,
-            model_options=_model_options(args, batch_tokens),
-            model_name=args.served_model_name or str(args.model),
-            max_batch_tokens=batch_tokens,
-            max_batch_requests=args.max_batch_requests,
-            max_client_batch_size=args.max_client_batch_size,
-            max_queued_tokens=args.max_queued_tokens,
-            max_body_bytes=args.max_body_bytes,
-            api_key=api_key,
-        )
-    except RerankError as exc:
-        sys.stderr.write(f"rerank-plugins serve: error: {exc}\n")
-        return 2
-    serve = require("ray.serve")
-    stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(app, name="rerank", route_prefix="/")
-        logger.info("serving %s on http://%s:%d (Ray Serve)", args.model, args.host, args.port)
-        while not stop.wait(1.0):
-            pass
-        logger.info("stopping Ray Serve")
-        serve.shutdown()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0

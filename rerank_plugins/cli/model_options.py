@@ -1,28 +1,25 @@
-"""The model options of every subcommand that loads a model (``rerank``, ``serve``).
+"""The model options of every subcommand that loads a model (``rerank``, ``serve``, ``score``).
 
 One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
 same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
 ``--layer``/``--dim``, the past-the-window options (``--chunk-tokens``,
 ``--chunk-overlap``, ``--aggregate``, ``--max-tokens-per-doc``), the cascades
-(``--exit-layer``/``--keep``, ``--cascade``/``--keep``) and ``--dialect``, with the same
-defaults and checks. It sits below the command line and the server (which both import
-it) and above ``loading``.
+(``--exit-layer``/``--keep``, ``--cascade``/``--keep``: see
+:func:`~rerank_plugins.loading.load_model`) and ``--dialect``, with the same defaults and
+checks.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from rerank_plugins.cascade import Cascade
 from rerank_plugins.errors import InvalidInputError
-from rerank_plugins.loading import DEFAULT_MODEL, load_scorer
-from rerank_plugins.scoring import Scorer
+from rerank_plugins.loading import DEFAULT_MODEL, is_remote
 
-__all__ = ["MODEL_ENV", "add_model_options", "is_remote", "load_model", "model_options"]
+__all__ = ["MODEL_ENV", "add_model_options", "model_options"]
 
 MODEL_ENV = "RERANK_MODEL"
 
@@ -52,10 +49,6 @@ _LOCAL_PASSED = (
     "exit_layer",
 )
 _REMOTE_ONLY = {"dialect": "--dialect"}
-
-
-def is_remote(model: str) -> bool:
-    return str(model).startswith(("http://", "https://"))
 
 
 def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> None:
@@ -91,10 +84,21 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         "--batch-tokens",
         type=int,
         default=default(None),
-        help="token budget per forward pass (local models)",
+        help="token budget per forward pass (local models; default: the model's own, "
+        "sized for its device)",
     )
-    add("--layer", type=int, default=default(None), help="matryoshka models: exit layer")
-    add("--dim", type=int, default=default(None), help="matryoshka models: head width")
+    add(
+        "--layer",
+        type=int,
+        default=default(None),
+        help="matryoshka models: exit layer (default: the deepest exit)",
+    )
+    add(
+        "--dim",
+        type=int,
+        default=default(None),
+        help="matryoshka models: head width (default: the model's first listed width)",
+    )
     add(
         "--chunk-tokens",
         type=int,
@@ -142,7 +146,8 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
     add(
         "--dialect",
         default=default(None),
-        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score)",
+        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score; "
+        "default: cohere)",
     )
 
 
@@ -164,7 +169,8 @@ def model_options(
     given = [flag for name, flag in wrong.items() if getattr(args, name, None) is not None]
     if given:
         where = "local models" if remote else "http(s) endpoints"
-        raise InvalidInputError(f"{', '.join(given)} only apply to {where}")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise InvalidInputError(f"{', '.join(given)} only {verb} to {where}")
     names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens")
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:
@@ -183,24 +189,3 @@ def model_options(
     if cascade is not None:
         options["cascade"] = cascade
     return options
-
-
-def load_model(
-    model: str | Path,
-    options: Mapping[str, Any],
-    *,
-    load: Callable[..., Scorer] = load_scorer,
-) -> Scorer:
-    """The scorer of ``model`` with ``options`` (:func:`model_options`' output): with a
-    ``cascade`` option, a :class:`~rerank_plugins.cascade.Cascade` of ``model`` and that
-    second model (which gets the same options but the matryoshka exit ones), keeping
-    ``keep``. ``load`` loads one model (``load_scorer``)."""
-    options = dict(options)
-    second = options.pop("cascade", None)
-    if second is None:
-        return load(model, **options)
-    keep = options.pop("keep")
-    rest = {k: v for k, v in options.items() if k not in ("layer", "dim")}
-    if is_remote(second) != is_remote(str(model)):  # the kinds take different options
-        rest = {k: v for k, v in rest.items() if k in ("overflow",)}
-    return Cascade(load(model, **options), load(second, **rest), keep=keep)

@@ -6,7 +6,7 @@ with scores that depend only on ``(query, document)``. Mount it wherever a serve
 
 - ``httpx.MockTransport(server.handle)`` for an in-process sync or async client;
 - ``httpx.ASGITransport(server)``: it is an ASGI application;
-- ``python -m rerank_plugins.remote.fake --port 0`` serves it on loopback (stdlib
+- ``python -m rerank_plugins.testing.fake_server --port 0`` serves it on loopback (stdlib
   ``http.server``) for load tests; it prints ``listening on http://127.0.0.1:PORT``.
 
 Only loopback addresses are served.
