@@ -84,7 +84,7 @@ def load_model(
 ) -> Scorer:
     """The scorer of ``model`` with ``options`` (``load_scorer`` options): with a
     ``cascade`` option (a second model's spec) and ``keep``, a
-    :class:`~rerank_plugins.cascade.Cascade` of ``model`` and that second model, which gets
+    :class:`~rerank_plugins.cascade.scorer.Cascade` of ``model`` and that second model, which gets
     the same options but the matryoshka exit ones (or only ``overflow`` when it is of the
     other kind, local or remote). ``load`` loads one model (``load_scorer``). The command
     line, ``serve`` and ``score`` build their scorer with it."""

@@ -49,7 +49,7 @@ class Score:
     ``chunks`` is how many token windows a document longer than the model's window was
     split into (``overflow="chunk"``; ``value`` is then the aggregate of their scores and
     ``tokens`` the sum of their lengths); ``None`` for a document scored whole.
-    ``stage`` is set by cascades (:class:`~rerank_plugins.cascade.Cascade`, a
+    ``stage`` is set by cascades (:class:`~rerank_plugins.cascade.scorer.Cascade`, a
     ``MatryoshkaScorer`` with ``keep``): how many stages past the first scored this
     document (0: only the cheap first stage). :func:`~rerank_plugins.ranking.rank` puts a
     later stage before an earlier one whatever the values; ``None`` counts as 0.

@@ -24,7 +24,7 @@ from rerank_plugins.bulk.shards import (
     write_parquet_shard,
 )
 from rerank_plugins.errors import InvalidInputError
-from rerank_plugins.loading import load_model
+from rerank_plugins.loading import load_model, load_scorer
 from rerank_plugins.scoring import Scorer
 
 __all__ = ["BulkInterrupted", "BulkSummary", "input_format", "score_file"]
@@ -135,7 +135,11 @@ def score_file(
         logger.info("%s is already complete", out)
         previous = json.loads((out / _SUCCESS).read_text(encoding="utf-8"))
         return BulkSummary(**{**previous, "shards_resumed": previous.get("shards", 0)})
-    scorer = model if isinstance(model, Scorer) else load_model(model, model_options or {})
+    scorer = (
+        model
+        if isinstance(model, Scorer)
+        else load_model(model, model_options or {}, load=load_scorer)
+    )
     start = _first_missing(done)
     summary.shards_resumed = start
     reader = parquet_shards if fmt == "parquet" else jsonl_shards
