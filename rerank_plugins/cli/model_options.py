@@ -122,26 +122,28 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         "--max-tokens-per-doc",
         type=int,
         default=default(None),
-        help="cut every document to its first N tokens (flagged truncated)",
+        help="cut every document to its first N tokens (flagged truncated; default: no cap)",
     )
     add(
         "--exit-layer",
         type=int,
         default=default(None),
         help="matryoshka cascade: score every document at this exit, continue the --keep "
-        "best to --layer",
+        "best to --layer (default: no cascade)",
     )
     add(
         "--cascade",
         default=default(None),
         metavar="MODEL",
-        help="a second model that re-scores the --keep best of --model's scores",
+        help="a second model that re-scores the --keep best of --model's scores "
+        "(default: none)",
     )
     add(
         "--keep",
         type=int,
         default=default(None),
-        help="documents a cascade (--exit-layer or --cascade) continues",
+        help="documents a cascade (--exit-layer or --cascade) continues (no default: a "
+        "cascade needs it)",
     )
     add(
         "--dialect",
