@@ -27,14 +27,32 @@ def is_remote(spec: str | Path) -> bool:
     return str(spec).startswith(("http://", "https://"))
 
 
-def load_scorer(spec: str | Path, **options: Any) -> Scorer:
+def load_scorer(
+    spec: str | Path, *, calibration: str | Path | None = None, **options: Any
+) -> Scorer:
     """Build a scorer from a hub id, a local checkpoint directory or an endpoint URL.
 
     ``http://`` and ``https://`` URLs give a :class:`~rerank_plugins.remote.RemoteScorer`;
     anything else is resolved to a checkpoint whose own files pick the local scorer.
     ``options`` go to the scorer's constructor (``device``, ``max_length``, ``overflow``,
     ``api_key``, ``dialect``, ...).
+
+    ``calibration``: a file written by ``rerank-plugins calibrate`` for this model and
+    mode; the scorer then returns calibrated probabilities (``kind="probability"``), so
+    that 0.5 means "more likely relevant than not". A file made for another model or mode
+    raises :class:`~rerank_plugins.errors.CalibrationMismatchError`.
     """
+    if calibration is not None:
+        from rerank_plugins.calibration import calibrate_scorer, load_calibration
+
+        cal = load_calibration(calibration)
+        cal.check_kind(remote=is_remote(spec))
+        merged = {**cal.options, **options}
+        return calibrate_scorer(_load(spec, merged), cal, options=merged)
+    return _load(spec, options)
+
+
+def _load(spec: str | Path, options: dict[str, Any]) -> Scorer:
     if is_remote(spec):
         from rerank_plugins.remote import RemoteScorer
 
@@ -84,10 +102,12 @@ def load_model(
 ) -> Scorer:
     """The scorer of ``model`` with ``options`` (``load_scorer`` options): with a
     ``cascade`` option (a second model's spec) and ``keep``, a
-    :class:`~rerank_plugins.cascade.scorer.Cascade` of ``model`` and that second model, which gets
-    the same options but the matryoshka exit ones (or only ``overflow`` when it is of the
-    other kind, local or remote). ``load`` loads one model (``load_scorer``). The command
-    line, ``serve`` and ``score`` build their scorer with it."""
+    :class:`~rerank_plugins.cascade.scorer.Cascade` of ``model`` and that second model,
+    which gets the same options but the matryoshka exit ones and ``calibration`` (only
+    ``overflow`` when it is of the other kind, local or remote). ``load`` loads one model
+    (``load_scorer``). The command line, ``serve`` and ``score`` build their scorer with it.
+    """
+
     from rerank_plugins.cascade import Cascade
 
     options = dict(options)
@@ -95,7 +115,8 @@ def load_model(
     if second is None:
         return load(model, **options)
     keep = options.pop("keep")
-    rest = {k: v for k, v in options.items() if k not in ("layer", "dim")}
+    # A calibration file belongs to the first model (its checkpoint and mode).
+    rest = {k: v for k, v in options.items() if k not in ("layer", "dim", "calibration")}
     if is_remote(second) != is_remote(model):  # the kinds take different options
         rest = {k: v for k, v in rest.items() if k == "overflow"}
     return Cascade(load(model, **options), load(second, **rest), keep=keep)

@@ -98,6 +98,8 @@ RUNS: dict[str, tuple[str, ...]] = {
     'aggregate="max")': ("load_scorer", "query", "documents"),
     "scorer = load_scorer(": ("load_scorer",),
     "from rerank_plugins import Cascade, load_scorer": (),
+    # docs/evaluate.md: evaluate() on the packaged collection (tiny checkpoint, depth 5).
+    "import tempfile": (),
 }
 
 

@@ -5,8 +5,8 @@ same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens`
 ``--layer``/``--dim``, the past-the-window options (``--chunk-tokens``,
 ``--chunk-overlap``, ``--aggregate``, ``--max-tokens-per-doc``), the cascades
 (``--exit-layer``/``--keep``, ``--cascade``/``--keep``: see
-:func:`~rerank_plugins.loading.load_model`) and ``--dialect``, with the same defaults and
-checks.
+:func:`~rerank_plugins.loading.load_model`), ``--dialect`` and ``--calibration``, with the
+same defaults and checks.
 """
 
 from __future__ import annotations
@@ -151,6 +151,13 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score; "
         "default: cohere)",
     )
+    add(
+        "--calibration",
+        default=default(None),
+        metavar="PATH",
+        help="calibration file from 'rerank-plugins calibrate' for this model and mode: "
+        "scores become calibrated probabilities",
+    )
 
 
 def model_options(
@@ -190,4 +197,6 @@ def model_options(
         options["keep"] = keep
     if cascade is not None:
         options["cascade"] = cascade
+    if getattr(args, "calibration", None) is not None:
+        options["calibration"] = args.calibration
     return options

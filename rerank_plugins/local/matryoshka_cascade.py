@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rerank_plugins.local.chunking import aggregate
-from rerank_plugins.local.engine.attention import PackedBatch, pack_sequences
+from rerank_plugins.local.engine.batching import token_budget_batches
 from rerank_plugins.local.engine.modernbert import ModernBertTrunk
-from rerank_plugins.local.engine.packing import token_budget_batches
+from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.tokenization import ChunkedPair, EncodedPair
 from rerank_plugins.ranking import rank
 from rerank_plugins.scoring import Score, ScoreKind
