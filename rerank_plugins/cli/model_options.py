@@ -135,8 +135,7 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         "--cascade",
         default=default(None),
         metavar="MODEL",
-        help="a second model that re-scores the --keep best of --model's scores "
-        "(default: none)",
+        help="a second model that re-scores the --keep best of --model's scores (default: none)",
     )
     add(
         "--keep",
