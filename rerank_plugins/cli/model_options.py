@@ -155,7 +155,7 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         default=default(None),
         metavar="PATH",
         help="calibration file from 'rerank-plugins calibrate' for this model and mode: "
-        "scores become calibrated probabilities",
+        "scores become calibrated probabilities (default: none)",
     )
 
 

@@ -196,8 +196,14 @@ def test_documents_that_fit_score_as_they_do_without_chunking(
 def test_chunks_of_all_documents_share_the_packed_batches(modernbert_dir: Path) -> None:
     rng = random.Random(11)
     docs = [random_text(rng, n) for n in (90, 3, 140)]
-    scorer = _scorer("native", modernbert_dir, modernbert_dir, overflow="chunk")
-    scorer.batch_tokens = 10_000  # everything in one forward
+    scorer = CrossEncoderScorer(
+        modernbert_dir,
+        device="cpu",
+        output="logit",
+        max_length=MAX_LENGTH,
+        overflow="chunk",
+        batch_tokens=10_000,  # everything in one forward
+    )
     calls: list[int] = []
     logits = scorer.classifier.logits
 
