@@ -409,6 +409,11 @@ class ColBERTScorer(LocalScorer):
             out.append(_Encoded(ids, len(ids), cut or capped, over=over))
         return out
 
+    # --- vectors ------------------------------------------------------------------------
+
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.encoder.project(hidden)
+
     def _document_vectors(self, encoded: Sequence[_Encoded]) -> list[torch.Tensor]:
         progress = BatchProgress(
             batches=len(
