@@ -186,6 +186,34 @@ class CrossEncoderScorer(LocalScorer):
         """The policy for documents over the window ("truncate", "error" or "chunk")."""
         return self.encoder.overflow
 
+    def identity(self) -> dict[str, Any]:
+        """What changes this scorer's scores: the checkpoint's fingerprint (whatever path or
+        hub id named it) and the resolved options (see ``rerank_plugins.identity``)."""
+        from rerank_plugins.local.fingerprint import local_identity
+
+        return local_identity(type(self).__name__, self.directory, self._score_options())
+
+    def _score_options(self) -> dict[str, object]:
+        return {
+            "dtype": self.dtype,
+            "int8": self.quantize,
+            "output": self.output,
+            "overflow": self.encoder.overflow,
+            "max_length": self.max_length,
+            "engine": self.engine,
+            **self._past_the_window_options(),
+        }
+
+    def _past_the_window_options(self) -> dict[str, object]:
+        """Chunking and the per-document cap, when set (they change scores)."""
+        options: dict[str, object] = {}
+        if self.encoder.overflow == "chunk":
+            c = self.encoder.chunking
+            options["chunking"] = (c.chunk_tokens, c.chunk_overlap, c.aggregate)
+        if self.encoder.max_document_tokens is not None:
+            options["max_tokens_per_doc"] = self.encoder.max_document_tokens
+        return options
+
     def _weights_key(self) -> tuple[Any, ...]:
         """What, beyond checkpoint, device and dtype, tells this scorer's loaded model apart."""
         return (CrossEncoderScorer, self.engine, self.backend)

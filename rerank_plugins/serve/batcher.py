@@ -326,9 +326,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                     f"the batch function returned {len(results)} results for {len(items)} items"
                 )
         except Exception as exc:  # reaches only this batch's submissions
-            logger.warning(
-                "a batch of %d items failed: %s: %s", len(items), type(exc).__name__, exc
-            )
+            # A foreign error's message may quote the input: only ours are logged whole.
+            said = f": {exc}" if isinstance(exc, RerankError) else ""
+            logger.warning("a batch of %d items failed: %s%s", len(items), type(exc).__name__, said)
             for sub in subs:
                 self._fail(sub, exc)
             return

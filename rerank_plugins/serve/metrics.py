@@ -8,8 +8,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rerank_plugins.serve.batcher import BatchStats, MicroBatcher
 
-__all__ = ["Metrics"]
+__all__ = ["METHODS", "Metrics"]
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""HTTP methods named in metrics as they are (any other method is ``"other"``)."""
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
@@ -78,5 +80,7 @@ class Metrics:
         self.truncated.inc(truncated)
 
     def observe_http(self, method: str, path: str, status: int, seconds: float) -> None:
+        """Count a request; ``path`` must already be a route or ``"other"``."""
+        method = method if method in METHODS else "other"
         self.requests.labels(method=method, path=path, status=str(status)).inc()
         self.latency.labels(path=path).observe(seconds)

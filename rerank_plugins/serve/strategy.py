@@ -73,15 +73,21 @@ class Strategy:
         """One :class:`Score` per item, in order (runs on the batcher's worker thread)."""
         raise NotImplementedError
 
-    def check(self, scores: Sequence[Score], *, truncate: bool) -> None:
+    def check(
+        self, scores: Sequence[Score], *, truncate: bool, max_document_tokens: int | None = None
+    ) -> None:
         """Refuse results the request said it did not want (truncated with truncation off)."""
         if truncate:
             return
         cut = [i for i, s in enumerate(scores) if s.truncated]
         if cut:
+            limit = (
+                f"max_tokens_per_doc ({max_document_tokens}) or the model's token window"
+                if max_document_tokens is not None and self.per_request_truncation
+                else "the model's token window"
+            )
             raise InputTooLongError(
-                f"documents {cut} exceed the model's token window and truncate is off",
-                indices=cut,
+                f"documents {cut} exceed {limit} and truncate is off", indices=cut
             )
 
 
