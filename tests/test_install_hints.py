@@ -83,9 +83,7 @@ def test_the_hinted_extra_installs_the_module(module: str, extra: str) -> None:
     installed = _installed_by(extra)
     assert any(
         name in wanted or any(name.startswith(w + "-") for w in wanted) for name in installed
-    ), (
-        f"rerank-plugins[{extra}] installs {sorted(installed)}, not {module}"
-    )
+    ), f"rerank-plugins[{extra}] installs {sorted(installed)}, not {module}"
 
 
 def test_every_module_required_by_the_package_has_a_hint() -> None:

@@ -37,6 +37,7 @@ _LOCAL_ONLY = {
     "aggregate": "--aggregate",
     "max_tokens_per_doc": "--max-tokens-per-doc",
     "exit_layer": "--exit-layer",
+    "threads": "--threads",
 }
 # Passed on to a local scorer as they are (when given).
 _LOCAL_PASSED = (
@@ -145,6 +146,12 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         "cascade needs it)",
     )
     add(
+        "--threads",
+        default=default(None),
+        help="intra-op CPU threads: a count or auto (default: $RERANK_THREADS, else the "
+        "CPUs this process may use, by affinity and cgroup quota, minus those busy)",
+    )
+    add(
         "--dialect",
         default=default(None),
         help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score; "
@@ -179,7 +186,7 @@ def model_options(
         where = "local models" if remote else "http(s) endpoints"
         verb = "applies" if len(given) == 1 else "apply"
         raise InvalidInputError(f"{', '.join(given)} only {verb} to {where}")
-    names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens")
+    names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens", "threads")
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:
         options.update(

@@ -26,16 +26,16 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from rerank_plugins.batching.batcher import MicroBatcher
+from rerank_plugins.batching.strategy import strategy_for
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.scoring import Score, Scorer
 from rerank_plugins.serve import cohere, ops, tei, vllm
-from rerank_plugins.serve.batcher import MicroBatcher
 from rerank_plugins.serve.handlers import install_error_handlers
 from rerank_plugins.serve.metrics import Metrics
 from rerank_plugins.serve.middleware import AccessLog, BearerKey, BodyLimit
 from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS
 from rerank_plugins.serve.service import Service
-from rerank_plugins.serve.strategy import strategy_for
 
 __all__ = [
     "DEFAULT_BATCH_TOKENS",
@@ -100,6 +100,7 @@ def create_app(
         max_queued_tokens=max_queued_tokens or 32 * max_batch_tokens,
         padded=strategy.padded,
         on_batch=metrics.observe_batch,
+        on_wait=metrics.observe_wait,
     )
     metrics.watch_queue(batcher)
     served = Service(

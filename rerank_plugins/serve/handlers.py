@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from rerank_plugins.batching.batcher import BatcherClosedError, QueueFullError, RequestTooLargeError
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, RerankError
-from rerank_plugins.serve.batcher import BatcherClosedError, QueueFullError, RequestTooLargeError
 from rerank_plugins.serve.metrics import Metrics
 from rerank_plugins.serve.schemas import ErrorBody
 

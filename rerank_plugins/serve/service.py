@@ -11,6 +11,7 @@ import asyncio
 import math
 import re
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,12 +20,12 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel
 
+from rerank_plugins.batching.batcher import MicroBatcher, RequestTooLargeError
+from rerank_plugins.batching.strategy import Prepared, Strategy
 from rerank_plugins.errors import InvalidInputError, InvalidScoreError
 from rerank_plugins.scoring import Score, ascore_groups, check_inputs
-from rerank_plugins.serve.batcher import MicroBatcher, RequestTooLargeError
 from rerank_plugins.serve.handlers import ClientGone
 from rerank_plugins.serve.metrics import Metrics
-from rerank_plugins.serve.strategy import Prepared, Strategy
 from rerank_plugins.wire import IGNORED_FIELDS_HEADER, TOKENS_HEADER, TRUNCATED_HEADER
 
 __all__ = [
@@ -92,6 +93,7 @@ class Service:
         submitter = _Submitter(
             self.strategy,
             self.batcher,
+            self.metrics,
             truncate=truncate,
             max_document_tokens=max_document_tokens,
             raw=raw,
@@ -162,6 +164,7 @@ class _Submitter:
         self,
         strategy: Strategy,
         batcher: MicroBatcher[Any, Score],
+        metrics: Metrics,
         *,
         truncate: bool,
         max_document_tokens: int | None,
@@ -170,6 +173,7 @@ class _Submitter:
     ) -> None:
         self.strategy = strategy
         self.batcher = batcher
+        self.metrics = metrics
         self.truncate = truncate
         self.max_document_tokens = max_document_tokens
         self.raw = raw
@@ -195,6 +199,12 @@ class _Submitter:
         return scores
 
     def _prepare(self, query: str, documents: Sequence[str]) -> Prepared:
+        start = time.perf_counter()
+        prepared = self._prepare_within_cap(query, documents)
+        self.metrics.observe_prepare(time.perf_counter() - start)
+        return prepared
+
+    def _prepare_within_cap(self, query: str, documents: Sequence[str]) -> Prepared:
         limit = self.batcher.max_queued_tokens
         if limit is None or not self._may_exceed(query, documents, limit):
             return self._count(self._prepare_some(query, documents), limit)
