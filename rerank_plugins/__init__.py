@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rerank_plugins.cascade import Cascade
 from rerank_plugins.convenience import rerank
 from rerank_plugins.errors import (
     EndpointError,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MODEL",
+    "Cascade",
     "ColBERTScorer",
     "CrossEncoderScorer",
     "DecoderScorer",

@@ -35,6 +35,7 @@ SCRIPTS = [
     "bench_colbert.py",
     "load_test.py",
     "bench_bulk.py",
+    "bench_chunking.py",
     "bench_decoder.py",
 ]
 TIMEOUT_S = 300
@@ -150,6 +151,53 @@ def test_matryoshka_benchmark_reports_every_exit(smoke_runs: dict[str, Any]) -> 
     assert full["speed_vs_full"] == 1.0 and full["flop_predicted_speed"] == 1.0
     half = next(r for r in rows if (r["layer"], r["dim"]) == (2, 32))
     assert half["flop_predicted_speed"] == pytest.approx(2.0)  # 2 of 4 identical layers
+
+
+@pytest.mark.slow  # a smoke run of the benchmark scripts (minutes, shared)
+def test_chunking_benchmark_reports_windows_against_truncation(
+    smoke_runs: dict[str, Any],
+) -> None:
+    rows = finished(smoke_runs, "bench_chunking.py")["results"]
+    assert {(r["length"], r["policy"]) for r in rows} == {
+        (n, p) for n in (300, 900) for p in ("chunk", "truncate")
+    }
+    for row in rows:
+        positive(row, "wall_s", "cpu_s", "cpu_us_per_token", "vs_truncate")
+        if row["policy"] == "truncate":
+            assert row["windows"] == 1 and row["vs_truncate"] == 1.0
+    # 9 query tokens and 3 specials leave 244 of 256 tokens a window: 300 -> 2, 900 -> 4.
+    assert [r["windows"] for r in rows if r["policy"] == "chunk"] == [2, 4]
+
+
+@pytest.mark.slow
+def test_matryoshka_cascade_benchmark(tmp_path: Path) -> None:
+    out = tmp_path / "cascade.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "bench_matryoshka.py"),
+            "--smoke",
+            "--cascade",
+            "2:2",
+            "--json",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        },
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [r["scorer"] for r in rows] == ["full", "cascade 2:2"]
+    assert rows[0]["speed_vs_full"] == 1.0 and rows[0]["flop_predicted_speed"] == 1.0
+    # 2 of 4 identical layers for all 6 documents, 2 more for the 2 kept: 4 / (2 + 2/6*2).
+    assert 1.0 < rows[1]["flop_predicted_speed"] < 2.0
+    assert rows[1]["max_abs_delta"] < 1e-5
 
 
 @pytest.mark.slow  # a smoke run of the benchmark scripts (minutes, shared)

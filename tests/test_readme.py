@@ -97,6 +97,10 @@ RUNS: dict[str, tuple[str, ...]] = {
     ),
     "import llama_index.core.instrumentation as instrument": (),
     "from rerank_plugins import InputTooLongError, load_scorer": ("query", "documents"),
+    'scorer = load_scorer("Alibaba-NLP/gte-reranker-modernbert-base", overflow="chunk", '
+    'aggregate="max")': ("load_scorer", "query", "documents"),
+    "scorer = load_scorer(": ("load_scorer",),
+    "from rerank_plugins import Cascade, load_scorer": (),
     # A FastAPI app with a batching reranker (CHECKS calls its handler too).
     "from fastapi import FastAPI": (),
     # docs/evaluate.md: evaluate() on the packaged collection (tiny checkpoint, depth 5).

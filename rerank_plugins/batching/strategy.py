@@ -52,6 +52,9 @@ class Strategy:
 
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
+        #: a request's documents are one candidate list (a cascade keeps the K best of
+        #: them: ``scores_whole_list``): run them alone, whole, never split nor merged
+        self.whole_requests = bool(getattr(scorer, "scores_whole_list", False))
 
     def prepare(
         self,
@@ -122,7 +125,11 @@ class PairStrategy(Strategy):
     ) -> Prepared:
         _check_instruction(self.scorer, instruction)
         overflow: OverflowPolicy | None = None
-        if truncate is not None:
+        if getattr(self.pair_scorer, "overflow", None) == "chunk":
+            # A scorer built with overflow="chunk" chunks: nothing is cut, so truncate=false
+            # has nothing to refuse.
+            overflow = "chunk"
+        elif truncate is not None:
             overflow = "truncate" if truncate else "error"
         pairs = list(
             self.pair_scorer.encode_pairs(
@@ -161,6 +168,11 @@ class GroupedStrategy(Strategy):
     ) -> Prepared:
         docs = check_inputs(query, documents)
         _check_instruction(self.scorer, instruction)
+        if max_document_tokens is not None:
+            raise InvalidInputError(
+                "max_tokens_per_doc is applied per request by the local cross-encoders; "
+                "this server's scorer takes it at start-up (--max-tokens-per-doc)"
+            )
         items = [(query, d) for d in docs]
         # Batched by instruction: a batch runs one instruction (one shared prompt prefix).
         return Prepared(items, [_estimate_tokens(query, d) for d in docs], key=instruction)

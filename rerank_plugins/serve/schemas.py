@@ -112,6 +112,12 @@ class TEIRerankRequest(_Request):
         "takes none",
     )
     return_text: bool = False
+    max_tokens_per_doc: int | None = Field(
+        None,
+        ge=1,
+        description="extension (Cohere's field): cut each text to this many tokens "
+        "(reported as truncated)",
+    )
 
 
 class TEIRank(BaseModel):
@@ -130,6 +136,12 @@ class ScoreRequest(_Request):
         None, description="-1: truncate to the model's window; absent: refuse over-length"
     )
     use_activation: bool | None = Field(None, description="false: return logits")
+    max_tokens_per_doc: int | None = Field(
+        None,
+        ge=1,
+        description="extension (Cohere's field): cut each text_2 to this many tokens "
+        "(reported as truncated)",
+    )
 
 
 class ScoreData(BaseModel):

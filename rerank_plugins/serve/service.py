@@ -192,7 +192,11 @@ class _Submitter:
             return []
         # The strategy's prepare is the request's one input check (and its tokenisation).
         prepared = await asyncio.to_thread(self._prepare, query, documents)
-        scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
+        if self.strategy.whole_requests:
+            # A cascade's candidate list: one batch of its own (outside the token budget).
+            scores = list(await self.batcher.run_one(prepared.key, prepared.items))
+        else:
+            scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
         self.strategy.check(
             scores, truncate=self.truncate, max_document_tokens=self.max_document_tokens
         )

@@ -42,6 +42,7 @@ async def rerank_tei(
         request,
         [(body.query, body.texts)],
         truncate=body.truncate,
+        max_document_tokens=body.max_tokens_per_doc,
         raw=body.raw_scores,
         instruction=body.instruction,
     )
