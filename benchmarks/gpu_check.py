@@ -28,7 +28,15 @@ share of the ``--budget`` (seconds; a section that would start too late is skipp
    (cached) rerank latency p50 of 20;
 6. mmBERT 2D-Matryoshka early exit at layers 3/6/11/22: docs/s against the FLOP prediction;
 7. GTE-multilingual shape (GTE "new", 12 layers, hidden 768): native vs transformers
-   padded on (b).
+   padded on (b);
+8. Qwen3-Reranker-0.6B shape (``Qwen3ForCausalLM``: 28 layers, hidden 1024, 16/8 heads,
+   head_dim 128, vocabulary 151,669, tied embeddings; the tiny Qwen BPE tokenizer, so
+   lengths are counted in its tokens): ``DecoderScorer`` with the prefix cache on and off
+   vs sentence-transformers ``CrossEncoder`` (its causal-LM path, bf16, sdpa) on the same
+   checkpoint, pairs/s on long-tailed documents (median ~300 tokens, tail to 8,192), and
+   prefix reuse on vs off on short documents behind a ~150-token query. The tiny tokenizer
+   has no chat template, so sentence-transformers formats its own prompt: its speed is
+   comparable, its scores are not.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ from rerank_plugins.testing import (
     make_gte_reference_checkpoint,
     make_matryoshka_checkpoint,
     make_modernbert_checkpoint,
+    make_qwen3_reranker_checkpoint,
     random_text,
 )
 
@@ -79,6 +88,21 @@ TINY = Shape(
 # gte-multilingual-reranker-base: 12 global layers, hidden 768, intermediate 3072.
 GTE_FULL = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12}
 GTE_FULL["intermediate_size"] = 3072
+# Qwen/Qwen3-Reranker-0.6B's config.json sizes (transformers' Qwen3Config field names).
+QWEN3_FULL: dict[str, Any] = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "max_window_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 3072,
+    "vocab_size": 151669,
+    "rope_theta": 1000000,
+    "rms_norm_eps": 1e-06,
+    "tie_word_embeddings": True,
+    "initializer_range": 0.02,
+}
 
 
 @dataclass
@@ -101,6 +125,9 @@ class Plan:
     colbert_doc_words: tuple[int, int]
     mmbert_docs: int
     gemm: int
+    qwen3: dict[str, Any] = field(default_factory=dict)
+    qwen3_short_docs: int = 8
+    qwen3_st_batch: int = 8
 
 
 GPU_PLAN = Plan(
@@ -120,6 +147,9 @@ GPU_PLAN = Plan(
     colbert_doc_words=(100, 290),
     mmbert_docs=300,
     gemm=8192,
+    qwen3=QWEN3_FULL,
+    qwen3_short_docs=1000,
+    qwen3_st_batch=32,
 )
 SMOKE_PLAN = Plan(
     shape=TINY,
@@ -148,6 +178,7 @@ SHARES = {
     "colbert": 0.10,
     "mmbert": 0.12,
     "gte": 0.12,
+    "qwen3": 0.15,
 }
 
 
@@ -433,6 +464,17 @@ def _measure(
     query, docs = workload(ctx, name)
     lengths = [len(x.split()) + QUERY_WORDS + SPECIALS for x in docs]
     flops = sum(pair_flops(shape or ctx.plan.shape, n) for n in lengths)
+    return _measure_docs(ctx, engines, query, docs, lengths, flops)
+
+
+def _measure_docs(
+    ctx: Context,
+    engines: dict[str, Callable[[str, list[str]], list[float]]],
+    query: str,
+    docs: list[str],
+    lengths: list[int],
+    flops: float,
+) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {e: {} for e in engines}
     for engine, fn in engines.items():
         try:
@@ -627,6 +669,125 @@ def section_gte(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def decoder_pair_flops(cfg: dict[str, Any], length: int) -> float:
+    """Useful forward FLOPs of one causal pair of ``length`` tokens on a Qwen3 trunk.
+
+    Per layer: the q, k, v, o projections (GQA: k and v have ``kv_heads`` heads), the
+    SwiGLU MLP (gate, up, down), and causal attention ``2 * L * (L + 1) * q_heads * head_dim``
+    (scores and weighted sum over the keys at or before each position). The two-row head,
+    embeddings, norms and RoPE are left out. A reused prefix is counted in every pair.
+    """
+    h, i = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+    hd = int(cfg.get("head_dim") or h // int(cfg["num_attention_heads"]))
+    q, kv = int(cfg["num_attention_heads"]) * hd, int(cfg["num_key_value_heads"]) * hd
+    linear = 2 * length * (h * q + 2 * h * kv + q * h + 3 * h * i)
+    attention = 2 * length * (length + 1) * q
+    return float(int(cfg["num_hidden_layers"]) * (linear + attention))
+
+
+def _qwen3_workloads(
+    ctx: Context, per_word: float
+) -> tuple[tuple[str, list[str]], tuple[str, list[str]]]:
+    """Long-tailed documents behind a short query, and short documents behind a long one
+    (lengths in the checkpoint's tokens, converted to words with ``per_word``)."""
+    p = ctx.plan
+    rng = random.Random(8)
+
+    def words(tokens: int) -> int:
+        return max(1, round(tokens / per_word))
+
+    query = random_text(rng, words(12))
+    longest = p.longest_b - 80  # the template's prefix and suffix
+    lengths = long_tailed_lengths(rng, p.n_b, median=p.median_b, longest=longest)
+    long_tailed = (query, texts(rng, [words(n) for n in lengths]))
+    long_query = random_text(rng, words(130))  # + the default instruction: ~150 tokens
+    short = texts(rng, [words(rng.randint(4, 60)) for _ in range(p.qwen3_short_docs)])
+    return long_tailed, (long_query, short)
+
+
+def section_qwen3(ctx: Context) -> dict[str, Any]:
+    from sentence_transformers import CrossEncoder
+
+    from rerank_plugins.local.checkpoint import load_tokenizer
+    from rerank_plugins.local.decoder import DecoderScorer
+
+    d = make_qwen3_reranker_checkpoint(ctx.work / "qwen3", config=dict(ctx.plan.qwen3))
+    cfg = json.loads((d / "config.json").read_text())
+    sample = random_text(random.Random(1), 200)
+    per_word = len(load_tokenizer(d).encode(sample, add_special_tokens=False)) / 200
+    (query, docs), (long_query, short) = _qwen3_workloads(ctx, per_word)
+    dtype = "bfloat16" if ctx.device.type == "cuda" else "float32"
+    natives = {
+        cache: DecoderScorer(
+            d,
+            device=str(ctx.device),
+            dtype=dtype,
+            output="logit",
+            prefix_cache=cache,
+            batch_tokens=ctx.args.batch_tokens,
+        )
+        for cache in (True, False)
+    }
+    engines: dict[str, Callable[[str, list[str]], list[float]]] = {
+        "native": lambda q, x: [s.value for s in natives[True].score(q, x)],
+        "native, prefix_cache=False": lambda q, x: [s.value for s in natives[False].score(q, x)],
+    }
+    out: dict[str, Any] = {
+        "config": {k: cfg[k] for k in QWEN3_FULL if k in cfg},
+        "tokens_per_word": per_word,
+        "st_batch_size": ctx.plan.qwen3_st_batch,
+    }
+    st_name = f"sentence-transformers (bs {ctx.plan.qwen3_st_batch})"
+    try:
+        st = CrossEncoder(
+            str(d),
+            device=str(ctx.device),
+            max_length=ctx.plan.longest_b + 256,
+            model_kwargs={"attn_implementation": "sdpa", "dtype": ctx.dtype},
+        )
+        identity = torch.nn.Identity()
+
+        def run_st(q: str, x: list[str]) -> list[float]:
+            got = st.predict(
+                [(q, doc) for doc in x],
+                batch_size=ctx.plan.qwen3_st_batch,
+                activation_fn=identity,
+                convert_to_tensor=True,
+                show_progress_bar=False,
+            )
+            return [float(v) for v in got.float().flatten().cpu()]
+
+        engines[st_name] = run_st
+    except Exception as exc:  # its causal-LM path may refuse a checkpoint: recorded
+        out["st_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    for key, (q, x, names) in {
+        "long_tailed": (query, docs, list(engines)),
+        "short": (long_query, short, ["native", "native, prefix_cache=False"]),
+    }.items():
+        if ctx.left() < 10:
+            out[key] = {"skipped": "out of time"}
+            continue
+        _, pairs = natives[True].prompt.encode(q, x)
+        lengths = [pair.tokens for pair in pairs]
+        flops = sum(decoder_pair_flops(cfg, n) for n in lengths)
+        out[key] = _measure_docs(ctx, {n: engines[n] for n in names}, q, x, lengths, flops)
+        rows = out[key]["engines"]
+        on, off = rows["native"].get("seconds"), rows["native, prefix_cache=False"].get("seconds")
+        if on and off:
+            out[key]["prefix_on_vs_off"] = off / on
+        if key == "long_tailed" and rows.get(st_name, {}).get("seconds") and on:
+            out[key]["native_vs_st"] = rows[st_name]["seconds"] / on
+    # Prefix reuse must not change the scores (bf16 on a GPU: rounding differs a little).
+    with_cache = engines["native"](long_query, short)
+    without = engines["native, prefix_cache=False"](long_query, short)
+    out["prefix_on_vs_off_max_abs_d_logit"] = max(
+        abs(a - b) for a, b in zip(with_cache, without, strict=True)
+    )
+    out["prefix_on_vs_off_kendall_tau"] = kendall_tau(with_cache, without)
+    free(ctx)
+    return out
+
+
 SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "environment": section_environment,
     "parity": section_parity,
@@ -635,6 +796,7 @@ SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "colbert": section_colbert,
     "mmbert": section_mmbert,
     "gte": section_gte,
+    "qwen3": section_qwen3,
 }
 
 
@@ -695,6 +857,18 @@ def report(results: dict[str, Any]) -> str:
             extra = {
                 k: v for k, v in r.items() if k not in ("engines", "documents", "tokens", "flops")
             }
+            lines += [
+                f"- {k}: {fmt(v) if not isinstance(v, dict) else v}" for k, v in extra.items()
+            ]
+            lines.append("")
+        elif name == "qwen3":
+            for w in ("long_tailed", "short"):
+                if "engines" in r.get(w, {}):
+                    lines += speed_table(f"qwen3 {w}", r[w])
+                    for k in ("native_vs_st", "prefix_on_vs_off"):
+                        if k in r[w]:
+                            lines += [f"{k}: {fmt(r[w][k])}x", ""]
+            extra = {k: v for k, v in r.items() if k not in ("long_tailed", "short")}
             lines += [
                 f"- {k}: {fmt(v) if not isinstance(v, dict) else v}" for k, v in extra.items()
             ]

@@ -40,6 +40,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_every_section_runs(smoke: dict) -> None:
     sections = {"environment", "parity", "speed", "backends", "colbert", "mmbert", "gte"}
+    sections.add("qwen3")
     assert {k for k, v in smoke.items() if v.get("status") == "ok"} == sections
 
 
@@ -75,3 +76,16 @@ def test_backends_colbert_mmbert_and_gte_report_numbers(smoke: dict) -> None:
     assert len(exits) == 4 and all(r["predicted_speedup"] >= 1 for r in exits.values())
     gte = smoke["gte"]["result"]
     assert gte["max_abs_d_logit_vs_fp32"] < 1e-4 and gte["kendall_tau_vs_fp32"] == 1.0
+
+
+def test_qwen3_section_compares_st_and_prefix_reuse(smoke: dict) -> None:
+    qwen3 = smoke["qwen3"]["result"]
+    assert "st_error" not in qwen3  # sentence-transformers loads the Qwen3 checkpoint
+    long_tailed = qwen3["long_tailed"]["engines"]
+    assert len(long_tailed) == 3 and all(r["docs_per_s"] > 0 for r in long_tailed.values())
+    assert qwen3["long_tailed"]["native_vs_st"] > 0 and qwen3["long_tailed"]["flops"] > 0
+    assert set(qwen3["short"]["engines"]) == {"native", "native, prefix_cache=False"}
+    assert qwen3["short"]["prefix_on_vs_off"] > 0
+    # fp32 on the CPU: prefix reuse leaves the scores as they are.
+    assert qwen3["prefix_on_vs_off_max_abs_d_logit"] < 1e-4
+    assert qwen3["prefix_on_vs_off_kendall_tau"] == 1.0
