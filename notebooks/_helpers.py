@@ -1,7 +1,8 @@
 """What the notebooks share, kept out of their cells so that the cells show the API.
 
 - :func:`choose_model`: the real default reranker when the hub is reachable (or the model
-  is already cached), else a tiny random-weight checkpoint built on the spot.
+  is already cached), else a tiny random-weight checkpoint built on the spot;
+  :func:`choose_decoder_model` does the same for the decoder reranker Qwen3-Reranker-0.6B.
 - :func:`load_corpus`: the small bundled corpus (``data/corpus.jsonl``).
 - :func:`side_by_side`: first-stage order beside reranked order, as a text table.
 - :func:`round_robin`: the benchmarks' timer (``rerank_plugins.testing.timing``, which
@@ -37,7 +38,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 from rerank_plugins import DEFAULT_MODEL  # noqa: E402
-from rerank_plugins.testing import make_modernbert_checkpoint  # noqa: E402
+from rerank_plugins.testing import (  # noqa: E402
+    make_modernbert_checkpoint,
+    make_qwen3_reranker_checkpoint,
+)
 from rerank_plugins.testing.first_stage import minilm_path  # noqa: E402
 
 # The notebooks time things the way the benchmark scripts do, with the same code.
@@ -48,14 +52,19 @@ __all__ = [
     "WORKDIR",
     "Model",
     "Server",
+    "choose_decoder_model",
     "choose_model",
     "hub_has",
     "load_corpus",
     "round_robin",
     "side_by_side",
     "start_server",
+    "tiny_decoder_reranker",
     "tiny_reranker",
 ]
+
+DECODER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
+"""The decoder reranker the notebooks show (a ``Qwen3ForCausalLM``, about 1.2 GB)."""
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "data" / "corpus.jsonl"
@@ -82,7 +91,7 @@ class Model:
         return f"{shown}\n  ({kind}; {self.why})"
 
 
-def hub_has(model: str, *, timeout: float = 5.0) -> str | None:
+def hub_has(model: str, *, timeout: float = 5.0, size: str = "about 600 MB") -> str | None:
     """Why ``model`` can be used from the hub (``None`` when it cannot): cached, or reachable."""
     import huggingface_hub
 
@@ -96,7 +105,7 @@ def hub_has(model: str, *, timeout: float = 5.0) -> str | None:
     except Exception as exc:  # offline, DNS failure, timeout, HF_HUB_OFFLINE=1, ...
         logger.info("hub not reachable for %s: %s", model, exc)
         return None
-    return "the hub is reachable; downloaded on first use (about 600 MB)"
+    return f"the hub is reachable; downloaded on first use ({size})"
 
 
 def tiny_reranker(directory: Path | None = None) -> Path:
@@ -129,6 +138,26 @@ def tiny_reranker(directory: Path | None = None) -> Path:
     tokenizer_config["model_max_length"] = 8192
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     return directory
+
+
+def tiny_decoder_reranker(directory: Path | None = None) -> Path:
+    """A random-weight ``Qwen3ForCausalLM`` reranker in Qwen3-Reranker's layout (2 layers,
+    hidden 64) with a tiny byte-level BPE tokenizer carrying the chat tokens and ``yes``/``no``.
+    Its scores carry no meaning; it builds in about a second."""
+    return make_qwen3_reranker_checkpoint(directory or WORKDIR / "tiny-qwen3-reranker")
+
+
+def choose_decoder_model(*, real: bool | None = None, model: str = DECODER_MODEL) -> Model:
+    """The decoder reranker a notebook uses: as :func:`choose_model`, with
+    :func:`tiny_decoder_reranker` as the offline fallback."""
+    if real is not False:
+        why = hub_has(model, size="about 1.2 GB")
+        if why is not None:
+            return Model(model, True, why)
+        if real:
+            raise RuntimeError(f"{model} is neither cached nor reachable on the hub")
+    why = "the hub is not reachable and the model is not cached" if real is None else ""
+    return Model(str(tiny_decoder_reranker()), False, why or "asked for with real=False")
 
 
 def choose_model(*, real: bool | None = None, model: str = DEFAULT_MODEL) -> Model:
