@@ -40,7 +40,7 @@ from rerank_plugins.local.engine.attention import (
     choose_backend,
     pack_sequences,
 )
-from rerank_plugins.local.engine.precision import quantize_linears
+from rerank_plugins.local.engine.precision import prepare_cpu_linears
 from rerank_plugins.local.engine.rope import (
     apply_rotary,
     default_inv_freq,
@@ -390,8 +390,9 @@ class GteNewPairClassifier:
         quantize: str | None = None,
     ) -> None:
         model = load_gte_new(directory, device=device, dtype=dtype, config=config)
-        if quantize == "int8":  # the encoder's linear layers only; pooler and head stay fp32
-            quantize_linears(model.new.encoder)
+        # The encoder's linear layers only (int8, or oneDNN-prepacked on CPU); pooler and
+        # head stay fp32.
+        prepare_cpu_linears(model.new.encoder, device=device, quantize=quantize)
         self._adopt(model, device, choose_backend(device, backend, dtype=dtype))
 
     @classmethod

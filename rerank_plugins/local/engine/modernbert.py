@@ -49,7 +49,7 @@ from rerank_plugins.local.engine.attention import (
     contiguous,
     pack_sequences,
 )
-from rerank_plugins.local.engine.precision import quantize_linears
+from rerank_plugins.local.engine.precision import PackedLinear, prepare_cpu_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.tokenization import EncodedPair
 
@@ -320,10 +320,13 @@ class ModernBertTrunk(nn.Module):
 
 
 def _add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Module) -> torch.Tensor:
-    """``residual + linear(x)``, the add fused into the matmul when there is no bias (an
-    int8 :class:`~rerank_plugins.local.engine.precision.Int8DynamicLinear` adds after)."""
+    """``residual + linear(x)``, the add fused into the matmul when there is no bias or
+    the layer is oneDNN-prepacked (an int8
+    :class:`~rerank_plugins.local.engine.precision.Int8DynamicLinear` adds after)."""
     if isinstance(linear, nn.Linear) and linear.bias is None:
         return torch.addmm(residual, x, linear.weight.t())
+    if isinstance(linear, PackedLinear) and x.dim() == 2 and residual.dtype == x.dtype:
+        return linear.add_to(residual, x)
     return residual + linear(x)
 
 
@@ -558,8 +561,8 @@ class ModernBertPairClassifier:
         model = load_modernbert(
             directory, device=device, dtype=dtype, backend=backend, config=config
         )
-        if quantize == "int8":  # the trunk's linear layers only; heads stay fp32
-            quantize_linears(model.trunk.layers)
+        # The trunk's linear layers only (int8, or oneDNN-prepacked on CPU); heads stay fp32.
+        prepare_cpu_linears(model.trunk.layers, device=device, quantize=quantize)
         self._adopt(model, device, str(directory))
 
     @classmethod
