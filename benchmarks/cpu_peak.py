@@ -33,6 +33,7 @@ than this count: its fraction of peak is of the useful work, which is what a use
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -80,11 +81,11 @@ def _int8_kernels(a: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], An
             )
             packed = torch.ops.quantized.linear_prepack(qw, None)
             qa = torch.quantize_per_tensor(a, float(a.abs().max()) / 127.0, 128, torch.quint8)
-            kernels[f"{engine} linear_dynamic"] = lambda p=packed, e=engine: _with_engine(
-                e, lambda: torch.ops.quantized.linear_dynamic(a, p, True)
+            kernels[f"{engine} linear_dynamic"] = functools.partial(
+                _with_engine, engine, torch.ops.quantized.linear_dynamic, a, packed, True
             )
-            kernels[f"{engine} linear (static)"] = lambda p=packed, e=engine, x=qa: _with_engine(
-                e, lambda: torch.ops.quantized.linear(x, p, 0.1, 128)
+            kernels[f"{engine} linear (static)"] = functools.partial(
+                _with_engine, engine, torch.ops.quantized.linear, qa, packed, 0.1, 128
             )
     return kernels
 
@@ -93,9 +94,9 @@ def _packed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
-def _with_engine(engine: str, fn: Callable[[], Any]) -> Any:
+def _with_engine(engine: str, op: Callable[..., Any], *args: Any) -> Any:
     torch.backends.quantized.engine = engine
-    return fn()
+    return op(*args)
 
 
 def measure_peaks(*, size: int = 1024, repeats: int = 5) -> dict[str, Peak]:
