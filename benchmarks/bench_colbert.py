@@ -256,11 +256,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     sync = harness.cuda_sync(device)
 
     scorer.score(query, docs[:32])  # warm-up (allocator, kernels)
-    assert scorer.cache is not None
+    assert scorer.vector_cache is not None
 
     def cold() -> Any:
-        assert scorer.cache is not None
-        scorer.cache.clear()
+        assert scorer.vector_cache is not None
+        scorer.vector_cache.clear()
         return scorer.score(query, docs)
 
     # Consecutive runs, not round-robin: "warm" needs the cache that "cold" clears.

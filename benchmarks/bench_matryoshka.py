@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from bench_cross_encoder import Shape, pair_flops
 from harness import CLOCKS, Column, long_tailed_lengths
 
-from rerank_plugins.local.engine.packing import token_budget_batches
+from rerank_plugins.local.engine.batching import token_budget_batches
 from rerank_plugins.local.matryoshka import MatryoshkaScorer
 from rerank_plugins.testing import make_matryoshka_checkpoint, random_text
 

@@ -519,8 +519,8 @@ def section_colbert(ctx: Context) -> dict[str, Any]:
     docs = texts(rng, [rng.randint(*p.colbert_doc_words) for _ in range(p.colbert_docs)])
     query = random_text(rng, QUERY_WORDS)
     s.score(query, docs[:4])  # warm-up
-    assert s.cache is not None
-    s.cache.clear()
+    assert s.vector_cache is not None
+    s.vector_cache.clear()
     seconds, vectors = timed(ctx, lambda: s.encode_documents(docs))
     tokens = sum(v.tokens for v in vectors)
     warm = []
@@ -534,7 +534,7 @@ def section_colbert(ctx: Context) -> dict[str, Any]:
         "cold_tokens_per_s": tokens / seconds,
         "warm_rerank_ms_p50": 1000 * statistics.median(warm),
         "warm_rerank_ms_min": 1000 * min(warm),
-        "cache_hits": s.cache.hits,
+        "cache_hits": s.vector_cache.hits,
     }
 
 

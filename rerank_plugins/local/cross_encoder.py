@@ -8,21 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from rerank_plugins._options import Rebuildable, checked_options
+from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
-from rerank_plugins.local.checkpoint import (
-    HUB_OPTIONS,
-    guard_checkpoint_init,
-    load_tokenizer,
-    read_json,
-    resolve_checkpoint,
-)
-from rerank_plugins.local.engine.device import default_batch_tokens, pick_device, pick_mode
-from rerank_plugins.local.engine.packing import token_budget_batches
-from rerank_plugins.local.progress import BatchProgress, check_show_progress
+from rerank_plugins.local.base import LocalScorer
+from rerank_plugins.local.checkpoint import guard_checkpoint_init, load_tokenizer
+from rerank_plugins.local.engine.batching import token_budget_batches
+from rerank_plugins.local.options import LocalOptions
+from rerank_plugins.local.progress import BatchProgress
 from rerank_plugins.local.tokenization import EncodedPair, PairEncoder
-from rerank_plugins.local.weights import checkpoint_key, shared_weights
-from rerank_plugins.local.worker import LocalWorker
 from rerank_plugins.scoring import OverflowPolicy, Score, check_inputs
 
 if TYPE_CHECKING:
@@ -34,7 +27,9 @@ __all__ = ["CrossEncoderScorer", "PairClassifier"]
 logger = logging.getLogger(__name__)
 
 Output = Literal["probability", "logit"]
-Engine = Literal["auto", "native", "transformers"]
+Runtime = Literal["auto", "native", "transformers"]
+"""What runs the model (the ``engine=`` option): "native" (``local/engine/``, the packed
+ModernBERT and GTE engines), "transformers", or "auto" (native where there is one)."""
 
 # Learned absolute positions of RoBERTa-family models start after the padding index.
 _POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"})
@@ -61,7 +56,7 @@ def model_window(config: dict[str, Any]) -> int:
     return window
 
 
-class CrossEncoderScorer(Rebuildable):
+class CrossEncoderScorer(LocalScorer):
     """Scores documents with a local sequence-classification cross-encoder.
 
     ``model`` is a hub id or a local directory. ModernBERT checkpoints run on the native
@@ -73,9 +68,11 @@ class CrossEncoderScorer(Rebuildable):
     "float16", or "int8" = dynamic int8 linear layers on CPUs with VNNI/AMX, native engines
     only; a CPU mode the processor cannot run fast raises ``UnsupportedDeviceError``),
     ``max_length`` (default: the model's window, clamped to it), ``overflow`` ("truncate"
-    or "error"), ``batch_tokens`` (token budget per forward; default 4,096 on CPU, 16,384
-    on GPUs), ``backend`` (the native engine's attention: "auto", "varlen", "flex" or
-    "sdpa"), ``show_progress`` (a tqdm bar: False by default, True, or None for "when
+    or "error"), ``batch_tokens`` (token budget per forward; default
+    :func:`~rerank_plugins.local.engine.device.default_batch_tokens`: 4,096 on CPU, 16,384
+    per 10 GiB of a CUDA card up to 131,072; read it back as ``scorer.batch_tokens``),
+    ``backend`` (the native engine's attention: "auto", "varlen", "flex" or "sdpa"),
+    ``show_progress`` (a tqdm bar: False by default, True, or None for "when
     stderr is a terminal and the call is more than a few batches"), ``cache`` (share loaded
     weights with other scorers on the same checkpoint, device, dtype and mode; default
     True). Hub options, used for the download only: ``revision``, ``cache_dir``,
@@ -84,6 +81,8 @@ class CrossEncoderScorer(Rebuildable):
     Pickling or deep-copying a scorer re-creates it from its checkpoint directory (the
     copy shares the loaded weights within a process; another process loads them again).
     """
+
+    offers_int8 = True
 
     @checked_options
     @guard_checkpoint_init
@@ -97,7 +96,7 @@ class CrossEncoderScorer(Rebuildable):
         overflow: OverflowPolicy = "truncate",
         output: Output = "probability",
         batch_tokens: int | None = None,
-        engine: Engine = "auto",
+        engine: Runtime = "auto",
         backend: str = "auto",
         revision: str | None = None,
         cache_dir: str | Path | None = None,
@@ -106,23 +105,35 @@ class CrossEncoderScorer(Rebuildable):
         show_progress: bool | None = False,
         cache: bool = True,
     ) -> None:
-        self.backend = backend
-        if output not in ("probability", "logit"):
-            raise InvalidInputError(f"output must be 'probability' or 'logit', got {output!r}")
-        if batch_tokens is not None and batch_tokens <= 0:
-            raise InvalidInputError(f"batch_tokens must be positive, got {batch_tokens}")
-        self.show_progress = check_show_progress(show_progress)
-        self.cache = bool(cache)
-        self.directory = resolve_checkpoint(
-            model,
+        options = LocalOptions(
+            device=device,
+            dtype=dtype,
+            max_length=max_length,
+            overflow=overflow,
+            batch_tokens=batch_tokens,
+            backend=backend,
+            show_progress=show_progress,
+            cache=bool(cache),
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             token=token,
         )
-        self.name = str(model)
-        self.config = read_json(self.directory / "config.json")
+        self._setup(model, options, output=output, engine=engine)
+
+    def _setup(
+        self, model: str | Path, options: LocalOptions, *, output: Output, engine: Runtime
+    ) -> None:
+        """Open the checkpoint and load (or share) the classifier; ``__init__`` of this
+        class and its subclasses end here."""
+        if output not in ("probability", "logit"):
+            raise InvalidInputError(f"output must be 'probability' or 'logit', got {output!r}")
+        self.backend = options.backend
+        self.engine = engine
+        self.output: Output = output
+        self._open(model, options)
         self.window = model_window(self.config)
+        max_length = options.max_length
         if max_length is None:
             max_length = self.window
         elif max_length > self.window:
@@ -130,33 +141,17 @@ class CrossEncoderScorer(Rebuildable):
                 "max_length=%d is beyond the model's window; using %d", max_length, self.window
             )
             max_length = self.window
-        self.device = pick_device(device)
-        self.dtype, self.quantize = pick_mode(dtype, self.device)
-        self.output: Output = output
-        self.batch_tokens = (
-            default_batch_tokens(self.device) if batch_tokens is None else batch_tokens
-        )
         self.encoder = PairEncoder(
-            load_tokenizer(self.directory), max_length=max_length, overflow=overflow
+            load_tokenizer(self.directory), max_length=max_length, overflow=options.overflow
         )
-        self.engine = engine
-        self.classifier = shared_weights(
-            (
-                *self._weights_key(),
-                checkpoint_key(self.directory),
-                str(self.device),
-                self.dtype,
-                self.quantize,  # int8 rewrites the loaded model's linears in place
-            ),
-            lambda: self._load_classifier(engine),
-            cache=self.cache,
+        self.classifier = self._shared_weights(
+            self._weights_key(), lambda: self._load_classifier(engine)
         )
         if self.classifier.num_labels not in (1, 2):
             raise UnsupportedModelError(
                 f"{self.name} has {self.classifier.num_labels} labels; a cross-encoder "
                 "reranker has 1 (relevance logit) or 2 (irrelevant, relevant)"
             )
-        self._worker = LocalWorker("rerank-local")
 
     @property
     def max_length(self) -> int:
@@ -166,15 +161,7 @@ class CrossEncoderScorer(Rebuildable):
         """What, beyond checkpoint, device and dtype, tells this scorer's loaded model apart."""
         return (CrossEncoderScorer, self.engine, self.backend)
 
-    def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        # The copy is built from the resolved directory: no download, no token to carry.
-        args, kwargs = super()._rebuild_arguments()
-        for name in HUB_OPTIONS:
-            kwargs.pop(name, None)
-        kwargs.pop("model", None)
-        return (str(self.directory), *args[1:]), kwargs
-
-    def _load_classifier(self, engine: Engine) -> PairClassifier:
+    def _load_classifier(self, engine: Runtime) -> PairClassifier:
         if engine not in ("auto", "native", "transformers"):
             raise InvalidInputError(f"unknown engine {engine!r}")
         pad = self.config.get("pad_token_id")
@@ -183,7 +170,7 @@ class CrossEncoderScorer(Rebuildable):
             # GTE "new" (gte-multilingual-reranker-base) ships only remote code: always native.
             from rerank_plugins.local.engine.gte import GteNewPairClassifier
 
-            return GteNewPairClassifier(
+            return GteNewPairClassifier.from_checkpoint(
                 self.directory,
                 device=self.device,
                 dtype=self.dtype,
@@ -194,7 +181,7 @@ class CrossEncoderScorer(Rebuildable):
         if self.config.get("model_type") == "modernbert" and engine != "transformers":
             from rerank_plugins.local.engine.modernbert import ModernBertPairClassifier
 
-            return ModernBertPairClassifier(
+            return ModernBertPairClassifier.from_checkpoint(
                 self.directory,
                 device=self.device,
                 dtype=self.dtype,
@@ -279,13 +266,6 @@ class CrossEncoderScorer(Rebuildable):
             for logit, pair in zip(logits, pairs, strict=True)
         ]
 
-    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
-        docs = check_inputs(query, documents)
-        if not docs:
-            return []
-        result: list[Score] = await self._worker.run(self.score, query, docs)
-        return result
-
     def _logits(self, pairs: Sequence[EncodedPair]) -> list[float]:
         """One relevance logit per pair, in input order."""
         batches = token_budget_batches(
@@ -312,8 +292,5 @@ class CrossEncoderScorer(Rebuildable):
             return logit
         return 0.5 * (1.0 + math.tanh(0.5 * logit))  # sigmoid without exp overflow
 
-    def __repr__(self) -> str:
-        return (
-            f"CrossEncoderScorer(model={self.name!r}, device={str(self.device)!r}, "
-            f"max_length={self.max_length})"
-        )
+    def _repr_fields(self) -> dict[str, Any]:
+        return {**super()._repr_fields(), "max_length": self.max_length}

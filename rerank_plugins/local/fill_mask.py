@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerank_plugins._imports import require
+from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
-from rerank_plugins.local.checkpoint import (
-    guard_checkpoint_init,
-    load_tokenizer,
-    read_json,
-    resolve_checkpoint,
-)
-from rerank_plugins.local.engine.device import pick_device, pick_dtype
+from rerank_plugins.local.base import LocalModel
+from rerank_plugins.local.checkpoint import guard_checkpoint_init, load_tokenizer, read_json
+from rerank_plugins.local.options import LocalOptions
 
 if TYPE_CHECKING:
     import torch
+    from pydantic import SecretStr
 
     from rerank_plugins.local.engine.modernbert import ModernBert
 
@@ -47,13 +45,16 @@ def _mask_token(directory: Path) -> str:
     return declared if isinstance(declared, str) else "[MASK]"
 
 
-class FillMask:
+class FillMask(LocalModel):
     """Predicts the tokens behind ``[MASK]`` with a ModernBERT masked-LM checkpoint.
 
     ``model`` is a hub id or a local directory holding a ``ModernBertForMaskedLM``
-    checkpoint. ``device``/``dtype`` as for the cross-encoder (bf16 on CUDA, fp32 on CPU).
+    checkpoint. ``device``/``dtype`` as for the cross-encoder (bf16 on CUDA, fp32 on CPU);
+    ``cache`` shares the loaded weights with other users of the checkpoint (default True);
+    hub options ``revision``, ``cache_dir``, ``local_files_only``, ``token``.
     """
 
+    @checked_options
     @guard_checkpoint_init
     def __init__(
         self,
@@ -62,16 +63,28 @@ class FillMask:
         device: str | None = "auto",
         dtype: str | None = "auto",
         revision: str | None = None,
+        cache_dir: str | Path | None = None,
         local_files_only: bool = False,
+        token: str | SecretStr | None = None,
+        cache: bool = True,
     ) -> None:
         from rerank_plugins.local.engine.modernbert import load_modernbert
 
-        self.directory = resolve_checkpoint(
-            model, revision=revision, local_files_only=local_files_only
+        options = LocalOptions(
+            device=device,
+            dtype=dtype,
+            cache=bool(cache),
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
         )
-        self.device = pick_device(device)
-        self.model = load_modernbert(
-            self.directory, device=self.device, dtype=pick_dtype(dtype, self.device)
+        self._open(model, options)
+        self.model = self._shared_weights(
+            (FillMask,),
+            lambda: load_modernbert(
+                self.directory, device=self.device, dtype=self.dtype, config=self.config
+            ),
         )
         if self.model.decoder is None:
             raise UnsupportedModelError(
@@ -139,7 +152,7 @@ def top_predictions(
     copies are the two results at the end.
     """
     torch = require("torch")
-    from rerank_plugins.local.engine.attention import pack_sequences
+    from rerank_plugins.local.engine.packing import pack_sequences
 
     batch = pack_sequences(ids, device)
     flat = (t for seq in ids for t in seq)

@@ -38,7 +38,6 @@ from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import guard_checkpoint_init, read_json
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer, Output
-from rerank_plugins.local.engine.attention import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.modernbert import (
     ModernBert,
     ModernBertSpec,
@@ -46,6 +45,8 @@ from rerank_plugins.local.engine.modernbert import (
     load_modernbert,
     mean_pool,
 )
+from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
+from rerank_plugins.local.options import LocalOptions
 from rerank_plugins.local.tokenization import EncodedPair
 from rerank_plugins.scoring import OverflowPolicy
 
@@ -240,6 +241,30 @@ class MatryoshkaPairClassifier:
 
     def __init__(
         self,
+        model: ModernBert,
+        grid: MatryoshkaConfig,
+        heads: Mapping[str, torch.Tensor],
+        *,
+        device: torch.device,
+        layer: int | None = None,
+        dim: int | None = None,
+    ) -> None:
+        """Assemble from a built encoder (e.g. ``build_modernbert``), the exit grid and the
+        heads state dict."""
+        self.grid = grid
+        self.layer = grid.layer_indices[-1] if layer is None else int(layer)
+        self.dim = grid.dim_indices[0] if dim is None else int(dim)
+        grid.check(self.layer, self.dim)
+        self.device = device
+        self.head = build_head(heads, self.layer, self.dim, device=device)
+        self.model = model
+        # final_norm before the heads of layers below the last; the last reads the raw
+        # state (module docstring). has_final_norm=false: no normalisation anywhere.
+        self.normalised = grid.has_final_norm and self.layer < model.spec.num_layers
+
+    @classmethod
+    def from_checkpoint(
+        cls,
         directory: Path,
         *,
         device: torch.device,
@@ -248,54 +273,23 @@ class MatryoshkaPairClassifier:
         dim: int | None = None,
         backend: str = "auto",
         config: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> MatryoshkaPairClassifier:
+        """Load a checkpoint directory (encoder, ``matryoshka_config.json``, heads file)."""
         directory = Path(directory)
         cfg = dict(config) if config is not None else read_json(directory / "config.json")
         spec = ModernBertSpec.from_config(cfg)
         # The exit and the heads are checked before the (large) encoder weights are read.
-        self.grid = MatryoshkaConfig.from_json(
+        grid = MatryoshkaConfig.from_json(
             read_json(directory / CONFIG_FILE),
             num_layers=spec.num_layers,
             hidden_size=spec.hidden_size,
         )
-        self.layer = self.grid.layer_indices[-1] if layer is None else int(layer)
-        self.dim = self.grid.dim_indices[0] if dim is None else int(dim)
-        self.grid.check(self.layer, self.dim)
+        layer = grid.layer_indices[-1] if layer is None else int(layer)
+        dim = grid.dim_indices[0] if dim is None else int(dim)
+        grid.check(layer, dim)
         heads = load_heads(directory / HEADS_FILE)
-        self._adopt(
-            load_modernbert(directory, device=device, dtype=dtype, backend=backend, config=cfg),
-            build_head(heads, self.layer, self.dim, device=device),
-            device,
-        )
-
-    @classmethod
-    def from_parts(
-        cls,
-        model: ModernBert,
-        grid: MatryoshkaConfig,
-        heads: Mapping[str, torch.Tensor],
-        *,
-        device: torch.device,
-        layer: int | None = None,
-        dim: int | None = None,
-    ) -> MatryoshkaPairClassifier:
-        """Assemble from an already built encoder (e.g. ``build_modernbert``), the exit grid
-        and the heads state dict."""
-        self = cls.__new__(cls)
-        self.grid = grid
-        self.layer = grid.layer_indices[-1] if layer is None else int(layer)
-        self.dim = grid.dim_indices[0] if dim is None else int(dim)
-        grid.check(self.layer, self.dim)
-        self._adopt(model, build_head(heads, self.layer, self.dim, device=device), device)
-        return self
-
-    def _adopt(self, model: ModernBert, head: MatryoshkaHead, device: torch.device) -> None:
-        self.device = device
-        self.head = head
-        self.model = model
-        # final_norm before the heads of layers below the last; the last reads the raw
-        # state (module docstring). has_final_norm=false: no normalisation anywhere.
-        self.normalised = self.grid.has_final_norm and self.layer < model.spec.num_layers
+        model = load_modernbert(directory, device=device, dtype=dtype, backend=backend, config=cfg)
+        return cls(model, grid, heads, device=device, layer=layer, dim=dim)
 
     def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's ``final_norm`` computed in fp32 (its weights may be bf16)."""
@@ -340,7 +334,7 @@ class MatryoshkaScorer(CrossEncoderScorer):
         max_length: int | None = None,
         overflow: OverflowPolicy = "truncate",
         output: Output = "probability",
-        batch_tokens: int = 16384,
+        batch_tokens: int | None = None,
         revision: str | None = None,
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
@@ -349,22 +343,20 @@ class MatryoshkaScorer(CrossEncoderScorer):
         cache: bool = True,
     ) -> None:
         self._exit = (layer, dim)
-        super().__init__(
-            model,
+        options = LocalOptions(
             device=device,
             dtype=dtype,
             max_length=max_length,
             overflow=overflow,
-            output=output,
             batch_tokens=batch_tokens,
-            engine="native",
+            show_progress=show_progress,
+            cache=bool(cache),
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             token=token,
-            show_progress=show_progress,
-            cache=cache,
         )
+        self._setup(model, options, output=output, engine="native")
         assert isinstance(self.classifier, MatryoshkaPairClassifier)
         self.layer = self.classifier.layer
         self.dim = self.classifier.dim
@@ -379,7 +371,7 @@ class MatryoshkaScorer(CrossEncoderScorer):
                 "GTE engines, not for MatryoshkaScorer; use 'float32' or 'bfloat16'"
             )
         layer, dim = self._exit
-        return MatryoshkaPairClassifier(
+        return MatryoshkaPairClassifier.from_checkpoint(
             self.directory,
             device=self.device,
             dtype=self.dtype,
@@ -388,8 +380,11 @@ class MatryoshkaScorer(CrossEncoderScorer):
             config=self.config,
         )
 
-    def __repr__(self) -> str:
-        return (
-            f"MatryoshkaScorer(model={self.name!r}, layer={self.layer}, dim={self.dim}, "
-            f"device={str(self.device)!r}, max_length={self.max_length})"
-        )
+    def _repr_fields(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "layer": self.layer,
+            "dim": self.dim,
+            "device": str(self.device),
+            "max_length": self.max_length,
+        }

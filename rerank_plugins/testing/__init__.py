@@ -13,6 +13,7 @@ from rerank_plugins.testing.colbert import (
     make_colbert_checkpoint,
     save_colbert_word_tokenizer,
 )
+from rerank_plugins.testing.eval_fixture import EVAL_FIXTURE_SIZE, write_eval_fixture
 from rerank_plugins.testing.function_scorer import FunctionScorer
 from rerank_plugins.testing.gte import (
     TINY_GTE_NEW,
@@ -39,6 +40,7 @@ from rerank_plugins.testing.words import (
 
 __all__ = [
     "COLBERT_SETTINGS",
+    "EVAL_FIXTURE_SIZE",
     "TINY_GTE_NEW",
     "TINY_MATRYOSHKA",
     "TINY_MODERNBERT",
@@ -57,4 +59,5 @@ __all__ = [
     "save_word_tokenizer",
     "save_xlmr_tokenizer",
     "wait_until_healthy",
+    "write_eval_fixture",
 ]

@@ -29,7 +29,7 @@ from rerank_plugins.local.colbert import (
     encode_keys_limited,
 )
 from rerank_plugins.local.detect import detect_kind
-from rerank_plugins.local.engine.attention import pack_sequences
+from rerank_plugins.local.engine.packing import pack_sequences
 from rerank_plugins.local.maxsim import maxsim, maxsim_many, pad_vectors
 from rerank_plugins.testing import make_colbert_checkpoint, make_modernbert_checkpoint, random_text
 from tests.conftest import FIXTURES
@@ -88,7 +88,7 @@ class TestColBERTScorerWithoutCache(ScorerContract):
     @pytest.fixture(scope="class")
     @classmethod
     def scorer(cls, colbert_dir: Path) -> ColBERTScorer:
-        return ColBERTScorer(colbert_dir, device="cpu", cache=None, batch_tokens=256)
+        return ColBERTScorer(colbert_dir, device="cpu", vector_cache=None, batch_tokens=256)
 
 
 class TestColBERTScorerWithExpansion(ScorerContract):
@@ -300,8 +300,8 @@ def test_scores_are_maxsim_of_the_public_vectors(scorer: ColBERTScorer, docs: li
 
 
 def test_token_budget_does_not_change_scores(colbert_dir: Path, docs: list[str]) -> None:
-    big = ColBERTScorer(colbert_dir, device="cpu", cache=None)
-    small = ColBERTScorer(colbert_dir, device="cpu", cache=None, batch_tokens=1)
+    big = ColBERTScorer(colbert_dir, device="cpu", vector_cache=None)
+    small = ColBERTScorer(colbert_dir, device="cpu", vector_cache=None, batch_tokens=1)
     assert [s.value for s in big.score(QUERY, docs)] == pytest.approx(
         [s.value for s in small.score(QUERY, docs)], abs=1e-5
     )
@@ -312,11 +312,11 @@ def test_token_budget_does_not_change_scores(colbert_dir: Path, docs: list[str])
 
 def test_cache_hit_equals_miss(colbert_dir: Path, docs: list[str]) -> None:
     cached = ColBERTScorer(colbert_dir, device="cpu")
-    uncached = ColBERTScorer(colbert_dir, device="cpu", cache=None)
+    uncached = ColBERTScorer(colbert_dir, device="cpu", vector_cache=None)
     cold = cached.score(QUERY, docs)
-    assert cached.cache is not None and cached.cache.misses == len(docs)
+    assert cached.vector_cache is not None and cached.vector_cache.misses == len(docs)
     warm = cached.score(QUERY, docs)
-    assert cached.cache.hits == len(docs)
+    assert cached.vector_cache.hits == len(docs)
     assert warm == cold
     assert [s.value for s in warm] == pytest.approx(
         [s.value for s in uncached.score(QUERY, docs)], abs=1e-5
@@ -341,7 +341,7 @@ def test_warm_cache_runs_no_document_forward(
 
 
 def test_duplicate_documents_are_encoded_once(colbert_dir: Path) -> None:
-    scorer = ColBERTScorer(colbert_dir, device="cpu", cache=None)
+    scorer = ColBERTScorer(colbert_dir, device="cpu", vector_cache=None)
     a, b, c = scorer.encode_documents(["w1 w2", "w3", "w1 w2"])
     assert a is c and a is not b
 
@@ -366,23 +366,27 @@ def test_cache_is_bounded_and_evicts_least_recently_used() -> None:
 
 def test_cache_keys_include_document_length_and_can_be_shared(colbert_dir: Path) -> None:
     shared = DocumentVectorCache()
-    short = ColBERTScorer(colbert_dir, device="cpu", cache=shared, document_length=8)
-    long = ColBERTScorer(colbert_dir, device="cpu", cache=shared, document_length=64)
+    short = ColBERTScorer(colbert_dir, device="cpu", vector_cache=shared, document_length=8)
+    long = ColBERTScorer(colbert_dir, device="cpu", vector_cache=shared, document_length=64)
     text = words(20)
     cut = short.encode_documents([text])[0]
     whole = long.encode_documents([text])[0]
     assert cut.truncated and not whole.truncated and len(shared) == 2
-    again = ColBERTScorer(colbert_dir, device="cpu", cache=shared, document_length=64)
+    again = ColBERTScorer(colbert_dir, device="cpu", vector_cache=shared, document_length=64)
     assert again.encode_documents([text])[0] is whole
 
 
 def test_small_cache_still_scores_every_document(colbert_dir: Path, docs: list[str]) -> None:
-    tiny = ColBERTScorer(colbert_dir, device="cpu", cache=40_000)
-    none = ColBERTScorer(colbert_dir, device="cpu", cache=None)
+    tiny = ColBERTScorer(colbert_dir, device="cpu", vector_cache=40_000)
+    none = ColBERTScorer(colbert_dir, device="cpu", vector_cache=None)
     assert [s.value for s in tiny.score(QUERY, docs)] == pytest.approx(
         [s.value for s in none.score(QUERY, docs)], abs=1e-5
     )
-    assert tiny.cache is not None and tiny.cache.nbytes <= 40_000 and tiny.cache.evictions > 0
+    assert (
+        tiny.vector_cache is not None
+        and tiny.vector_cache.nbytes <= 40_000
+        and tiny.vector_cache.evictions > 0
+    )
 
 
 # --- lengths and overflow ------------------------------------------------------------
@@ -464,3 +468,32 @@ def test_llama_index_postprocessor_runs_on_a_colbert_directory(colbert_dir: Path
 def test_score_objects_are_scores(scorer: ColBERTScorer) -> None:
     (s,) = scorer.score(QUERY, ["w1 w2"])
     assert isinstance(s, Score) and s.kind == "maxsim" and not s.truncated
+
+
+# --- cache= is the weight-sharing switch; vector_cache= the document-vector cache -------
+
+
+def test_cache_false_keeps_the_vector_cache_and_loads_private_weights(colbert_dir: Path) -> None:
+    shared = ColBERTScorer(colbert_dir, device="cpu")
+    private = ColBERTScorer(colbert_dir, device="cpu", cache=False)
+    assert private.trunk is not shared.trunk
+    assert private.vector_cache is not None and private.vector_cache is not shared.vector_cache
+
+
+@pytest.mark.parametrize("old", [None, 0, 40_000, "object"])
+def test_the_old_cache_spelling_still_sizes_the_vector_cache_with_a_warning(
+    colbert_dir: Path, old: Any
+) -> None:
+    value = DocumentVectorCache(40_000) if old == "object" else old
+    with pytest.warns(DeprecationWarning, match="vector_cache"):
+        scorer = ColBERTScorer(colbert_dir, device="cpu", cache=value)
+    base = ColBERTScorer(colbert_dir, device="cpu")
+    assert scorer.trunk is base.trunk  # weights still shared
+    if old in (None, 0):
+        assert scorer.vector_cache is None
+    else:
+        assert scorer.vector_cache is not None and scorer.vector_cache.max_bytes == 40_000
+    with pytest.warns(DeprecationWarning, match="vector_cache"):
+        assert scorer.cache is scorer.vector_cache
+    with pytest.raises(InvalidInputError, match="vector_cache"):
+        ColBERTScorer(colbert_dir, device="cpu", cache=value, vector_cache=10)

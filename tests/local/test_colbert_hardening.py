@@ -31,7 +31,7 @@ def test_a_cut_query_flags_every_score_as_truncated(colbert_dir: Path) -> None:
 
 def test_cache_keys_are_fixed_size_digests_not_document_text(colbert_dir: Path) -> None:
     cache = DocumentVectorCache(1 << 20)
-    scorer = ColBERTScorer(colbert_dir, device="cpu", cache=cache, document_length=16)
+    scorer = ColBERTScorer(colbert_dir, device="cpu", vector_cache=cache, document_length=16)
     documents = [words(5) + " " + "x" * 200_000 + str(i) for i in range(8)]  # 1.6 MB of text
     scorer.score("w1", documents)
     assert len(cache) == 8

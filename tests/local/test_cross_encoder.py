@@ -13,7 +13,7 @@ import transformers
 from rerank_plugins import InputTooLongError, Score, load_scorer
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer
 from rerank_plugins.testing import random_text
-from tests.contract import QUERY, ScorerContract
+from tests.contract import QUERY, PairScorerContract
 
 
 def reference_logits(directory: Path, query: str, docs: list[str]) -> list[float]:
@@ -30,7 +30,7 @@ def reference_logits(directory: Path, query: str, docs: list[str]) -> list[float
     return out
 
 
-class TestTransformersCrossEncoder(ScorerContract):
+class TestTransformersCrossEncoder(PairScorerContract):
     @pytest.fixture(scope="class")
     @classmethod
     def scorer(cls, modernbert_dir: Path) -> CrossEncoderScorer:

@@ -148,7 +148,7 @@ def test_modernbert_seq_cls_runs_on_cuda_in_bf16_without_host_sync(
         assert {p.dtype for p in model.head.parameters()} == {torch.float32}
         pooled: list[torch.Tensor] = []
         model.head.register_forward_pre_hook(lambda _m, args: pooled.append(args[0]))
-        classifier = ModernBertPairClassifier.from_model(model, device=dev)
+        classifier = ModernBertPairClassifier(model, device=dev)
         logits, rec = traced(fake, lambda: classifier.logits(pairs()), copies=1)
     assert (logits.shape, logits.dtype, logits.device.type) == ((5, 1), torch.float32, "cpu")
     assert {k: count(rec, k) for k in kernels} == kernels
@@ -167,7 +167,7 @@ def test_modernbert_on_a_pre_ampere_gpu_runs_flex(ckpts: dict[str, Path]) -> Non
     with fake_device("cuda", capability=(7, 5)) as fake:  # a T4: no flash attention
         model = build_modernbert(cfg, fake.state(state), device=fake.device, dtype=torch.bfloat16)
         assert model.trunk.backends == Backends("flex", "flex")
-        classifier = ModernBertPairClassifier.from_model(model, device=fake.device)
+        classifier = ModernBertPairClassifier(model, device=fake.device)
         logits, rec = traced(fake, lambda: classifier.logits(pairs()), copies=1)
     assert logits.shape == (5, 1) and count(rec, FLEX) == 4 and count(rec, VARLEN) == 0
 
@@ -186,7 +186,7 @@ def test_gte_new_runs_on_cuda_without_host_sync(ckpts: dict[str, Path], requeste
         assert model.classifier.weight.dtype == torch.float32
         assert (model.inv_freq.dtype, model.inv_freq.device) == (torch.float32, dev)
         backend = choose_backend(dev, requested, dtype=torch.bfloat16)
-        classifier = GteNewPairClassifier.from_model(model, device=dev, backend=backend)
+        classifier = GteNewPairClassifier(model, device=dev, backend=backend)
         logits, rec = traced(fake, lambda: classifier.logits(pairs()), copies=1)
     assert (logits.shape, logits.dtype, logits.device.type) == ((5, 1), torch.float32, "cpu")
     kernel = VARLEN if requested == "auto" else FLEX
@@ -214,7 +214,7 @@ def test_matryoshka_exits_run_only_their_layers_on_cuda(ckpts: dict[str, Path]) 
         fake_heads = fake.state(heads)
         for layer in grid.layer_indices:
             dim = grid.dim_indices[-1] if layer < layers else grid.dim_indices[0]
-            clf = MatryoshkaPairClassifier.from_parts(
+            clf = MatryoshkaPairClassifier(
                 model, grid, fake_heads, device=dev, layer=layer, dim=dim
             )
             assert clf.head.layers[0].weight.dtype == torch.float32

@@ -29,7 +29,7 @@ from rerank_plugins.testing import (
     make_gte_reference_checkpoint,
     random_text,
 )
-from tests.contract import QUERY, ScorerContract
+from tests.contract import QUERY, PairScorerContract
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def order(values: list[float]) -> list[int]:
     return sorted(range(len(values)), key=values.__getitem__)
 
 
-class TestGteNewCrossEncoder(ScorerContract):
+class TestGteNewCrossEncoder(PairScorerContract):
     @pytest.fixture(scope="class")
     @classmethod
     def scorer(cls, gte_dir: Path) -> CrossEncoderScorer:
@@ -216,8 +216,12 @@ def test_overflow_error_names_the_documents(gte_dir: Path) -> None:
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_backend_matches_sdpa(gte_dir: Path, docs: list[str]) -> None:
     cpu = torch.device("cpu")
-    sdpa = GteNewPairClassifier(gte_dir, device=cpu, dtype=torch.float32, backend="sdpa")
-    flex = GteNewPairClassifier(gte_dir, device=cpu, dtype=torch.float32, backend="flex")
+    sdpa = GteNewPairClassifier.from_checkpoint(
+        gte_dir, device=cpu, dtype=torch.float32, backend="sdpa"
+    )
+    flex = GteNewPairClassifier.from_checkpoint(
+        gte_dir, device=cpu, dtype=torch.float32, backend="flex"
+    )
     pairs = CrossEncoderScorer(gte_dir, device="cpu").encoder.encode(QUERY, docs)
     assert torch.allclose(sdpa.logits(pairs), flex.logits(pairs), atol=1e-5)
 

@@ -23,7 +23,7 @@ from rerank_plugins.errors import UnsupportedModelError
 from rerank_plugins.local.detect import detect_kind
 from rerank_plugins.local.matryoshka import MatryoshkaPairClassifier, MatryoshkaScorer
 from rerank_plugins.testing import make_matryoshka_checkpoint
-from tests.contract import QUERY, ScorerContract
+from tests.contract import QUERY, PairScorerContract
 
 TOLERANCE = 1e-4
 LAYERS = [1, 2, 4, 8]  # the published [3, 6, 11, 22] scaled to 8 layers
@@ -353,14 +353,14 @@ def test_32k_document_scores_in_one_pass_on_cpu_without_a_length_squared_tensor(
 # --- the contract -----------------------------------------------------------------------------
 
 
-class TestMatryoshkaScorer(ScorerContract):
+class TestMatryoshkaScorer(PairScorerContract):
     @pytest.fixture(scope="class")
     @classmethod
     def scorer(cls, mm_dir: Path) -> MatryoshkaScorer:
         return MatryoshkaScorer(mm_dir, device="cpu")
 
 
-class TestMatryoshkaEarlyExit(ScorerContract):
+class TestMatryoshkaEarlyExit(PairScorerContract):
     @pytest.fixture(scope="class")
     @classmethod
     def scorer(cls, mm_dir: Path) -> MatryoshkaScorer:

@@ -20,17 +20,17 @@ from safetensors.torch import load_file, save_file
 from rerank_plugins import InputTooLongError, load_scorer
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer
-from rerank_plugins.local.engine.attention import pack_sequences
 from rerank_plugins.local.engine.hf import TransformersPairClassifier
 from rerank_plugins.local.engine.modernbert import (
     ModernBertPairClassifier,
     ModernBertSpec,
     load_modernbert,
 )
+from rerank_plugins.local.engine.packing import pack_sequences
 from rerank_plugins.local.fill_mask import FillMask
 from rerank_plugins.testing import make_modernbert_checkpoint, random_text
 from tests.conftest import FIXTURES
-from tests.contract import QUERY, ScorerContract
+from tests.contract import QUERY, PairScorerContract
 
 CPU = torch.device("cpu")
 TOLERANCE = 1e-4
@@ -242,7 +242,7 @@ def test_modernbert_runs_native_by_default_and_transformers_on_request(
     assert isinstance(other.classifier, TransformersPairClassifier)
 
 
-class TestNativeCrossEncoder(ScorerContract):
+class TestNativeCrossEncoder(PairScorerContract):
     @pytest.fixture(scope="class")
     @classmethod
     def scorer(cls, modernbert_dir: Path) -> CrossEncoderScorer:

@@ -66,7 +66,7 @@ def test_modernbert_seq_cls_runs_on_mps_with_sdpa_without_host_sync(
         assert {p.dtype for p in model.head.parameters()} == {torch.float32}
         pooled: list[torch.Tensor] = []
         model.head.register_forward_pre_hook(lambda _m, args: pooled.append(args[0]))
-        classifier = ModernBertPairClassifier.from_model(model, device=dev)
+        classifier = ModernBertPairClassifier(model, device=dev)
         with fake.no_host_sync() as rec:
             logits = classifier.logits(pairs())
         rec.check_final_copies(expected=1)

@@ -1,9 +1,9 @@
 """Bidirectional attention over packed variable-length batches.
 
 Sequences are packed on one token axis (``[T, heads, head_dim]``, no padding tokens) and
-described by :class:`PackedBatch`. :func:`attention` never lets a token attend across
-sequences; ``window=w`` restricts it further to keys with ``|i - j| <= w`` (inclusive, as
-ModernBERT's local layers). Backends:
+described by :class:`~rerank_plugins.local.engine.packing.PackedBatch` (re-exported here).
+:func:`attention` never lets a token attend across sequences; ``window=w`` restricts it
+further to keys with ``|i - j| <= w`` (inclusive, as ModernBERT's local layers). Backends:
 
 - ``"varlen"``: ``torch.nn.attention.varlen.varlen_attn`` (flash attention on packed
   tokens, window ``(w, w)``), CUDA with fp16/bf16 only. Torches whose ``varlen_attn``
@@ -32,13 +32,14 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from rerank_plugins.errors import InvalidInputError
+from rerank_plugins.local.engine.packing import PackedBatch, host_seq_ids, pack_sequences
 
 __all__ = [
     "BACKENDS",
@@ -59,82 +60,6 @@ BACKENDS = ("varlen", "flex", "sdpa")
 # Padded-attention cost of a bucket may exceed its real cost (sum of L^2) by this factor
 # before a new bucket starts: fewer kernel calls against less wasted work.
 _BUCKET_SLACK = 1.3
-
-
-@dataclass(frozen=True, eq=False)
-class PackedBatch:
-    """A batch of sequences packed on one token axis of ``T = sum(lengths)`` tokens.
-
-    ``input_ids [T]`` long and ``position_ids [T]`` long (restarting at 0 for each
-    sequence), ``cu_seqlens [B+1]`` int32 (sequence ``b`` is ``cu_seqlens[b]:cu_seqlens[b+1]``),
-    all on the device; ``lengths`` and ``max_seqlen`` on the host. ``cache`` holds masks and
-    index plans that the layers of one forward share (they depend only on the batch).
-    """
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    cu_seqlens: torch.Tensor
-    lengths: tuple[int, ...]
-    max_seqlen: int
-    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    @property
-    def seq_ids(self) -> torch.Tensor:
-        """Sequence index of every token, long ``[T]`` on the device."""
-        ids = self.cache.get("seq_ids")
-        if ids is None:
-            # Built on the host from the host lengths: a device repeat_interleave without
-            # output_size would read its output size back from the GPU (a sync).
-            ids = _host_seq_ids(self.lengths).to(self.input_ids.device, non_blocking=True)
-            self.cache["seq_ids"] = ids
-        return ids
-
-    @property
-    def starts(self) -> torch.Tensor:
-        """Index of every sequence's first token (its CLS), long ``[B]`` on the device."""
-        # narrow, not [:-1]: Python indexing needs a device guard that fake CUDA lacks.
-        return self.cu_seqlens.narrow(0, 0, len(self.lengths)).long()
-
-    @property
-    def ends(self) -> torch.Tensor:
-        """Index of every sequence's last token (its SEP), long ``[B]`` on the device."""
-        return self.cu_seqlens.narrow(0, 1, len(self.lengths)).long() - 1
-
-
-def _host_seq_ids(lengths: Sequence[int]) -> torch.Tensor:
-    """Sequence index of every token on the CPU, long ``[sum(lengths)]``."""
-    counts = torch.tensor(lengths, dtype=torch.long)
-    return torch.repeat_interleave(
-        torch.arange(len(lengths)), counts, output_size=int(sum(lengths))
-    )
-
-
-def pack_sequences(sequences: Sequence[Sequence[int]], device: torch.device) -> PackedBatch:
-    """Pack token id sequences (each non-empty) into one :class:`PackedBatch` on ``device``."""
-    lengths = tuple(len(s) for s in sequences)
-    if not lengths or min(lengths) == 0:
-        raise InvalidInputError("pack_sequences needs at least one sequence, none of them empty")
-    flat = [t for s in sequences for t in s]
-    ids = torch.tensor(flat, dtype=torch.long)
-    counts = torch.tensor(lengths, dtype=torch.long)
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    torch.cumsum(counts, 0, out=cu[1:])
-    # output_size: the size is known on the host, so nothing is read back from a tensor.
-    starts = torch.repeat_interleave(
-        cu.narrow(0, 0, len(lengths)).long(), counts, output_size=len(flat)
-    )
-    positions = torch.arange(len(flat), dtype=torch.long) - starts
-    return PackedBatch(
-        input_ids=ids.to(device, non_blocking=True),
-        position_ids=positions.to(device, non_blocking=True),
-        cu_seqlens=cu.to(device, non_blocking=True),
-        lengths=lengths,
-        max_seqlen=max(lengths),
-    )
 
 
 def contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -405,7 +330,7 @@ def flex_block_mask(lengths: Sequence[int], window: int | None, device: torch.de
     n = math.ceil(t / FLEX_BLOCK)
     tail = n * FLEX_BLOCK - t
     # Padding tokens get their own sequence id (len(lengths)): they never meet real ones.
-    seq = F.pad(_host_seq_ids(lengths), (0, tail), value=len(lengths))
+    seq = F.pad(host_seq_ids(lengths), (0, tail), value=len(lengths))
     blocks = seq.view(n, FLEX_BLOCK)
     lo, hi = blocks.amin(1), blocks.amax(1)
     meets = (lo[:, None] <= hi[None, :]) & (lo[None, :] <= hi[:, None])

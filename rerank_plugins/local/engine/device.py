@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CPU_BATCH_TOKENS",
     "GPU_BATCH_TOKENS",
+    "MAX_GPU_BATCH_TOKENS",
     "default_batch_tokens",
     "mps_available",
     "pick_device",
@@ -34,9 +35,12 @@ _QUANTIZED = {"int8": "int8", "qint8": "int8"}
 # matmuls are already efficient at a few thousand rows, and the activations of a budget
 # (about 40 KB per token at hidden 384 in fp32) are the process's peak memory: 4,096
 # tokens keeps it under sentence-transformers' fp32 peak on 512-token documents
-# (benchmarks/RESULTS.md, "CPU modes").
+# (benchmarks/RESULTS.md, "CPU modes"). CUDA budgets grow with the card's memory:
+# GPU_BATCH_TOKENS per GIB_PER_STEP GiB, at most MAX_GPU_BATCH_TOKENS (131,072 on 80 GiB).
 GPU_BATCH_TOKENS = 16384
 CPU_BATCH_TOKENS = 4096
+MAX_GPU_BATCH_TOKENS = 8 * GPU_BATCH_TOKENS
+GIB_PER_STEP = 10
 
 
 def mps_available() -> bool:
@@ -115,6 +119,36 @@ def pick_mode(
     return pick_dtype(dtype, device), None
 
 
-def default_batch_tokens(device: torch.device) -> int:
-    """The token budget of one forward when the caller gives none: GPU 16,384, CPU 4,096."""
-    return CPU_BATCH_TOKENS if device.type == "cpu" else GPU_BATCH_TOKENS
+def default_batch_tokens(device: torch.device, *, memory_bytes: int | None = None) -> int:
+    """The token budget of one forward when the caller gives none (the one policy).
+
+    CPU: 4,096. CUDA: 16,384 per 10 GiB of the device's memory (``memory_bytes``, read
+    from the device when not given), between 16,384 and 131,072; a CUDA device whose
+    memory cannot be read, MPS and other accelerators: 16,384.
+
+    >>> import torch
+    >>> default_batch_tokens(torch.device("cpu"))
+    4096
+    >>> default_batch_tokens(torch.device("cuda", 0), memory_bytes=80 * 2**30)
+    131072
+    >>> default_batch_tokens(torch.device("cuda", 0), memory_bytes=24 * 2**30)
+    32768
+    """
+    if device.type == "cpu":
+        return CPU_BATCH_TOKENS
+    if device.type != "cuda":
+        return GPU_BATCH_TOKENS
+    if memory_bytes is None:
+        memory_bytes = _cuda_memory(device)
+        if memory_bytes is None:
+            return GPU_BATCH_TOKENS
+    steps = int(memory_bytes / 2**30 // GIB_PER_STEP)
+    return min(MAX_GPU_BATCH_TOKENS, GPU_BATCH_TOKENS * max(1, steps))
+
+
+def _cuda_memory(device: torch.device) -> int | None:
+    torch = require("torch")
+    if not torch.cuda.is_available():
+        return None
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return int(torch.cuda.get_device_properties(index).total_memory)

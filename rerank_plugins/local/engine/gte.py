@@ -34,12 +34,8 @@ from torch import nn
 
 from rerank_plugins.errors import CheckpointError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import config_float, config_int, load_state_dict, read_json
-from rerank_plugins.local.engine.attention import (
-    PackedBatch,
-    attention,
-    choose_backend,
-    pack_sequences,
-)
+from rerank_plugins.local.engine.attention import attention, choose_backend
+from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.precision import prepare_cpu_linears
 from rerank_plugins.local.engine.rope import (
     apply_rotary,
@@ -379,32 +375,9 @@ class GteNewPairClassifier:
 
     padded = False  # packed: a batch costs the sum of its lengths (see ModernBERT's)
 
-    def __init__(
-        self,
-        directory: Path,
-        *,
-        device: torch.device,
-        dtype: torch.dtype,
-        backend: str = "auto",
-        config: Mapping[str, Any] | None = None,
-        quantize: str | None = None,
-    ) -> None:
-        model = load_gte_new(directory, device=device, dtype=dtype, config=config)
-        # The encoder's linear layers only (int8, or oneDNN-prepacked on CPU); pooler and
-        # head stay fp32.
-        prepare_cpu_linears(model.new.encoder, device=device, quantize=quantize)
-        self._adopt(model, device, choose_backend(device, backend, dtype=dtype))
-
-    @classmethod
-    def from_model(
-        cls, model: GteNewModel, *, device: torch.device, backend: str
-    ) -> GteNewPairClassifier:
-        """Wrap an already built model (e.g. :func:`build_gte_new` from a state dict)."""
-        self = cls.__new__(cls)
-        self._adopt(model, device, backend)
-        return self
-
-    def _adopt(self, model: GteNewModel, device: torch.device, backend: str) -> None:
+    def __init__(self, model: GteNewModel, *, device: torch.device, backend: str) -> None:
+        """Wrap a built model (e.g. :func:`build_gte_new` from a state dict) on ``device``,
+        running attention on ``backend`` (a concrete one: "varlen", "flex" or "sdpa")."""
         self.model = model
         self.device = device
         self.backend = backend
@@ -412,6 +385,24 @@ class GteNewPairClassifier:
         # XLM-R gives every token type 0 and the reference code is called without
         # token_type_ids (zeros); only a checkpoint with several types reads them.
         self._uses_type_ids = self.model.config.type_vocab_size > 1
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        directory: Path,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        backend: str = "auto",
+        config: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
+    ) -> GteNewPairClassifier:
+        """Load a GTE "new" checkpoint directory; ``backend="auto"`` picks the device's."""
+        model = load_gte_new(directory, device=device, dtype=dtype, config=config)
+        # The encoder's linear layers only (int8, or oneDNN-prepacked on CPU); pooler and
+        # head stay fp32.
+        prepare_cpu_linears(model.new.encoder, device=device, quantize=quantize)
+        return cls(model, device=device, backend=choose_backend(device, backend, dtype=dtype))
 
     @torch.inference_mode()
     def logits(self, batch: Sequence[EncodedPair]) -> torch.Tensor:

@@ -4,7 +4,7 @@ Loads Hugging Face ModernBERT checkpoints straight from safetensors, in any of t
 layouts (``ModernBertForSequenceClassification``, ``ModernBertForMaskedLM`` with
 ``model.``-prefixed keys, bare ``ModernBertModel`` without), and reproduces transformers'
 forward on packed variable-length batches
-(:class:`~rerank_plugins.local.engine.attention.PackedBatch`):
+(:class:`~rerank_plugins.local.engine.packing.PackedBatch`):
 
 - pre-norm layers without biases (unless the config asks for them), LayerNorm eps
   ``norm_eps``; layer 0 has no ``attn_norm``;
@@ -43,12 +43,11 @@ from rerank_plugins.errors import CheckpointError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import config_float, config_int, load_state_dict, read_json
 from rerank_plugins.local.engine.attention import (
     Backends,
-    PackedBatch,
     attention,
     choose_backends,
     contiguous,
-    pack_sequences,
 )
+from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.precision import PackedLinear, prepare_cpu_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.tokenization import EncodedPair
@@ -320,13 +319,12 @@ class ModernBertTrunk(nn.Module):
 
 
 def _add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Module) -> torch.Tensor:
-    """``residual + linear(x)``, the add fused into the matmul when there is no bias or
-    the layer is oneDNN-prepacked (an int8
-    :class:`~rerank_plugins.local.engine.precision.Int8DynamicLinear` adds after)."""
+    """``residual + linear(x)``, the add fused into the matmul when there is no bias (an
+    int8 :class:`~rerank_plugins.local.engine.precision.Int8DynamicLinear` adds after)."""
     if isinstance(linear, nn.Linear) and linear.bias is None:
         return torch.addmm(residual, x, linear.weight.t())
     if isinstance(linear, PackedLinear) and x.dim() == 2 and residual.dtype == x.dtype:
-        return linear.add_to(residual, x)
+        return linear.add_to(residual, x)  # oneDNN-prepacked: the add fused as well
     return residual + linear(x)
 
 
@@ -548,31 +546,8 @@ class ModernBertPairClassifier:
 
     padded = False
 
-    def __init__(
-        self,
-        directory: Path,
-        *,
-        device: torch.device,
-        dtype: torch.dtype,
-        backend: str = "auto",
-        config: Mapping[str, Any] | None = None,
-        quantize: str | None = None,
-    ) -> None:
-        model = load_modernbert(
-            directory, device=device, dtype=dtype, backend=backend, config=config
-        )
-        # The trunk's linear layers only (int8, or oneDNN-prepacked on CPU); heads stay fp32.
-        prepare_cpu_linears(model.trunk.layers, device=device, quantize=quantize)
-        self._adopt(model, device, str(directory))
-
-    @classmethod
-    def from_model(cls, model: ModernBert, *, device: torch.device) -> ModernBertPairClassifier:
-        """Wrap an already built model (e.g. :func:`build_modernbert` from a state dict)."""
-        self = cls.__new__(cls)
-        self._adopt(model, device, "the model")
-        return self
-
-    def _adopt(self, model: ModernBert, device: torch.device, name: str) -> None:
+    def __init__(self, model: ModernBert, *, device: torch.device, name: str = "the model") -> None:
+        """Wrap a built model (e.g. :func:`build_modernbert` from a state dict) on ``device``."""
         if model.classifier is None:
             raise UnsupportedModelError(
                 f"{name} is a ModernBERT {model.layout} checkpoint without a "
@@ -581,6 +556,25 @@ class ModernBertPairClassifier:
         self.model = model
         self.device = device
         self.num_labels = int(model.classifier.out_features)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        directory: Path,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        backend: str = "auto",
+        config: Mapping[str, Any] | None = None,
+        quantize: str | None = None,
+    ) -> ModernBertPairClassifier:
+        """Load a ``ModernBertForSequenceClassification`` checkpoint directory."""
+        model = load_modernbert(
+            directory, device=device, dtype=dtype, backend=backend, config=config
+        )
+        # The trunk's linear layers only (int8, or oneDNN-prepacked on CPU); heads stay fp32.
+        prepare_cpu_linears(model.trunk.layers, device=device, quantize=quantize)
+        return cls(model, device=device, name=str(directory))
 
     def logits(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
         packed = pack_sequences([p.ids for p in batch], self.device)

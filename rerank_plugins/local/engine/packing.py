@@ -1,47 +1,95 @@
-"""Length-sorted batching by a token budget (pure functions, no torch)."""
+"""Packed batches: sequences on one token axis, described by ``cu_seqlens`` (no padding).
+
+>>> import torch
+>>> batch = pack_sequences([[5, 6, 7], [8, 9]], torch.device("cpu"))
+>>> batch.position_ids.tolist(), batch.cu_seqlens.tolist(), batch.max_seqlen
+([0, 1, 2, 0, 1], [0, 3, 5], 3)
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["token_budget_batches"]
+import torch
+
+from rerank_plugins.errors import InvalidInputError
+
+__all__ = ["PackedBatch", "host_seq_ids", "pack_sequences"]
 
 
-def token_budget_batches(
-    lengths: Sequence[int], *, max_tokens: int, padded: bool, max_batch: int | None = None
-) -> list[list[int]]:
-    """Group sequence indices into batches whose cost stays within ``max_tokens``.
+@dataclass(frozen=True, eq=False)
+class PackedBatch:
+    """A batch of sequences packed on one token axis of ``T = sum(lengths)`` tokens.
 
-    Sequences are taken longest first, so each batch holds sequences of similar length.
-    The cost of a batch is ``len(batch) * longest`` when ``padded`` (the padded tensor the
-    model will see) and ``sum(lengths)`` otherwise (packed execution). A single sequence
-    longer than the budget gets a batch of its own. ``max_batch`` caps the number of
-    sequences per batch. Returns lists of indices into ``lengths``; every index appears
-    exactly once.
-
-    >>> token_budget_batches([5, 1, 3, 9], max_tokens=10, padded=False)
-    [[3], [0, 2, 1]]
-    >>> token_budget_batches([5, 1, 3, 9], max_tokens=10, padded=True)
-    [[3], [0, 2], [1]]
+    ``input_ids [T]`` long and ``position_ids [T]`` long (restarting at 0 for each
+    sequence), ``cu_seqlens [B+1]`` int32 (sequence ``b`` is ``cu_seqlens[b]:cu_seqlens[b+1]``),
+    all on the device; ``lengths`` and ``max_seqlen`` on the host. ``cache`` holds masks and
+    index plans that the layers of one forward share (they depend only on the batch).
     """
-    if max_tokens <= 0:
-        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    total = 0
-    longest = 0
-    for i in order:
-        n = lengths[i]
-        if current:
-            cost = (len(current) + 1) * max(longest, n) if padded else total + n
-            full = max_batch is not None and len(current) >= max_batch
-            if cost > max_tokens or full:
-                batches.append(current)
-                current, total, longest = [], 0, 0
-        current.append(i)
-        total += n
-        longest = max(longest, n)
-    if current:
-        batches.append(current)
-    return batches
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
+    lengths: tuple[int, ...]
+    max_seqlen: int
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_ids(self) -> torch.Tensor:
+        """Sequence index of every token, long ``[T]`` on the device."""
+        ids = self.cache.get("seq_ids")
+        if ids is None:
+            # Built on the host from the host lengths: a device repeat_interleave without
+            # output_size would read its output size back from the GPU (a sync).
+            ids = host_seq_ids(self.lengths).to(self.input_ids.device, non_blocking=True)
+            self.cache["seq_ids"] = ids
+        return ids
+
+    @property
+    def starts(self) -> torch.Tensor:
+        """Index of every sequence's first token (its CLS), long ``[B]`` on the device."""
+        # narrow, not [:-1]: Python indexing needs a device guard that fake CUDA lacks.
+        return self.cu_seqlens.narrow(0, 0, len(self.lengths)).long()
+
+    @property
+    def ends(self) -> torch.Tensor:
+        """Index of every sequence's last token (its SEP), long ``[B]`` on the device."""
+        return self.cu_seqlens.narrow(0, 1, len(self.lengths)).long() - 1
+
+
+def host_seq_ids(lengths: Sequence[int]) -> torch.Tensor:
+    """Sequence index of every token on the CPU, long ``[sum(lengths)]``."""
+    counts = torch.tensor(lengths, dtype=torch.long)
+    return torch.repeat_interleave(
+        torch.arange(len(lengths)), counts, output_size=int(sum(lengths))
+    )
+
+
+def pack_sequences(sequences: Sequence[Sequence[int]], device: torch.device) -> PackedBatch:
+    """Pack token id sequences (each non-empty) into one :class:`PackedBatch` on ``device``."""
+    lengths = tuple(len(s) for s in sequences)
+    if not lengths or min(lengths) == 0:
+        raise InvalidInputError("pack_sequences needs at least one sequence, none of them empty")
+    flat = [t for s in sequences for t in s]
+    ids = torch.tensor(flat, dtype=torch.long)
+    counts = torch.tensor(lengths, dtype=torch.long)
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    torch.cumsum(counts, 0, out=cu[1:])
+    # output_size: the size is known on the host, so nothing is read back from a tensor.
+    starts = torch.repeat_interleave(
+        cu.narrow(0, 0, len(lengths)).long(), counts, output_size=len(flat)
+    )
+    positions = torch.arange(len(flat), dtype=torch.long) - starts
+    return PackedBatch(
+        input_ids=ids.to(device, non_blocking=True),
+        position_ids=positions.to(device, non_blocking=True),
+        cu_seqlens=cu.to(device, non_blocking=True),
+        lengths=lengths,
+        max_seqlen=max(lengths),
+    )

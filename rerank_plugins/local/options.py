@@ -1,0 +1,68 @@
+"""The options every local scorer shares, in one frozen object checked once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rerank_plugins.errors import InvalidInputError
+from rerank_plugins.local.checkpoint import HUB_OPTIONS
+from rerank_plugins.local.progress import check_show_progress
+from rerank_plugins.scoring import OverflowPolicy
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+__all__ = ["OVERFLOW_POLICIES", "LocalOptions"]
+
+OVERFLOW_POLICIES = ("truncate", "error")
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """What every local scorer is configured with (its own options come beside these).
+
+    ``device``: "auto" (CUDA, else Apple MPS, else CPU) or a torch device string.
+    ``dtype``: "auto" (bf16 on CUDA, fp32 elsewhere), "float32", "bfloat16", "float16",
+    or "int8" where the scorer offers it. ``max_length``: tokens per sequence (default: the
+    model's window, clamped to it). ``overflow``: "truncate" (cut and flag) or "error".
+    ``batch_tokens``: token budget of one forward (default:
+    :func:`~rerank_plugins.local.engine.device.default_batch_tokens` of the device).
+    ``backend``: the native engine's attention ("auto", "varlen", "flex", "sdpa").
+    ``show_progress``: a tqdm bar (False, True, or None for "when stderr is a terminal").
+    ``cache``: share loaded weights with other scorers on the same checkpoint, device and
+    dtype (the process-wide weight cache). Hub options, for the download only:
+    ``revision``, ``cache_dir``, ``local_files_only``, ``token`` (default ``$HF_TOKEN``).
+    """
+
+    device: str | None = "auto"
+    dtype: str | None = "auto"
+    max_length: int | None = None
+    overflow: OverflowPolicy = "truncate"
+    batch_tokens: int | None = None
+    backend: str = "auto"
+    show_progress: bool | None = False
+    cache: bool = True
+    revision: str | None = None
+    cache_dir: str | Path | None = None
+    local_files_only: bool = False
+    token: str | SecretStr | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise InvalidInputError(
+                f"overflow must be one of {OVERFLOW_POLICIES}, got {self.overflow!r}"
+            )
+        if self.batch_tokens is not None and self.batch_tokens <= 0:
+            raise InvalidInputError(f"batch_tokens must be positive, got {self.batch_tokens}")
+        check_show_progress(self.show_progress)
+        if not isinstance(self.cache, bool):
+            raise InvalidInputError(
+                f"cache (weight sharing) must be True or False, got {self.cache!r}"
+            )
+
+    def hub(self) -> dict[str, Any]:
+        """The hub options, as :func:`~rerank_plugins.local.checkpoint.resolve_checkpoint`
+        takes them."""
+        return {name: getattr(self, name) for name in HUB_OPTIONS}
