@@ -16,14 +16,27 @@ checkpoint (the cross-encoder benchmark's small CPU shape: 6 layers, hidden 384,
 Workloads: (i) 32 clients x 1-5 short documents (8-60 words) per request, for
 ``--seconds-i`` per server and round; (ii) 8 clients x 20 long-tailed documents each
 (log-normal lengths, median ~300 tokens, one at 8,192), every client sending
-``--requests-ii`` requests. Printed per server: requests/s, documents/s, p50/p99 latency,
+``--requests-ii`` requests; (iii) both populations at once (the 32 short clients for
+``--seconds-i`` while the 8 long-tailed ones run), reporting the short requests' latency
+beside their latency alone in (i).
+
+Every server runs ``--threads`` intra-op threads (ours ``--threads N``, Infinity
+``OMP_NUM_THREADS=N``); ``--default-threads`` adds a row "ours, default threads" (our
+automatic choice: affinity, cgroup quota, busy cores). ``--background-load N`` starts N
+busy-loop processes (one pure-Python ``while True`` each, like one other CPU-bound tenant
+per core) for the whole run and stops them at the end. ``--tiny`` uses the issue's tiny
+22-layer shape (hidden 64), where the serving path rather than the forward dominates.
+
+Printed per server: requests/s, documents/s, p50/p99 latency,
 server CPU-seconds (from /proc) and documents per server-CPU-second, documents lost
 (non-200 answers or missing results; must be 0), and max |Δscore| against ours on the
 same documents. Servers are timed round-robin for ``--rounds`` rounds; the best round
 (documents/s) is kept.
 
-    python benchmarks/bench_serve.py                 # both workloads, ~10 minutes here
+    python benchmarks/bench_serve.py                 # (i) and (ii), ~10 minutes here
     python benchmarks/bench_serve.py --workloads i   # only (i)
+    python benchmarks/bench_serve.py --tiny --workloads i,ii,iii --default-threads \
+        --background-load 2                          # the contention run
 """
 
 from __future__ import annotations
@@ -57,6 +70,9 @@ from rerank_plugins.testing import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+SMALL_SHAPE = Shape(layers=6, hidden=384, heads=6, intermediate=576, vocab=50368)
+TINY_SHAPE = Shape(layers=22, hidden=64, heads=4, intermediate=96, vocab=50368)
+"""The issue's tiny 22-layer shape: the forward is cheap, the serving path shows."""
 WINDOW = 8192
 INFINITY_VENV = Path(os.environ.get("RERANK_INFINITY_VENV") or ROOT / "integration_tests" / ".venv")
 
@@ -98,15 +114,27 @@ class Run:
         return self.documents / self.wall if self.wall else math.nan
 
 
-def start_ours(directory: Path, name: str, extra: list[str], logs: Path) -> Server:
+def start_ours(
+    directory: Path,
+    name: str,
+    extra: list[str],
+    logs: Path,
+    threads: int | None = 1,
+    env_extra: dict[str, str] | None = None,
+) -> Server:
     port = free_port()
     log = logs / f"{name.replace(' ', '_').replace(',', '')}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     command = [
         sys.executable, "-m", "rerank_plugins", "serve", "--model", str(directory),
         "--device", "cpu", "--port", str(port), "--max-queued-tokens", "100000000",
         "--log-level", "warning", *extra,
     ]  # fmt: skip
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    else:  # the automatic choice: no inherited override either
+        env.pop("RERANK_THREADS", None)
+        env.pop("OMP_NUM_THREADS", None)
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = Server(name, f"http://127.0.0.1:{port}/v1/rerank", process, log)
@@ -114,7 +142,7 @@ def start_ours(directory: Path, name: str, extra: list[str], logs: Path) -> Serv
     return server
 
 
-def start_infinity(directory: Path, logs: Path, batch_size: int) -> Server:
+def start_infinity(directory: Path, logs: Path, batch_size: int, threads: int = 1) -> Server:
     executable = INFINITY_VENV / "bin" / "infinity_emb"
     if not executable.exists():
         raise SystemExit(
@@ -128,6 +156,8 @@ def start_infinity(directory: Path, logs: Path, batch_size: int) -> Server:
         "TRANSFORMERS_OFFLINE": "1",
         "DO_NOT_TRACK": "1",
         "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
     }
     command = [
         str(executable), "v2", "--model-id", str(directory), "--served-model-name", "tiny",
@@ -278,47 +308,57 @@ def best_of(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workloads", default="i,ii")
+    p.add_argument("--workloads", default="i,ii", help="any of i, ii, iii (mixed)")
     p.add_argument("--rounds", type=int, default=2, help="rounds of (i)")
     p.add_argument("--rounds-ii", type=int, default=1, help="rounds of (ii) (minutes each)")
     p.add_argument("--seconds-i", type=float, default=12.0)
     p.add_argument("--requests-ii", type=int, default=1, help="requests per client in (ii)")
     p.add_argument("--infinity-batch-size", type=int, default=8)
     p.add_argument("--no-infinity", action="store_true")
+    p.add_argument("--no-unmerged", action="store_true", help="leave out 'ours, no merging'")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of every server")
+    p.add_argument(
+        "--default-threads", action="store_true", help="add 'ours, default threads' (automatic)"
+    )
+    p.add_argument(
+        "--compare-threads",
+        type=int,
+        help="add 'ours, N threads' and the same with OMP_WAIT_POLICY=PASSIVE (forced N)",
+    )
+    p.add_argument(
+        "--background-load", type=int, default=0, help="busy-loop processes run meanwhile"
+    )
+    p.add_argument("--tiny", action="store_true", help="the tiny 22-layer shape (hidden 64)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     workloads = set(args.workloads.split(","))
 
-    shape = Shape(layers=6, hidden=384, heads=6, intermediate=576, vocab=50368)
+    shape = TINY_SHAPE if args.tiny else SMALL_SHAPE
     print(f"# bench_serve  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"# machine: {platform.node()} {platform.machine()} cpus={os.cpu_count()}")
+    print(f"# load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(
         f"# model: ModernBERT random weights, {shape.layers} layers, hidden {shape.hidden}, "
-        f"window {WINDOW}, fp32 CPU; Infinity batch size {args.infinity_batch_size}"
+        f"window {WINDOW}, fp32 CPU; {args.threads} intra-op thread(s) per server; "
+        f"Infinity batch size {args.infinity_batch_size}; background load: "
+        f"{args.background_load} busy-loop process(es)"
     )
     servers: list[Server] = []
+    load = start_background_load(args.background_load)
     with tempfile.TemporaryDirectory() as tmp:
         directory = make_modernbert_checkpoint(
             Path(tmp) / "ckpt", config=shape.config(WINDOW), seed=args.seed
         )
         try:
-            ours = start_ours(directory, "ours", [], Path(tmp))
-            servers = [ours]
-            off = None
-            if "i" in workloads:  # (ii) does not compare batching on and off
-                off = start_ours(
-                    directory, "ours, no merging", ["--max-batch-requests", "1"], Path(tmp)
-                )
-                servers.append(off)
-            if not args.no_infinity:
-                servers.append(start_infinity(directory, Path(tmp), args.infinity_batch_size))
+            servers = start_servers(directory, Path(tmp), args, workloads)
             warm = pool_i(args.seed + 99, 8)
             for server in servers:
                 asyncio.run(drive(server, warm, clients=4, seconds=None, per_client=2))
-            if "i" in workloads:
+            alone: list[Run] = []
+            if "i" in workloads or "iii" in workloads:
                 print("# (i) 32 clients x 1-5 short documents", flush=True)
-                runs = best_of(
+                alone = best_of(
                     servers,
                     args.rounds,
                     pool_i(args.seed),
@@ -327,14 +367,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     per_client=None,
                 )
                 table(
-                    f"(i) 32 clients x 1-5 short docs, {args.seconds_i:.0f} s per run", runs, "ours"
+                    f"(i) 32 clients x 1-5 short docs, {args.seconds_i:.0f} s per run",
+                    alone,
+                    "ours",
                 )
+            contenders = [s for s in servers if s.name != "ours, no merging"]
             if "ii" in workloads:
                 print("# (ii) 8 clients x 20 long-tailed documents", flush=True)
                 pool = pool_ii(args.seed + 1, 8, args.requests_ii)
                 tokens = sum(len(d.split()) + QUERY_WORDS + SPECIALS for r in pool for d in r.docs)
                 longest = max(len(d.split()) for r in pool for d in r.docs)
-                contenders = [s for s in servers if s is not off]
                 runs = best_of(
                     contenders,
                     args.rounds_ii,
@@ -349,10 +391,84 @@ def main(argv: Sequence[str] | None = None) -> int:
                     runs,
                     "ours",
                 )
+            if "iii" in workloads:
+                print("# (iii) (i) and (ii) at once", flush=True)
+                mixed(contenders, alone, args)
         finally:
             for server in servers:
                 stop(server)
+            for process in load:
+                process.kill()
+                process.wait(timeout=10)
     return 0
+
+
+def start_servers(
+    directory: Path, logs: Path, args: argparse.Namespace, workloads: set[str]
+) -> list[Server]:
+    servers = [start_ours(directory, "ours", [], logs, args.threads)]
+    if args.default_threads:
+        servers.append(start_ours(directory, "ours, default threads", [], logs, None))
+    if args.compare_threads:
+        n = args.compare_threads
+        servers.append(start_ours(directory, f"ours, {n} threads", [], logs, n))
+        servers.append(
+            start_ours(
+                directory,
+                f"ours, {n} threads, passive wait",
+                [],
+                logs,
+                n,
+                {"OMP_WAIT_POLICY": "PASSIVE"},
+            )
+        )
+    if "i" in workloads and not args.no_unmerged:  # (ii) does not compare batching on and off
+        servers.append(
+            start_ours(
+                directory, "ours, no merging", ["--max-batch-requests", "1"], logs, args.threads
+            )
+        )
+    if not args.no_infinity:
+        servers.append(start_infinity(directory, logs, args.infinity_batch_size, args.threads))
+    return servers
+
+
+def start_background_load(n: int) -> list[subprocess.Popen[bytes]]:
+    """``n`` busy-loop processes: the documented background load."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def mixed(servers: list[Server], alone: list[Run], args: argparse.Namespace) -> None:
+    """(iii): 32 short clients and 8 long-tailed clients at once on each server."""
+    short_pool = pool_i(args.seed)
+    long_pool = pool_ii(args.seed + 1, 8, 4)
+    by_name = {r.server: r for r in alone}
+    print("\n## (iii) mixed: 32 short clients + 8 long-tailed clients at once")
+    print(
+        "| server | short docs/s | short p50 ms | short p99 ms | short p99 alone (i) ms "
+        "| p99 mixed ÷ alone | long docs/s | long p99 ms | server CPU s | docs lost |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for server in servers:
+
+        async def both(server: Server = server) -> tuple[Run, Run]:
+            return await asyncio.gather(
+                drive(server, short_pool, clients=32, seconds=args.seconds_i, per_client=None),
+                drive(server, long_pool, clients=8, seconds=args.seconds_i, per_client=None),
+            )
+
+        short, long = asyncio.run(both())
+        ref = by_name.get(server.name)
+        p99_alone = pct(ref.latencies, 0.99) if ref else math.nan
+        p99 = pct(short.latencies, 0.99)
+        print(
+            f"| {server.name} | {short.docs_per_s:.1f} "
+            f"| {statistics.median(short.latencies) * 1e3:.0f} | {p99 * 1e3:.0f} "
+            f"| {p99_alone * 1e3:.0f} | {p99 / p99_alone:.2f} | {long.docs_per_s:.1f} "
+            f"| {pct(long.latencies, 0.99) * 1e3:.0f} | {short.cpu:.1f} "
+            f"| {short.lost + long.lost} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,10 @@ class Model:
 
     def __str__(self) -> str:
         kind = "real model" if self.real else "TINY RANDOM-WEIGHT checkpoint: scores are noise"
-        return f"{self.spec}\n  ({kind}; {self.why})"
+        # A built checkpoint lives in a temporary directory: its path means nothing to a
+        # reader of the saved outputs.
+        shown = self.spec if self.real else f"<temporary directory>/{Path(self.spec).name}"
+        return f"{shown}\n  ({kind}; {self.why})"
 
 
 def hub_has(model: str, *, timeout: float = 5.0) -> str | None:
@@ -228,3 +232,21 @@ def start_server(model: str, *args: str, timeout: float = 180.0) -> Server:
         time.sleep(0.5)
     server.stop()
     raise RuntimeError(f"the server was not ready after {timeout:.0f} s:\n{log.read_text()}")
+
+
+@contextmanager
+def native_output_to_file(name: str) -> Iterator[Path]:
+    """Send what native code writes to file descriptor 2 (Ray's C++ core: its warnings
+    about internals) to ``WORKDIR/name`` for the duration, instead of the notebook's
+    output. Python's own errors and warnings still show: they do not go through fd 2."""
+    path = WORKDIR / name
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with path.open("wb") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield path
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -22,6 +22,7 @@ _EXTRA_OF = {
     "fastapi": "serve",
     "uvicorn": "serve",
     "prometheus_client": "serve",
+    "ijson": "serve",
     "pyarrow": "bulk",
     "ray": "ray",
     "ir_measures": "eval",

@@ -6,6 +6,7 @@
     ├── MissingExtraError (also ImportError)   an optional dependency is not installed
     ├── InvalidInputError (also ValueError)    bad query, documents or options
     │   ├── InputTooLongError                  over the window with overflow="error"
+    │   ├── ResumeConflictError                a resume with another input, model or options
     │   ├── UnsupportedDeviceError             a device that cannot run the mode asked for
     │   ├── EvaluationDataError                a malformed or inconsistent BEIR/TREC input
     │   └── CalibrationMismatchError           a calibration file made for another model/mode
@@ -48,6 +49,7 @@ __all__ = [
     "ModelLoadError",
     "RerankError",
     "ResponseTooLargeError",
+    "ResumeConflictError",
     "ScoringError",
     "UnknownOptionError",
     "UnsupportedDeviceError",
@@ -84,6 +86,15 @@ class InvalidInputError(RerankError, ValueError):
 
 class InputTooLongError(InvalidInputError):
     """An input exceeds the model's window and the overflow policy is ``"error"``."""
+
+
+class ResumeConflictError(InvalidInputError):
+    """A resumed run differs from the run that wrote the output (input content, model
+    fingerprint, scoring options, shard size, ...); the message names each difference."""
+
+    def __init__(self, message: str, *, changed: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.changed: tuple[str, ...] = tuple(changed)
 
 
 class UnsupportedModelError(RerankError, ValueError):

@@ -25,6 +25,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
 from rerank_plugins._options import check_fields
+from rerank_plugins.batching import BatchingScorer
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
@@ -57,6 +58,11 @@ class RerankCompressor(BaseDocumentCompressor):
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Options for load_scorer (device, max_length, ...)."
     )
+    batching: bool = Field(
+        default=False,
+        description="Merge concurrent calls into shared forwards (a BatchingScorer); off "
+        "by default: a lone caller gains nothing from it.",
+    )
     # The default is the one of LangChain's own CrossEncoderReranker and CohereRerank
     # (README, "Defaults"); None keeps every document, reordered.
     top_n: PositiveInt | None = Field(
@@ -80,6 +86,8 @@ class RerankCompressor(BaseDocumentCompressor):
         super().__init__(**data)
         # Loaded after field validation so that loading errors keep their own type.
         self.scorer = scorer_from(self.scorer, self.model, self.model_kwargs)
+        if self.batching and not isinstance(self.scorer, BatchingScorer):
+            self.scorer = BatchingScorer(self.scorer)
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None

@@ -23,6 +23,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
 from rerank_plugins._options import check_fields
+from rerank_plugins.batching import BatchingScorer
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
@@ -54,6 +55,11 @@ class RerankPostprocessor(BaseNodePostprocessor):
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Options for load_scorer (device, max_length, ...)."
     )
+    batching: bool = Field(
+        default=False,
+        description="Merge concurrent calls into shared forwards (a BatchingScorer); off "
+        "by default: a lone caller gains nothing from it.",
+    )
     # The default is the one of LlamaIndex's SentenceTransformerRerank and CohereRerank
     # (README, "Defaults"); None keeps every node, reordered.
     top_n: PositiveInt | None = Field(
@@ -83,6 +89,8 @@ class RerankPostprocessor(BaseNodePostprocessor):
         super().__init__(**data)
         # Loaded after field validation so that loading errors keep their own type.
         self.scorer = scorer_from(self.scorer, self.model, self.model_kwargs)
+        if self.batching and not isinstance(self.scorer, BatchingScorer):
+            self.scorer = BatchingScorer(self.scorer)
 
     @classmethod
     def class_name(cls) -> str:

@@ -20,19 +20,26 @@ def is_remote(spec: str | Path) -> bool:
 
 
 def load_scorer(
-    spec: str | Path, *, calibration: str | Path | None = None, **options: Any
+    spec: str | Path,
+    *,
+    calibration: str | Path | None = None,
+    batching: bool = False,
+    **options: Any,
 ) -> Scorer:
     """Build a scorer from a hub id, a local checkpoint directory or an endpoint URL.
 
     ``http://`` and ``https://`` URLs give a :class:`~rerank_plugins.remote.RemoteScorer`;
     anything else is resolved to a checkpoint whose own files pick the local scorer.
     ``options`` go to the scorer's constructor (``device``, ``max_length``, ``overflow``,
-    ``api_key``, ``dialect``, ...).
+    ``api_key``, ``dialect``, ...; ``threads`` sets a local model's intra-op threads).
 
     ``calibration``: a file written by ``rerank-plugins calibrate`` for this model and
     mode; the scorer then returns calibrated probabilities (``kind="probability"``), so
     that 0.5 means "more likely relevant than not". A file made for another model or mode
     raises :class:`~rerank_plugins.errors.CalibrationMismatchError`.
+
+    ``batching=True`` wraps the scorer in a :class:`~rerank_plugins.batching.BatchingScorer`:
+    concurrent calls (threads, event loops) share forwards through the server's batcher.
     """
     if calibration is not None:
         from rerank_plugins.calibration import calibrate_scorer, load_calibration
@@ -40,8 +47,14 @@ def load_scorer(
         cal = load_calibration(calibration)
         cal.check_kind(remote=is_remote(spec))
         merged = {**cal.options, **options}
-        return calibrate_scorer(_load(spec, merged), cal, options=merged)
-    return _load(spec, options)
+        scorer: Scorer = calibrate_scorer(_load(spec, merged), cal, options=merged)
+    else:
+        scorer = _load(spec, options)
+    if batching:
+        from rerank_plugins.batching import BatchingScorer
+
+        return BatchingScorer(scorer)
+    return scorer
 
 
 def _load(spec: str | Path, options: dict[str, Any]) -> Scorer:

@@ -259,11 +259,12 @@ def score_groups(scorer: Scorer, groups: Sequence[Group]) -> list[list[Score]]:
     document. A :class:`RerankError` from a call is re-raised with its ``indices``
     rewritten as positions in the flattened input (group after group).
 
-    >>> from rerank_plugins.testing import FunctionScorer
-    >>> s = FunctionScorer(lambda q, d: float(len(d)))
-    >>> out = score_groups(s, [("q", ["aa", "b"]), ("q", ["ccc"])])
-    >>> [len(g) for g in out], out[0][1].value, out[1][0].value, s.calls
-    ([2, 1], 1.0, 3.0, 1)
+    Examples:
+        >>> from rerank_plugins.testing import FunctionScorer
+        >>> s = FunctionScorer(lambda q, d: float(len(d)))
+        >>> out = score_groups(s, [("q", ["aa", "b"]), ("q", ["ccc"])])
+        >>> [len(g) for g in out], out[0][1].value, out[1][0].value, s.calls
+        ([2, 1], 1.0, 3.0, 1)
     """
     plan = _GroupPlan(groups)
     for query, slots, documents in plan.calls():

@@ -52,3 +52,44 @@ def test_every_notebook_is_in_the_site_navigation() -> None:
     nav = (ROOT / "mkdocs.yml").read_text()
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert f"notebooks/{notebook.name}" in nav, f"{notebook.name} is not in mkdocs.yml's nav"
+
+
+def test_the_docs_index_lists_every_extra() -> None:
+    import re
+
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    index = (ROOT / "docs" / "index.md").read_text()
+    listed = set(re.findall(r"^\| `\[([a-z-]+)\]` \|", index, re.MULTILINE))
+    assert listed == set(extras)
+
+
+def test_the_api_reference_turns_sphinx_roles_into_cross_references() -> None:
+    import griffe
+
+    spec = importlib.util.spec_from_file_location("griffe_roles", ROOT / "docs" / "griffe_roles.py")
+    assert spec is not None and spec.loader is not None
+    roles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roles)
+    package = griffe.load(
+        "rerank_plugins",
+        search_paths=[str(ROOT)],
+        extensions=griffe.load_extensions(roles.SphinxRoles()),
+    )
+    texts: list[str] = []
+
+    def collect(obj: griffe.Object) -> None:
+        if obj.docstring is not None:
+            texts.append(obj.docstring.value)
+        for member in obj.members.values():
+            if not member.is_alias:
+                collect(member)  # type: ignore[arg-type]
+
+    collect(package)
+    text = "\n".join(texts)
+    assert not roles._ROLE.search(text)
+    # a relative role (``:func:`check_scores``` in rerank_plugins.scoring) resolved in scope
+    score_groups = package["scoring.score_groups"].docstring.value
+    assert '<autoref identifier="rerank_plugins.scoring.check_scores" optional>' in score_groups

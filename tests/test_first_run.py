@@ -38,7 +38,25 @@ def check_one_line_with_the_ways_out(stderr: str) -> str:
     assert "--model DIR / model=DIR" in line  # way out 1: a local directory
     assert f"hf download {MODEL}" in line  # way out 2: a warm cache
     assert "HF_HUB_OFFLINE=1" in line  # way out 3: the cache only
+    assert "python -m rerank_plugins.testing DIR" in line  # way out 4: a tiny local one
     return line
+
+
+def test_the_one_line_builder_of_the_first_run_message_gives_a_working_model(
+    tmp_path: Path,
+) -> None:
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    built = subprocess.run(
+        [sys.executable, "-m", "rerank_plugins.testing", str(tmp_path / "tiny")],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.strip() == str(tmp_path / "tiny")
+    scores = load_scorer(str(tmp_path / "tiny"), device="cpu").score("q", ["a b", "c"])
+    assert len(scores) == 2
 
 
 def test_offline_without_a_cache_says_what_failed_and_the_ways_out(tmp_path: Path) -> None:

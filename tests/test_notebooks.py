@@ -126,3 +126,19 @@ def test_committed_notebook_has_its_outputs_and_stays_small(notebook: Path) -> N
     if notebook.name in WITH_PLOTS:
         assert _images(nb) >= 1
     assert notebook.stat().st_size < 400_000
+
+
+_NOT_FOR_READERS = ("/tmp/", "/root/", "/home/", "/work/", "core_worker", "Missing packages")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_committed_outputs_carry_no_machine_paths_or_ray_internals(notebook: Path) -> None:
+    nb = nbformat.read(notebook, as_version=4)
+    texts = [
+        "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    ]
+    found = [(s, t[:120]) for t in texts for s in _NOT_FOR_READERS if s in t]
+    assert not found, found

@@ -94,6 +94,8 @@ RUNS: dict[str, tuple[str, ...]] = {
     ),
     "import llama_index.core.instrumentation as instrument": (),
     "from rerank_plugins import InputTooLongError, load_scorer": ("query", "documents"),
+    # A FastAPI app with a batching reranker (CHECKS calls its handler too).
+    "from fastapi import FastAPI": (),
     # docs/evaluate.md: evaluate() on the packaged collection (tiny checkpoint, depth 5).
     "import tempfile": (),
 }
@@ -236,3 +238,32 @@ def test_the_example_runs(
     builders = context_builders()
     namespace: dict[str, Any] = {name: builders[name]() for name in RUNS[example.key]}
     exec(compile(code, str(example), "exec"), namespace)  # our own docs, nothing fetched
+    check = CHECKS.get(example.key)
+    if check is not None:
+        check(namespace)
+
+
+def _answers_concurrent_requests(namespace: dict[str, Any]) -> None:
+    """The web-app examples: their handler answers several requests at once."""
+    import asyncio
+
+    import httpx
+
+    async def many() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=namespace["app"])
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            body = {"query": "Which planet is the largest?", "passages": DOCUMENTS}
+            return await asyncio.gather(*(client.post("/rerank", json=body) for _ in range(4)))
+
+    answers = asyncio.run(many())
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    first = answers[0].json()
+    assert first and set(first) <= set(DOCUMENTS)
+    assert all(a.json() == first for a in answers)
+    namespace["reranker"].scorer.close()
+
+
+# The example's first line -> what is checked after it ran.
+CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "from fastapi import FastAPI": _answers_concurrent_requests,
+}

@@ -6,7 +6,7 @@ documents. :func:`score_table` scores an Arrow table of such rows through any
 too); :func:`score_file` runs it over a whole file on one machine::
 
     OUTPUT/
-      _manifest.json             input identity, shard size, columns, model: checked on --resume
+      _manifest.json             input/model identity, options, shard checksums (manifest.py)
       part-000000.parquet        rows [0, shard_rows), input order, input columns kept
       part-000001.parquet        ... (.jsonl shards for a JSONL input)
       _errors/part-000001.jsonl  rows that could not be scored, with the reason

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,18 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from rerank_plugins._imports import require
+from rerank_plugins.bulk.jsonl import DEFAULT_MAX_LINE_BYTES
+from rerank_plugins.bulk.manifest import MANIFEST, Manifest, input_identity, public_options
 from rerank_plugins.bulk.rows import check_columns
 from rerank_plugins.bulk.shards import (
     ERRORS_DIR,
     atomic_write_text,
-    count_output,
     count_rows,
+    errors_path,
     jsonl_shards,
     parquet_shards,
+    shard_name,
     write_jsonl_shard,
     write_parquet_shard,
 )
-from rerank_plugins.errors import InvalidInputError
+from rerank_plugins.errors import InvalidInputError, ScoringError
+from rerank_plugins.identity import redact_url, scorer_identity
 from rerank_plugins.loading import load_scorer
 from rerank_plugins.scoring import Scorer
 
@@ -31,7 +34,6 @@ __all__ = ["BulkInterrupted", "BulkSummary", "input_format", "score_file"]
 
 logger = logging.getLogger(__name__)
 
-_MANIFEST = "_manifest.json"
 _SUCCESS = "_SUCCESS"
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -87,132 +89,192 @@ def score_file(
     keep_text: bool = True,
     model_options: dict[str, Any] | None = None,
     progress: bool | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> BulkSummary:
     """Score every row of a Parquet or JSONL file into shards under the ``output`` directory.
 
     ``model`` is a spec for :func:`~rerank_plugins.load_scorer` (with ``model_options``) or
-    a scorer. ``resume=True`` continues a run into the same ``output`` (same input, shard
-    size, columns and model, else :class:`InvalidInputError`); without it ``output`` must
-    not exist or be empty. ``progress`` shows a tqdm bar (default: when stderr is a tty).
+    a scorer. ``resume=True`` continues a run into the same ``output``: the same input
+    content, shard size, columns and model (its fingerprint and the options that change
+    scores, see ``rerank_plugins.bulk.manifest``), else
+    :class:`~rerank_plugins.errors.ResumeConflictError` naming what changed; shards whose
+    checksum no longer matches are recomputed (logged, and listed in the summary's
+    ``extra["shards_recomputed"]``). Without it ``output`` must not exist or be empty. A
+    JSONL line over ``max_line_bytes`` is an error row, never read whole. ``progress``
+    shows a tqdm bar (default: when stderr is a tty).
     """
     if shard_rows <= 0:
         raise InvalidInputError(f"shard_rows must be positive, got {shard_rows}")
     started = time.perf_counter()
     source = Path(input_path)
     fmt = input_format(source)
-    try:
-        stat = source.stat()
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {source}: {exc}") from exc
     out = Path(output)
-    manifest = {
-        "version": 1,
-        "input": str(source.resolve()),
-        "input_size": stat.st_size,
-        "input_mtime_ns": stat.st_mtime_ns,
+    if fmt == "parquet":
+        check_columns(_parquet_columns(source), query_column, document_column)
+    existing = _check_output(out, resume=resume)
+    identity: dict[str, Any] = {
+        **input_identity(source),
         "format": fmt,
         "shard_rows": shard_rows,
         "query_column": query_column,
         "document_column": document_column,
         "keep_text": keep_text,
-        "model": str(model) if isinstance(model, (str, Path)) else f"<{type(model).__name__}>",
-        # Never the key: the manifest is a plain file next to the output.
-        "model_options": {
-            k: repr(v) for k, v in sorted((model_options or {}).items()) if k != "api_key"
+        "recorded": {
+            "input": str(source.resolve()),
+            "model": redact_url(str(model))
+            if isinstance(model, (str, Path))
+            else f"<{type(model).__name__}>",
+            "model_options": public_options(model_options),
         },
     }
-    if fmt == "parquet":
-        pq = require("pyarrow.parquet")
-        pa = require("pyarrow")
-        try:
-            names = pq.read_schema(source).names
-        except pa.ArrowException as exc:  # not Parquet, truncated, corrupt footer
-            raise InvalidInputError(f"{source} is not a readable Parquet file: {exc}") from exc
-        check_columns(names, query_column, document_column)
-    done = _prepare_output(out, manifest, resume=resume)
-    summary = BulkSummary(output=str(out))
-    if (out / _SUCCESS).exists():
-        logger.info("%s is already complete", out)
-        previous = json.loads((out / _SUCCESS).read_text(encoding="utf-8"))
-        return BulkSummary(**{**previous, "shards_resumed": previous.get("shards", 0)})
+    if existing:  # a changed input or shard size is refused before the model loads
+        Manifest(out, identity).check(only_known=True)
     scorer = model if isinstance(model, Scorer) else load_scorer(model, **(model_options or {}))
-    start = _first_missing(done)
-    summary.shards_resumed = start
+    manifest = Manifest(out, {**identity, "model": scorer_identity(scorer)})
+    if existing:
+        manifest.resume()
+    else:
+        manifest.create()
+    total = count_rows(source, fmt, max_line_bytes)
+    suffix = ".parquet" if fmt == "parquet" else ".jsonl"
+    n_shards = -(-total // shard_rows)
+    kept, recomputed = _check_shards(manifest, n_shards, suffix)
+    if len(kept) == n_shards and (out / _SUCCESS).exists():
+        logger.info("%s is already complete", out)
+        manifest.finish_run(time.perf_counter() - started)
+        summary = _summary(out, manifest, len(kept), 0, total, recomputed)
+        atomic_write_text(out / _SUCCESS, summary.to_json() + "\n")
+        return summary
+    (out / _SUCCESS).unlink(missing_ok=True)
+    start = _first_missing(kept)
+    options = {"max_line_bytes": max_line_bytes} if fmt == "jsonl" else {}
     reader = parquet_shards if fmt == "parquet" else jsonl_shards
-    total = count_rows(source, fmt)
-    bar = _progress_bar(total, start * shard_rows, progress)
+    write_shard = write_parquet_shard if fmt == "parquet" else write_jsonl_shard
+    bar = _progress_bar(total, sum(_rows(manifest, i) for i in kept), progress)
+    this_run = {"rows": 0, "errors": 0, "tokens": 0}
     try:
-        for index, shard in reader(source, shard_rows=shard_rows, start_shard=start):
-            write_shard = write_parquet_shard if fmt == "parquet" else write_jsonl_shard
-            rows, errors, tokens = write_shard(
-                out,
-                index,
-                shard,
-                scorer,
-                query_column,
-                document_column,
-                keep_text,
-                shard_rows,
+        for index, shard in reader(source, shard_rows=shard_rows, start_shard=start, **options):
+            if index in kept:
+                continue
+            rows, errors, tokens, tmp = write_shard(
+                out, index, shard, scorer, query_column, document_column, keep_text, shard_rows
             )
-            summary.rows += rows
-            summary.errors += errors
-            summary.tokens += tokens
-            summary.shards += 1
+            counts = {"rows": rows, "errors": errors, "tokens": tokens}
+            path = out / shard_name(index, suffix)
+            # Checksum first, then the rename: the commit. A shard is visible only whole and
+            # only once recorded; a kill between the two leaves a record with no file.
+            manifest.record(index, tmp, path.name, errors_path(out, index), counts)
+            os.replace(tmp, path)
+            for key, value in counts.items():
+                this_run[key] += value
             bar.update(rows)
             elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix(tokens_s=f"{summary.tokens / elapsed:,.0f}", errors=summary.errors)
+            bar.set_postfix(tokens_s=f"{this_run['tokens'] / elapsed:,.0f}", errors=errors)
             logger.info("shard %d: %d rows, %d errors", index, rows, errors)
     except KeyboardInterrupt as exc:
         # Complete shards are on disk (each renamed into place whole); the one in progress
         # is not. Say how far the run got, for the --resume that continues it.
-        total_shards = max(1, math.ceil(total / shard_rows))
-        raise BulkInterrupted(str(out), start + summary.shards, total_shards) from exc
+        written = len(manifest.data["shards"])
+        raise BulkInterrupted(str(out), written, max(1, n_shards)) from exc
     finally:
         bar.close()
-    # Totals over the whole output, not just this run's part: read back from the shards.
-    summary.seconds = round(time.perf_counter() - started, 3)
-    summary.extra = {"rows_this_run": summary.rows, "total_rows": total}
-    summary.rows, summary.errors = count_output(out, fmt)
-    summary.shards += start
+        manifest.finish_run(time.perf_counter() - started)
+    summary = _summary(out, manifest, len(kept), this_run["rows"], total, recomputed)
+    if summary.rows != total or summary.shards != n_shards:
+        raise ScoringError(
+            f"{out} holds {summary.rows} rows in {summary.shards} shards for an input of "
+            f"{total} rows ({n_shards} shards); _SUCCESS not written"
+        )
     atomic_write_text(out / _SUCCESS, summary.to_json() + "\n")
     return summary
 
 
-def _prepare_output(out: Path, manifest: dict[str, Any], *, resume: bool) -> set[int]:
-    """Check or create ``out``; return the indices of the shards already complete."""
-    path = out / _MANIFEST
+def _parquet_columns(source: Path) -> list[str]:
+    pq = require("pyarrow.parquet")
+    pa = require("pyarrow")
+    try:
+        return list(pq.read_schema(source).names)
+    except FileNotFoundError as exc:
+        raise InvalidInputError(f"cannot read {source}: {exc}") from exc
+    except pa.ArrowException as exc:  # not Parquet, truncated, corrupt footer
+        raise InvalidInputError(f"{source} is not a readable Parquet file: {exc}") from exc
+
+
+def _check_output(out: Path, *, resume: bool) -> bool:
+    """Whether ``out`` holds an earlier run; refuse a non-empty ``out`` without ``resume``."""
     if out.is_symlink() and not out.exists():
         raise InvalidInputError(f"{out} is a link to {os.readlink(out)}, which does not exist")
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not resume:
-            raise InvalidInputError(
-                f"{out} is not empty: pass --resume to continue that run, or choose a new output"
-            )
+    if not (out.exists() and any(out.iterdir())):
+        out.mkdir(parents=True, exist_ok=True)  # an unwritable place fails before the model
+        return False
+    if not resume:
+        raise InvalidInputError(
+            f"{out} is not empty: pass --resume to continue that run, or choose a new output"
+        )
+    if not (out / MANIFEST).exists():
+        raise InvalidInputError(f"{out} has no {MANIFEST}: it is not a bulk scoring output")
+    for stale in [*out.glob(".*.tmp"), *(out / ERRORS_DIR).glob(".*.tmp")]:
+        stale.unlink()  # the shard a killed run was writing
+    return True
+
+
+def _check_shards(manifest: Manifest, n_shards: int, suffix: str) -> tuple[set[int], list[int]]:
+    """The shards kept (their files match the manifest) and those to recompute (said)."""
+    out = manifest.out
+    kept: set[int] = set()
+    recomputed: list[int] = []
+    for index in range(n_shards):
+        path = out / shard_name(index, suffix)
         if not path.exists():
-            raise InvalidInputError(f"{out} has no {_MANIFEST}: it is not a bulk scoring output")
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
-        if changed:
-            raise InvalidInputError(
-                f"cannot resume {out}: {', '.join(changed)} changed since that run "
-                f"(was {[previous.get(k) for k in changed]}, now {[manifest[k] for k in changed]})"
-            )
-        for stale in out.glob(".*.tmp"):  # the shard a killed run was writing
-            stale.unlink()
-        for stale in (out / ERRORS_DIR).glob(".*.tmp"):
-            stale.unlink()
-        suffix = ".parquet" if manifest["format"] == "parquet" else ".jsonl"
-        return {int(p.stem.split("-")[1]) for p in out.glob(f"part-*{suffix}")}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return set()
+            manifest.forget(index)  # never written, or killed before its rename
+            continue
+        why = manifest.verify(index, errors_path(out, index))
+        if why is None:
+            kept.add(index)
+            continue
+        logger.warning("shard %s is recomputed: %s", path.name, why)
+        recomputed.append(index)
+        manifest.forget(index)
+    return kept, recomputed
+
+
+def _rows(manifest: Manifest, index: int) -> int:
+    record = manifest.shard(index)
+    return int(record.get("rows", 0)) if record else 0
+
+
+def _summary(
+    out: Path,
+    manifest: Manifest,
+    kept: int,
+    rows_this_run: int,
+    total: int,
+    recomputed: list[int],
+) -> BulkSummary:
+    """Totals over the whole output (every run's shards), from the checksummed records."""
+    totals = manifest.totals()
+    runs = manifest.runs
+    return BulkSummary(
+        output=str(out),
+        rows=totals["rows"],
+        errors=totals["errors"],
+        tokens=totals["tokens"],
+        shards=len(manifest.data["shards"]),
+        shards_resumed=kept,
+        seconds=round(sum(float(r.get("seconds", 0.0)) for r in runs), 3),
+        extra={
+            "rows_this_run": rows_this_run,
+            "total_rows": total,
+            "shards_recomputed": recomputed,
+            "runs": [{"seconds": r.get("seconds"), "shards": r.get("shards")} for r in runs],
+        },
+    )
 
 
 def _first_missing(done: set[int]) -> int:
-    # Shards are written in order, so the complete ones are a prefix; any shard after the
-    # first missing one is rewritten (replaced atomically, so never duplicated).
+    # The first shard to write; shards after it that are kept are skipped, not rewritten.
     k = 0
     while k in done:
         k += 1

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -72,8 +73,20 @@ def score_rows(
         if isinstance(result, str):
             out.append(RowResult(error=result))
         else:
-            out.append(RowResult(scores=result if listed else result[0]))
+            out.append(_finite(RowResult(scores=result if listed else result[0])))
     return out
+
+
+def _finite(result: RowResult) -> RowResult:
+    """The row's error when a score is NaN or infinite (never ``score: NaN, error: null``)."""
+    scores = result.scores
+    listed = scores if isinstance(scores, list) else [] if scores is None else [scores]
+    bad = [i for i, s in enumerate(listed) if not math.isfinite(s.value)]
+    if not bad:
+        return result
+    where = f" for documents {bad}" if isinstance(scores, list) else ""
+    exc = InvalidScoreError(f"the model returned a non-finite score{where}", indices=bad)
+    return RowResult(error=_reason(exc))
 
 
 def _score_split(

@@ -1,5 +1,6 @@
-"""The shards of a bulk output: read the input a shard at a time, score it, write it
-atomically (a hidden file renamed into place), and count what was written."""
+"""The shards of a bulk output: read the input a shard at a time (a JSONL line at most
+``max_line_bytes`` long, a bad line an error row), score it, write it to a hidden file
+that the caller records and renames into place."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rerank_plugins._imports import require
+from rerank_plugins.bulk.jsonl import lines as jsonl_lines
+from rerank_plugins.bulk.jsonl import parse_object
 from rerank_plugins.bulk.rows import (
     OUTPUT_COLUMNS,
     RowResult,
@@ -27,8 +30,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ERRORS_DIR",
     "atomic_write_text",
-    "count_output",
     "count_rows",
+    "errors_path",
     "jsonl_shards",
     "parquet_shards",
     "shard_name",
@@ -49,29 +52,11 @@ def shard_name(index: int, suffix: str) -> str:
     return f"part-{index:06d}{suffix}"
 
 
-def count_rows(source: Path, fmt: str) -> int:
+def count_rows(source: Path, fmt: str, max_line_bytes: int) -> int:
     if fmt == "parquet":
         pq = require("pyarrow.parquet")
         return int(pq.ParquetFile(source).metadata.num_rows)
-    with source.open("rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
-def count_output(out: Path, fmt: str) -> tuple[int, int]:
-    """Rows and error rows written, from the shards on disk (the whole run, resumed or not)."""
-    errors = 0
-    for path in (out / ERRORS_DIR).glob("part-*.jsonl"):
-        with path.open("rb") as f:
-            errors += sum(1 for _ in f)
-    if fmt == "parquet":
-        pq = require("pyarrow.parquet")
-        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in out.glob("part-*.parquet"))
-    else:
-        rows = 0
-        for path in out.glob("part-*.jsonl"):
-            with path.open("rb") as f:
-                rows += sum(1 for _ in f)
-    return int(rows), errors
+    return sum(1 for _ in jsonl_lines(source, max_line_bytes=max_line_bytes))
 
 
 def parquet_shards(source: Path, *, shard_rows: int, start_shard: int) -> Iterator[Any]:
@@ -119,34 +104,28 @@ class _Line:
     error: str | None = None
 
 
-def jsonl_shards(source: Path, *, shard_rows: int, start_shard: int) -> Iterator[Any]:
-    """``(index, [_Line])`` shards of non-blank lines, starting at shard ``start_shard``."""
+def jsonl_shards(
+    source: Path, *, shard_rows: int, start_shard: int, max_line_bytes: int
+) -> Iterator[Any]:
+    """``(index, [_Line])`` shards of non-blank lines, starting at shard ``start_shard``;
+    a line over ``max_line_bytes`` or that is not a usable JSON object is an error row."""
     skip = start_shard * shard_rows
     index = start_shard
     shard: list[_Line] = []
-    with source.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            if skip:
-                skip -= 1
-                continue
-            try:
-                value = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                shard.append(_Line(number, None, f"line {number} is not valid JSON: {exc}"))
-            else:
-                if isinstance(value, dict):
-                    shard.append(_Line(number, value))
-                else:
-                    kind = type(value).__name__
-                    shard.append(
-                        _Line(number, None, f"line {number} is a JSON {kind}, not an object")
-                    )
-            if len(shard) == shard_rows:
-                yield index, shard
-                index += 1
-                shard = []
+    for number, raw in jsonl_lines(source, max_line_bytes=max_line_bytes):
+        if skip:
+            skip -= 1
+            continue
+        if raw is None:
+            reason = f"line {number} is longer than max_line_bytes={max_line_bytes}; not read"
+            shard.append(_Line(number, None, reason))
+        else:
+            row, error = parse_object(raw, number)
+            shard.append(_Line(number, row, error))
+        if len(shard) == shard_rows:
+            yield index, shard
+            index += 1
+            shard = []
     if shard:
         yield index, shard
 
@@ -158,13 +137,17 @@ def _error_record(row: int, values: dict[str, Any], document_column: str, error:
     return json.dumps(record, ensure_ascii=False, default=str)
 
 
-def _write_errors(out: Path, index: int, lines: list[str]) -> None:
-    path = out / ERRORS_DIR / shard_name(index, ".jsonl")
-    if not lines:
+def errors_path(out: Path, index: int) -> Path:
+    return out / ERRORS_DIR / shard_name(index, ".jsonl")
+
+
+def _write_errors(out: Path, index: int, records: list[str]) -> None:
+    path = errors_path(out, index)
+    if not records:
         path.unlink(missing_ok=True)  # left by an earlier, killed attempt at this shard
         return
     path.parent.mkdir(exist_ok=True)
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    atomic_write_text(path, "".join(line + "\n" for line in records))
 
 
 def write_parquet_shard(
@@ -176,7 +159,7 @@ def write_parquet_shard(
     document_column: str,
     keep_text: bool,
     shard_rows: int,
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, Path]:
     pa = require("pyarrow")
     pq = require("pyarrow.parquet")
     results = score_rows(
@@ -202,9 +185,8 @@ def write_parquet_shard(
     path = out / shard_name(index, ".parquet")
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(scored, tmp)
-    # The rename is the commit: before it the shard does not exist, after it it is whole.
-    os.replace(tmp, path)
-    return table.num_rows, len(failed), tokens_of(results)
+    # Not renamed here: the caller records the checksum, then renames (the commit).
+    return table.num_rows, len(failed), tokens_of(results), tmp
 
 
 def write_jsonl_shard(
@@ -216,7 +198,7 @@ def write_jsonl_shard(
     document_column: str,
     keep_text: bool,
     shard_rows: int,
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, Path]:
     parsed = [i for i, line in enumerate(lines) if line.row is not None]
     results: list[RowResult] = [RowResult(error=line.error) for line in lines]
     usable: list[int] = []
@@ -251,5 +233,7 @@ def write_jsonl_shard(
         values.update(row_fields(result))
         text.append(json.dumps(values, ensure_ascii=False) + "\n")
     _write_errors(out, index, errors)
-    atomic_write_text(out / shard_name(index, ".jsonl"), "".join(text))
-    return len(lines), len(errors), tokens_of(results)
+    path = out / shard_name(index, ".jsonl")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(text), encoding="utf-8")
+    return len(lines), len(errors), tokens_of(results), tmp

@@ -6,7 +6,7 @@ score) to ``P(relevant) = sigmoid(a * s + b)``, fitted by ``rerank-plugins calib
 "more likely relevant than not" whatever the backend.
 
 - :mod:`~rerank_plugins.calibration.file`: :class:`Calibration` (the JSON file, which
-  records the model and the mode it was fitted for) and :func:`scorer_identity`;
+  records the model and the mode it was fitted for) and :func:`calibration_identity`;
 - :mod:`~rerank_plugins.calibration.scorer`: :class:`CalibratedScorer` and
   :func:`calibrate_scorer`, which refuses a file made for another model or mode with
   :class:`~rerank_plugins.errors.CalibrationMismatchError`.
@@ -19,8 +19,8 @@ from __future__ import annotations
 from rerank_plugins.calibration.file import (
     FORMAT,
     Calibration,
+    calibration_identity,
     load_calibration,
-    scorer_identity,
 )
 from rerank_plugins.calibration.scorer import CalibratedScorer, calibrate_scorer
 
@@ -29,6 +29,6 @@ __all__ = [
     "CalibratedScorer",
     "Calibration",
     "calibrate_scorer",
+    "calibration_identity",
     "load_calibration",
-    "scorer_identity",
 ]

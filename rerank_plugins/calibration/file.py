@@ -8,7 +8,6 @@ that change scores: dtype, layer, dim, output, ...; the kind of raw score).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -17,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from rerank_plugins.errors import CalibrationMismatchError
+from rerank_plugins.identity import scorer_identity
 from rerank_plugins.scoring import Scorer
 
-__all__ = ["FORMAT", "Calibration", "load_calibration", "scorer_identity"]
+__all__ = ["FORMAT", "Calibration", "calibration_identity", "load_calibration"]
 
 FORMAT = "rerank-plugins-calibration/1"
 
@@ -119,38 +119,27 @@ def load_calibration(path: str | Path) -> Calibration:
     return cal
 
 
-def _fingerprint(directory: Path) -> str:
-    """sha256 over every file of a checkpoint directory (names and contents)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        relative = path.relative_to(directory).as_posix()
-        if relative.startswith(".") or "/." in relative:
-            continue  # .cache, .git: not part of the model
-        digest.update(relative.encode() + b"\0")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def scorer_identity(
+def calibration_identity(
     scorer: Scorer, options: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(model, mode)`` of a loaded scorer, as a calibration file records them.
 
-    ``model``: ``{"checkpoint": sha256 of the files}`` for a local scorer (its
-    ``directory``), ``{"endpoint", "dialect", "model"}`` for a remote one. ``mode``: the
-    score-changing options given (``options`` less device, batching, keys, ...), with the
-    scorer's resolved ``dtype``/``layer``/``dim``/``output`` where it has them.
+    ``model`` comes from the scorer's own ``identity()`` (:mod:`rerank_plugins.identity`,
+    the record bulk manifests use too): ``{"checkpoint": content digest}`` for a local
+    scorer — the checkpoint's files, not the path that spelled it, so a file fitted on one
+    machine is accepted on another —, ``{"endpoint", "dialect", "model"}`` for a remote
+    one (the URL without credentials or query). ``mode``: the score-changing options
+    given (``options`` less device, batching, keys, ...), with the scorer's resolved
+    ``dtype``/``layer``/``dim``/``output`` where it has them.
     """
-    directory = getattr(scorer, "directory", None)
-    if directory is not None:
-        model: dict[str, Any] = {"checkpoint": _fingerprint(Path(directory))}
-    elif getattr(scorer, "url", None) is not None:
+    ident = scorer_identity(scorer)
+    if "sha256" in ident:
+        model: dict[str, Any] = {"checkpoint": ident["sha256"]}
+    elif "url" in ident:
         model = {
-            "endpoint": str(scorer.url),  # type: ignore[attr-defined]
-            "dialect": getattr(scorer, "dialect", None),
-            "model": getattr(scorer, "model", None),
+            "endpoint": ident["url"],
+            "dialect": ident.get("dialect"),
+            "model": ident.get("model"),
         }
     else:
         raise CalibrationMismatchError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rerank_plugins.calibration.file import Calibration, scorer_identity
+from rerank_plugins.calibration.file import Calibration, calibration_identity
 from rerank_plugins.errors import CalibrationMismatchError, ScoringError
 from rerank_plugins.scoring import Score, Scorer, check_scores
 
@@ -57,7 +57,7 @@ def calibrate_scorer(
 ) -> CalibratedScorer:
     """``scorer`` wrapped by ``calibration``, after checking that the file was made for
     this model and mode (:class:`CalibrationMismatchError` naming the difference)."""
-    model, mode = scorer_identity(scorer, options)
+    model, mode = calibration_identity(scorer, options)
     recorded_mode = {k: v for k, v in calibration.mode.items() if k != "raw_kind"}
     if model != calibration.model:
         raise CalibrationMismatchError(

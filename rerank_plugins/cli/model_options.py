@@ -29,6 +29,7 @@ _LOCAL_ONLY = {
     "max_length": "--max-length",
     "layer": "--layer",
     "dim": "--dim",
+    "threads": "--threads",
 }
 _REMOTE_ONLY = {"dialect": "--dialect"}
 
@@ -67,7 +68,7 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         type=int,
         default=default(None),
         help="token budget per forward pass (local models; default: the model's own, "
-        "sized for its device)",
+        "sized for its device: 4096 on CPU, 16384 on GPU)",
     )
     add(
         "--layer",
@@ -82,6 +83,12 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         help="matryoshka models: head width (default: the model's first listed width)",
     )
     add(
+        "--threads",
+        default=default(None),
+        help="intra-op CPU threads: a count or auto (default: $RERANK_THREADS, else the "
+        "CPUs this process may use, by affinity and cgroup quota, minus those busy)",
+    )
+    add(
         "--dialect",
         default=default(None),
         help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score; "
@@ -92,7 +99,7 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         default=default(None),
         metavar="PATH",
         help="calibration file from 'rerank-plugins calibrate' for this model and mode: "
-        "scores become calibrated probabilities",
+        "scores become calibrated probabilities (default: none, the model's own scores)",
     )
 
 
@@ -116,7 +123,7 @@ def model_options(
         where = "local models" if remote else "http(s) endpoints"
         verb = "applies" if len(given) == 1 else "apply"
         raise InvalidInputError(f"{', '.join(given)} only {verb} to {where}")
-    names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens")
+    names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens", "threads")
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:
         options.update(

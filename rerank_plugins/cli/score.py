@@ -68,7 +68,12 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "write --ray=ADDRESS before INPUT)",
     )
     ray.add_argument("--num-gpus", type=float, help="GPUs per actor (default: 1 if any)")
-    ray.add_argument("--num-cpus", type=float, help="CPUs per actor (default: Ray's 1)")
+    ray.add_argument(
+        "--num-cpus",
+        type=float,
+        help="CPUs per actor (default: (cluster CPUs - 1) / actors, at most 1: one CPU stays "
+        "free for reading)",
+    )
     ray.add_argument("--concurrency", type=int, help="actors (default: one per GPU, else 1)")
     ray.add_argument("--batch-size", type=int, default=512, help="rows per batch (default 512)")
 

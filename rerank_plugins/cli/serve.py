@@ -16,10 +16,13 @@ from typing import Any
 
 from rerank_plugins.cli.model_options import add_model_options, model_options
 from rerank_plugins.errors import InvalidInputError, RerankError
+from rerank_plugins.serve.connections import ConnectionLimits
 from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS, ServeOptions
 from rerank_plugins.wire import API_KEY_ENV
 
 __all__ = ["add_serve_command", "run", "serve_options"]
+
+_LIMITS = ConnectionLimits()  # the documented defaults (no server stack imported)
 
 
 def add_serve_command(commands: Any) -> argparse.ArgumentParser:
@@ -36,7 +39,14 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     # The same model options as ``rerank`` (one definition); like there, they are also
     # accepted before the subcommand, so this copy has SUPPRESS defaults.
     add_model_options(sv.add_argument_group("model options"), defaults=False)
-    limits = sv.add_argument_group("batching and limits")
+    _add_limits(sv.add_argument_group("batching and limits"))
+    _add_connection_limits(sv.add_argument_group("connection limits (slow or endless clients)"))
+    _add_access_and_logging(sv)
+    _add_ray(sv.add_argument_group("Ray Serve (rerank-plugins[ray])"))
+    return sv
+
+
+def _add_limits(limits: Any) -> None:
     limits.add_argument(
         "--max-batch-tokens",
         dest="batch_tokens",
@@ -74,6 +84,49 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         default=60.0,
         help="seconds in-flight requests get to finish on SIGTERM (default: 60)",
     )
+
+
+def _add_connection_limits(conn: Any) -> None:
+    conn.add_argument(
+        "--header-timeout",
+        type=float,
+        default=_LIMITS.header_timeout,
+        help="seconds a client has to send a request's headers; then the connection is "
+        "closed (default: %(default)s)",
+    )
+    conn.add_argument(
+        "--body-timeout",
+        type=float,
+        default=_LIMITS.body_timeout,
+        help="seconds a request's body may take to arrive; then 408 (default: %(default)s)",
+    )
+    conn.add_argument(
+        "--timeout-keep-alive",
+        type=int,
+        default=_LIMITS.keep_alive_timeout,
+        help="seconds an idle kept-alive connection stays open (default: %(default)s)",
+    )
+    conn.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=_LIMITS.max_header_bytes,
+        help="request line and headers at most; over: 400 (default: %(default)s)",
+    )
+    conn.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=_LIMITS.limit_concurrency,
+        help="connections and requests taken at once; over: 503 (default: %(default)s)",
+    )
+
+
+def _add_access_and_logging(sv: argparse.ArgumentParser) -> None:
+    sv.add_argument(
+        "--docs",
+        action="store_true",
+        help="serve Swagger UI at /docs and ReDoc at /redoc (default: off: their pages "
+        "load scripts from a CDN and do not work offline; /openapi.json is always served)",
+    )
     keys = sv.add_mutually_exclusive_group()
     keys.add_argument(
         "--api-key",
@@ -105,7 +158,9 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="--log-level debug (default: off)",
     )
-    on_ray = sv.add_argument_group("Ray Serve (rerank-plugins[ray])")
+
+
+def _add_ray(on_ray: Any) -> None:
     on_ray.add_argument(
         "--ray",
         nargs="?",
@@ -117,7 +172,6 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     on_ray.add_argument("--num-replicas", type=int, help="default: one per GPU, else 1")
     on_ray.add_argument("--replica-gpus", type=float, help="GPUs per replica (default: 1 if any)")
     on_ray.add_argument("--replica-cpus", type=float, help="CPUs per replica (default: Ray's 1)")
-    return sv
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -147,6 +201,14 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         max_body_bytes=args.max_body_bytes,
         max_queued_tokens=args.max_queued_tokens,
         graceful_timeout=args.graceful_timeout,
+        limits=ConnectionLimits(
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            keep_alive_timeout=args.timeout_keep_alive,
+            max_header_bytes=args.max_header_bytes,
+            limit_concurrency=args.limit_concurrency,
+        ),
+        docs=args.docs,
         api_key=_api_key(args),
         workers=args.workers,
         log_level="debug" if args.verbose and args.log_level == "info" else args.log_level,

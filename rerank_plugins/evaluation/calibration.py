@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_plugins._imports import require
-from rerank_plugins.calibration import Calibration, scorer_identity
+from rerank_plugins.calibration import Calibration, calibration_identity
 from rerank_plugins.errors import EvaluationDataError, InvalidInputError
 from rerank_plugins.evaluation.data import Collection, Run
 from rerank_plugins.scoring import Scorer, score_groups
@@ -173,7 +173,7 @@ def fit_calibration(
     raw = [s.value for s in scores]
     labels = [p.label for p in pairs]
     a, b = fit_platt([raw[i] for i in fit_ids], [labels[i] for i in fit_ids])
-    model, mode = scorer_identity(scorer, options)
+    model, mode = calibration_identity(scorer, options)
     cal = Calibration(
         a=a, b=b, model=model, mode={**mode, "raw_kind": kind}, options=dict(raw_options or {})
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from rerank_plugins._options import Rebuildable
+from rerank_plugins.local.bounds import bounded_config
 from rerank_plugins.local.checkpoint import HUB_OPTIONS, read_json, resolve_checkpoint
 from rerank_plugins.local.engine.device import (
     default_batch_tokens,
@@ -56,7 +57,8 @@ class LocalModel(Rebuildable):
         self.directory = resolve_checkpoint(model, **options.hub())
         self.name = str(model)
         self._check_directory()
-        self.config = read_json(self.directory / "config.json")
+        # Sizes checked against the weights present before anything is built.
+        self.config = bounded_config(self.directory, read_json(self.directory / "config.json"))
         self.device = pick_device(options.device)
         if self.offers_int8:
             self.dtype, self.quantize = pick_mode(options.dtype, self.device)

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import SecretStr
@@ -36,6 +36,7 @@ __all__ = [
     "config_float",
     "config_int",
     "guard_checkpoint_init",
+    "link_root",
     "load_state_dict",
     "load_tokenizer",
     "read_json",
@@ -43,6 +44,8 @@ __all__ = [
     "resolve_checkpoint",
     "shard_files",
 ]
+
+_CACHE_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
 
 HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token")
 """Options that only reach the hub download (``snapshot_download``), never the model."""
@@ -126,7 +129,8 @@ def _load_failure(
         f"could not get the files of model {name!r}: {why}. Ways out: pass a local checkpoint "
         f"directory (--model DIR / model=DIR); or warm the Hugging Face cache where the hub "
         f"is reachable (hf download {name}) and copy it here (HF_HOME / cache_dir=); "
-        "then set HF_HUB_OFFLINE=1 so that only the cache is read"
+        "then set HF_HUB_OFFLINE=1 so that only the cache is read; or, to try the package "
+        "here, build a tiny random-weight checkpoint: python -m rerank_plugins.testing DIR"
     )
 
 
@@ -153,8 +157,10 @@ def read_json(path: Path) -> dict[str, Any]:
 def shard_files(directory: Path) -> list[Path]:
     """The safetensors files of a checkpoint: those the index names, else ``*.safetensors``.
 
-    Every shard must be a file inside ``directory`` (an index naming ``../x`` or an
-    absolute path is refused, symlinks included).
+    Every shard must be named inside ``directory`` (an index naming ``../x`` or an absolute
+    path is refused) and resolve inside it, links followed; in a Hugging Face cache
+    snapshot (``models--org--name/snapshots/<rev>/``, whose files link to
+    ``../../blobs/<hash>``) they may resolve anywhere in that repo folder, not further.
     """
     index = directory / "model.safetensors.index.json"
     if not index.is_file():
@@ -164,11 +170,17 @@ def shard_files(directory: Path) -> list[Path]:
         raise CheckpointError(
             f"{index} has no weight_map of tensor names to file names", path=str(index)
         )
-    root = directory.resolve()
+    root = link_root(directory)
     files = []
     for name in sorted(set(weight_map.values())):
+        named = PurePath(name)
         path = (directory / name).resolve()
-        if not path.is_relative_to(root) or path == root:
+        if (
+            named.is_absolute()
+            or ".." in named.parts
+            or not path.is_relative_to(root)
+            or path == root
+        ):
             raise CheckpointError(
                 f"{index} names a shard outside the checkpoint directory: {name!r}",
                 path=str(index),
@@ -179,6 +191,16 @@ def shard_files(directory: Path) -> list[Path]:
             )
         files.append(path)
     return files
+
+
+def link_root(directory: Path) -> Path:
+    """Where a checkpoint's files may resolve to: the directory itself, or for a Hugging
+    Face cache snapshot the repo folder holding its ``blobs/`` (``models--org--name/``)."""
+    real = directory.resolve()
+    repo = real.parent.parent
+    if real.parent.name == "snapshots" and repo.name.startswith(_CACHE_REPO_PREFIXES):
+        return repo
+    return real
 
 
 def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:

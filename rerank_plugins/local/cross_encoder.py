@@ -157,6 +157,23 @@ class CrossEncoderScorer(LocalScorer):
     def max_length(self) -> int:
         return self.encoder.max_length
 
+    def identity(self) -> dict[str, Any]:
+        """What changes this scorer's scores: the checkpoint's fingerprint (whatever path or
+        hub id named it) and the resolved options (see ``rerank_plugins.identity``)."""
+        from rerank_plugins.local.fingerprint import local_identity
+
+        return local_identity(type(self).__name__, self.directory, self._score_options())
+
+    def _score_options(self) -> dict[str, object]:
+        return {
+            "dtype": self.dtype,
+            "int8": self.quantize,
+            "output": self.output,
+            "overflow": self.encoder.overflow,
+            "max_length": self.max_length,
+            "engine": self.engine,
+        }
+
     def _weights_key(self) -> tuple[Any, ...]:
         """What, beyond checkpoint, device and dtype, tells this scorer's loaded model apart."""
         return (CrossEncoderScorer, self.engine, self.backend)

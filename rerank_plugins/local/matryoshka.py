@@ -364,6 +364,9 @@ class MatryoshkaScorer(CrossEncoderScorer):
     def _weights_key(self) -> tuple[Any, ...]:
         return (MatryoshkaScorer, *self._exit)
 
+    def _score_options(self) -> dict[str, object]:
+        return {**super()._score_options(), "layer": self.layer, "dim": self.dim}
+
     def _load_classifier(self, engine: str) -> MatryoshkaPairClassifier:
         if self.quantize is not None:  # never run a mode silently as another one
             raise InvalidInputError(

@@ -60,6 +60,32 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def _actor_cpus(num_cpus: float | None, concurrency: int) -> float:
+    """CPUs per actor that leave one CPU of the cluster to Ray Data's read and write tasks.
+
+    The actors hold their CPUs for the whole run; tasks that find none left wait forever
+    (``concurrency=2`` 1-CPU actors on a 2-CPU Ray hang). Default: ``(CPUs - 1) /
+    concurrency``, at most 1. A ``num_cpus`` that leaves less than one CPU is refused.
+    Measured on the cluster as it is now (an autoscaling cluster may grow later).
+    """
+    if not ray.is_initialized():
+        ray.init()
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    spare = max(cpus - 1.0, 0.0)
+    if num_cpus is None:
+        return min(1.0, spare / concurrency)
+    if num_cpus < 0:
+        raise InvalidInputError(f"num_cpus must be >= 0, got {num_cpus}")
+    if num_cpus * concurrency > spare:
+        raise InvalidInputError(
+            f"{concurrency} actors with num_cpus={num_cpus:g} each take "
+            f"{num_cpus * concurrency:g} of the cluster's {cpus:g} CPUs and leave less than "
+            "the one CPU Ray Data's read tasks need: the run would wait forever. Pass "
+            f"num_cpus={spare / concurrency:.3g} or less (--num-cpus), or fewer actors"
+        )
+    return num_cpus
+
+
 def score_dataset(
     ds: Any,
     *,
@@ -81,8 +107,9 @@ def score_dataset(
     string) or a query with a list of documents; rows with bad input keep null scores and
     say why in ``error``. ``num_gpus`` per actor defaults to 1 when the cluster has GPUs
     (one actor per GPU), else 0; ``concurrency`` (the number of actors) defaults to the
-    number of GPUs, else 1. ``num_cpus`` per actor defaults to Ray's 1: on a small machine
-    give a fraction, or the actors can take every CPU and starve the read tasks.
+    number of GPUs, else 1. ``num_cpus`` per actor defaults to what leaves one CPU of the
+    cluster to the read and write tasks (``(CPUs - 1) / concurrency``, at most 1); one that
+    leaves less is refused with :class:`InvalidInputError` (else the run would hang).
     """
     if batch_size <= 0:
         raise InvalidInputError(f"batch_size must be positive, got {batch_size}")
@@ -94,9 +121,10 @@ def score_dataset(
             concurrency = max(1, int(gpus // num_gpus)) if num_gpus > 0 else 1
     if concurrency <= 0:
         raise InvalidInputError(f"concurrency must be positive, got {concurrency}")
-    resources: dict[str, Any] = {"num_gpus": num_gpus}
-    if num_cpus is not None:
-        resources["num_cpus"] = num_cpus
+    resources: dict[str, Any] = {
+        "num_gpus": num_gpus,
+        "num_cpus": _actor_cpus(num_cpus, concurrency),
+    }
     # Blocks of one batch each: a read task makes one block per file (or per 128 MiB), and
     # a block goes to one actor, so without this one large file would keep one actor busy.
     # Streaming (no shuffle, order kept).

@@ -10,6 +10,8 @@ in input order; it owns the HTTP clients it creates. What it sends is checked on
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import threading
 import weakref
@@ -21,6 +23,7 @@ import httpx
 from pydantic import SecretStr
 
 from rerank_plugins._options import Rebuildable, checked_options
+from rerank_plugins.identity import redact_url
 from rerank_plugins.remote import redaction
 from rerank_plugins.remote.config import (
     DEFAULT_DEADLINE,
@@ -218,6 +221,21 @@ class RemoteScorer(Rebuildable):
     @property
     def api_key(self) -> SecretStr | None:
         return self._api_key
+
+    def identity(self) -> dict[str, Any]:
+        """What changes this scorer's scores, with no secret in it: the URL without
+        credentials or query, the dialect, the model name, what is asked for (see
+        ``rerank_plugins.identity``). ``extra_body`` counts by its hash only."""
+        extra = json.dumps(dict(self._endpoint.extra_body), sort_keys=True).encode()
+        return {
+            "kind": "RemoteScorer",
+            "url": redact_url(self.url),  # no user name either
+            "dialect": self.dialect,
+            "model": self.model,
+            "overflow": self.overflow,
+            "score_kind": self.score_kind,
+            "extra_body_sha256": hashlib.sha256(extra).hexdigest(),
+        }
 
     def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args, kwargs = super()._rebuild_arguments()

@@ -2,7 +2,7 @@
 
 - :func:`create_app` (``rerank_plugins.serve.app``): a FastAPI app over an already-loaded
   scorer; its lifespan starts the batcher in the server's event loop.
-- :class:`MicroBatcher` (``rerank_plugins.serve.batcher``): cross-request dynamic
+- :class:`MicroBatcher` (``rerank_plugins.batching``): cross-request dynamic
   batching, pure asyncio, no HTTP.
 
 Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client); importing this package
@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rerank_plugins.batching.batcher import MicroBatcher
     from rerank_plugins.serve.app import create_app
-    from rerank_plugins.serve.batcher import MicroBatcher
 
 __all__ = ["MicroBatcher", "create_app"]
 

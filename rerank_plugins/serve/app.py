@@ -8,7 +8,8 @@ Endpoints: ``POST /v1/rerank``, ``/v2/rerank`` (Cohere/Jina, :mod:`~.cohere`),
 ``POST /rerank`` (TEI, :mod:`~.tei`: a body with ``texts`` is answered as TEI, a bare
 array; a body with ``documents`` as Cohere), ``POST /score`` and ``/v1/score`` (vLLM,
 :mod:`~.vllm`), ``GET /health``, ``/metrics`` (Prometheus), ``/v1/models``
-(:mod:`~.ops`) and ``/openapi.json``. Middleware in :mod:`~.middleware`, error answers in
+(:mod:`~.ops`), ``/openapi.json``, and with ``docs=True`` ``/docs`` and ``/redoc``.
+Request bodies are read by :mod:`~.body`. Middleware in :mod:`~.middleware`, error answers in
 :mod:`~.handlers`, the shared state and scoring path in :mod:`~.service`.
 """
 
@@ -25,19 +26,20 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
+from rerank_plugins.batching.batcher import MicroBatcher
+from rerank_plugins.batching.strategy import strategy_for
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.scoring import Score, Scorer
 from rerank_plugins.serve import cohere, ops, tei, vllm
-from rerank_plugins.serve.batcher import MicroBatcher
 from rerank_plugins.serve.handlers import install_error_handlers
 from rerank_plugins.serve.metrics import Metrics
 from rerank_plugins.serve.middleware import AccessLog, BearerKey, BodyLimit
 from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS
 from rerank_plugins.serve.service import Service
-from rerank_plugins.serve.strategy import strategy_for
 
 __all__ = [
     "DEFAULT_BATCH_TOKENS",
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_CLIENT_BATCH_SIZE",
     "create_app",
@@ -45,10 +47,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_BODY_TIMEOUT = 60.0
+"""Seconds a request's body may take to arrive (408 after)."""
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 1000
 """Documents per request (Cohere's documented maximum)."""
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
-"""Request body limit: 1,000 documents of about 8K tokens."""
+"""Request body limit (1,000 documents of about 8K tokens of text); the token cap
+(``max_queued_tokens``) bounds a request first (docs/serving.md, "The largest request")."""
 
 
 def create_app(
@@ -60,9 +65,11 @@ def create_app(
     max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE,
     max_queued_tokens: int | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
     api_key: str | SecretStr | None = None,
     warmup: bool = True,
     registry: CollectorRegistry | None = None,
+    docs: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving ``scorer`` (already loaded; the app never loads models).
 
@@ -71,12 +78,17 @@ def create_app(
     merged into one batch at most (1: no batching across requests); ``max_queued_tokens``
     (default 32 batches' worth): tokens waiting before requests get 429;
     ``max_client_batch_size``: documents per request (over: 413); ``max_body_bytes``:
-    request body limit (over: 413); ``api_key``: required as ``Authorization: Bearer``
+    request body limit (over: 413); ``body_timeout``: seconds a request's body may take
+    to arrive (over: 408); ``api_key``: required as ``Authorization: Bearer``
     on every path but ``/health``; ``registry``: where the Prometheus metrics live (a
-    fresh one by default).
+    fresh one by default); ``docs``: serve the Swagger UI at ``/docs`` and ReDoc at
+    ``/redoc`` (off by default: their pages load scripts from a CDN, so they do not work
+    offline; ``/openapi.json`` is always served).
     """
-    if max_client_batch_size <= 0 or max_body_bytes <= 0:
-        raise InvalidInputError("max_client_batch_size and max_body_bytes must be positive")
+    if max_client_batch_size <= 0 or max_body_bytes <= 0 or body_timeout <= 0:
+        raise InvalidInputError(
+            "max_client_batch_size, max_body_bytes and body_timeout must be positive"
+        )
     if max_batch_tokens is None:
         max_batch_tokens = int(getattr(scorer, "batch_tokens", None) or DEFAULT_BATCH_TOKENS)
     strategy = strategy_for(scorer)
@@ -88,6 +100,7 @@ def create_app(
         max_queued_tokens=max_queued_tokens or 32 * max_batch_tokens,
         padded=strategy.padded,
         on_batch=metrics.observe_batch,
+        on_wait=metrics.observe_wait,
     )
     metrics.watch_queue(batcher)
     served = Service(
@@ -117,6 +130,8 @@ def create_app(
         summary="Cohere/Jina, TEI and vLLM-compatible rerank API with cross-request batching",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
     )
     app.state.service = served
     app.state.batcher = batcher
@@ -126,7 +141,7 @@ def create_app(
     for dialect in (cohere, tei, vllm, ops):
         app.include_router(dialect.router)
     install_error_handlers(app, metrics)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout=body_timeout)
     app.add_middleware(BearerKey, key=_secret(api_key))
     app.add_middleware(AccessLog, metrics=metrics)
     return app

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from rerank_plugins.ranking import rank
+from rerank_plugins.serve.body import JsonRoute
 from rerank_plugins.serve.handlers import ERROR_RESPONSES
 from rerank_plugins.serve.schemas import (
     ApiMeta,
@@ -17,11 +18,17 @@ from rerank_plugins.serve.schemas import (
     TextDocument,
     Usage,
 )
-from rerank_plugins.serve.service import Service, request_id, service, truncation_headers
+from rerank_plugins.serve.service import (
+    Service,
+    answer_headers,
+    ignored_fields,
+    request_id,
+    service,
+)
 
 __all__ = ["cohere_answer", "router"]
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 async def cohere_answer(
@@ -49,6 +56,9 @@ async def cohere_answer(
         if cut
         else []
     )
+    ignored = ignored_fields(body)
+    if ignored:
+        warnings.append(f"unknown fields ignored: {', '.join(ignored)}")
     answer = CohereRerankResponse(
         id=request_id(request),
         model=served.name,
@@ -61,7 +71,7 @@ async def cohere_answer(
         ),
         usage=Usage(prompt_tokens=outcome.tokens, total_tokens=outcome.tokens),
     )
-    return JSONResponse(answer.model_dump(exclude_none=True), headers=truncation_headers(outcome))
+    return JSONResponse(answer.model_dump(exclude_none=True), headers=answer_headers(outcome, body))
 
 
 @router.post(

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
+from rerank_plugins.batching.batcher import BatcherClosedError, QueueFullError, RequestTooLargeError
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, RerankError
-from rerank_plugins.serve.batcher import BatcherClosedError, QueueFullError, RequestTooLargeError
 from rerank_plugins.serve.metrics import Metrics
 from rerank_plugins.serve.schemas import ErrorBody
 
-__all__ = ["ERROR_RESPONSES", "ClientGone", "error_response", "install_error_handlers"]
+__all__ = [
+    "ERROR_RESPONSES",
+    "ClientGone",
+    "error_response",
+    "install_error_handlers",
+    "validation_message",
+]
 
 logger = logging.getLogger("rerank_plugins.serve.app")
 
@@ -22,13 +31,18 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in (
         (401, "missing or wrong API key"),
-        (413, "too many documents, body too large, or documents over the window"),
-        (422, "invalid request"),
+        (408, "the body did not arrive within the body timeout"),
+        (413, "too many documents or tokens, body too large, or documents over the window"),
+        (422, "invalid request (a field, NaN, a lone surrogate, no JSON Content-Type)"),
         (429, "queue full: retry after Retry-After seconds"),
-        (503, "shutting down"),
+        (500, "the model returned NaN or infinite scores (indices), or an internal error"),
+        (503, "shutting down, or cut by the shutdown's graceful timeout"),
     )
 }
 """The error answers every scoring endpoint documents (OpenAPI ``responses``)."""
+
+
+_MAX_LISTED = 10
 
 
 class ClientGone(Exception):
@@ -43,8 +57,30 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status)
 
 
+def validation_message(errors: Sequence[Any]) -> str:
+    """FastAPI's validation errors as one line: where and what, never the input itself."""
+    parts = []
+    for error in list(errors)[:_MAX_LISTED]:
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {error.get('msg', 'invalid')}")
+    more = len(errors) - _MAX_LISTED
+    return "invalid request: " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
-    """Map the package's errors to status codes (413, 422, 429, 503, 499, 500)."""
+    """Map errors to status codes (404, 405, 413, 422, 429, 503, 499, 500), each answered
+    with the one JSON error body."""
+
+    async def unvalidated(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(422, "Validation", validation_message(exc.errors()))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        phrase = HTTPStatus(exc.status_code).phrase
+        response = error_response(exc.status_code, phrase.replace(" ", ""), str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
 
     async def too_long(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, InputTooLongError)
@@ -79,6 +115,8 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             500, "Backend", f"{type(exc).__name__}: {exc}", getattr(exc, "indices", ())
         )
 
+    app.add_exception_handler(RequestValidationError, unvalidated)
+    app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(InputTooLongError, too_long)
     app.add_exception_handler(InvalidInputError, invalid)
     app.add_exception_handler(RequestTooLargeError, too_large)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from rerank_plugins.serve.batcher import BatcherClosedError
+from rerank_plugins.batching.batcher import BatcherClosedError
 from rerank_plugins.serve.schemas import ModelCard, ModelList
 from rerank_plugins.serve.service import Service, service
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import is_remote
+from rerank_plugins.serve.connections import ConnectionLimits
 from rerank_plugins.wire import API_KEY_ENV
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "LOOPBACK_HOSTS", "ServeOptions"]
@@ -37,6 +38,10 @@ class ServeOptions:
     max_body_bytes: int = 32 * 2**20
     max_queued_tokens: int | None = None
     graceful_timeout: float = 60.0
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    """Header and body time limits, header size, connection cap."""
+    docs: bool = False
+    """Serve ``/docs`` and ``/redoc`` (their pages load scripts from a CDN)."""
     api_key: str | None = field(default=None, repr=False)
     """The bearer key clients must send (``None``: ``$RERANK_API_KEY``, else open)."""
     workers: int = 1
@@ -89,5 +94,7 @@ class ServeOptions:
             "max_client_batch_size": self.max_client_batch_size,
             "max_queued_tokens": self.max_queued_tokens,
             "max_body_bytes": self.max_body_bytes,
+            "body_timeout": self.limits.body_timeout,
+            "docs": self.docs,
             "api_key": self.resolved_api_key(),
         }

@@ -39,15 +39,18 @@ def run_server(options: ServeOptions) -> int:
         return 2
     import uvicorn
 
-    config = uvicorn.Config(
+    from rerank_plugins.serve.connections import uvicorn_config
+
+    config = uvicorn_config(
         app,
+        limits=options.limits,
         host=options.host,
         port=options.port,
         access_log=False,  # ours logs without query strings or headers
         log_config=None,  # keep the logging configured above
         log_level=options.log_level,
         server_header=False,
-        timeout_graceful_shutdown=options.graceful_timeout,  # type: ignore[arg-type]  # a float works
+        timeout_graceful_shutdown=options.graceful_timeout,  # a float works
         lifespan="on",
     )
     server = uvicorn.Server(config)
@@ -82,7 +85,7 @@ def build_server(options: ServeOptions) -> Any:
     """The app :func:`run_server` serves: options checked, scorer loaded, app created."""
     from rerank_plugins._imports import require
 
-    for dependency in ("fastapi", "uvicorn", "prometheus_client"):
+    for dependency in ("fastapi", "uvicorn", "prometheus_client", "ijson"):
         require(dependency)
     from rerank_plugins.loading import in_user_words, load_scorer
     from rerank_plugins.serve.app import create_app

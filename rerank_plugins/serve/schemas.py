@@ -1,7 +1,8 @@
 """Request and response bodies of the rerank APIs the server speaks (pydantic models).
 
 Unknown request fields are ignored, as the reference servers do, so that clients sending
-fields of newer API versions (Cohere's ``priority``, ...) are served.
+fields of newer API versions (Cohere's ``priority``, ``rank_fields``, ...) are served; the
+answer names them (the ``X-Ignored-Fields`` header, and Cohere's ``meta.warnings``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ __all__ = [
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Kept (not refused), so that the answer can list them as ignored.
+    model_config = ConfigDict(extra="allow")
 
 
 class TextDocument(BaseModel):

@@ -8,25 +8,43 @@ through the :func:`service` dependency.
 from __future__ import annotations
 
 import asyncio
+import math
+import re
+import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel
 
+from rerank_plugins.batching.batcher import MicroBatcher, RequestTooLargeError
+from rerank_plugins.batching.strategy import Prepared, Strategy
+from rerank_plugins.errors import InvalidInputError, InvalidScoreError
 from rerank_plugins.scoring import Score, ascore_groups, check_inputs
-from rerank_plugins.serve.batcher import MicroBatcher, RequestTooLargeError
 from rerank_plugins.serve.handlers import ClientGone
 from rerank_plugins.serve.metrics import Metrics
-from rerank_plugins.serve.strategy import Strategy
-from rerank_plugins.wire import TOKENS_HEADER, TRUNCATED_HEADER
+from rerank_plugins.wire import IGNORED_FIELDS_HEADER, TOKENS_HEADER, TRUNCATED_HEADER
 
-__all__ = ["Outcome", "Service", "request_id", "service", "truncation_headers"]
+__all__ = [
+    "Outcome",
+    "Service",
+    "answer_headers",
+    "ignored_fields",
+    "request_id",
+    "service",
+    "truncation_headers",
+]
 
 _T = TypeVar("_T")
 
 _MAX_TOKENS_HEADER = 8192
+_MAX_IGNORED = 20
+_PREPARE_SLICE = 32
+_SPECIAL_TOKENS = 8
+_UNPRINTABLE = re.compile(r"[^\x21-\x2b\x2d-\x7e]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +93,21 @@ class Service:
         submitter = _Submitter(
             self.strategy,
             self.batcher,
+            self.metrics,
             truncate=truncate,
             max_document_tokens=max_document_tokens,
             raw=raw,
+            window=self.window,
         )
         scored = await _until_disconnect(request, ascore_groups(submitter, groups, concurrent=True))
         outcome = Outcome([s for group in scored for s in group])
+        bad = [i for i, s in enumerate(outcome.scores) if not math.isfinite(s.value)]
+        if bad:
+            # JSON has no NaN or inf, and a ranking by them means nothing.
+            raise InvalidScoreError(
+                f"the model returned non-finite scores (NaN or inf) for documents {bad}",
+                indices=bad,
+            )
         request.state.tokens = outcome.tokens
         self.metrics.observe_request(n, outcome.tokens, len(outcome.truncated))
         return outcome
@@ -113,6 +140,23 @@ def truncation_headers(outcome: Outcome) -> dict[str, str]:
     return headers
 
 
+def ignored_fields(body: BaseModel) -> list[str]:
+    """The request's top-level fields the server does not know (ignored, not refused),
+    sorted, made printable (at most 20, 64 characters each)."""
+    names = sorted(_UNPRINTABLE.sub("?", name)[:64] for name in body.model_extra or {})
+    return names[:_MAX_IGNORED]
+
+
+def answer_headers(outcome: Outcome, body: BaseModel) -> dict[str, str]:
+    """The headers every dialect's answer carries: truncation, token counts, and the
+    ignored fields (:data:`~rerank_plugins.wire.IGNORED_FIELDS_HEADER`)."""
+    headers = truncation_headers(outcome)
+    ignored = ignored_fields(body)
+    if ignored:
+        headers[IGNORED_FIELDS_HEADER] = ",".join(ignored)
+    return headers
+
+
 class _Submitter:
     """One request's way to the batcher, as the async scorer :func:`ascore_groups` calls."""
 
@@ -120,33 +164,100 @@ class _Submitter:
         self,
         strategy: Strategy,
         batcher: MicroBatcher[Any, Score],
+        metrics: Metrics,
         *,
         truncate: bool,
         max_document_tokens: int | None,
         raw: bool,
+        window: int | None,
     ) -> None:
         self.strategy = strategy
         self.batcher = batcher
+        self.metrics = metrics
         self.truncate = truncate
         self.max_document_tokens = max_document_tokens
         self.raw = raw
+        self.window = window
+        # Tokens prepared so far for this request, over all its groups (run concurrently).
+        self._tokens = 0
+        self._lock = threading.Lock()
 
     async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
         if not documents:
             check_inputs(query, documents)
             return []
         # The strategy's prepare is the request's one input check (and its tokenisation).
-        prepared = await asyncio.to_thread(
-            self.strategy.prepare,
+        prepared = await asyncio.to_thread(self._prepare, query, documents)
+        scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
+        self.strategy.check(
+            scores, truncate=self.truncate, max_document_tokens=self.max_document_tokens
+        )
+        return scores
+
+    def _prepare(self, query: str, documents: Sequence[str]) -> Prepared:
+        start = time.perf_counter()
+        prepared = self._prepare_within_cap(query, documents)
+        self.metrics.observe_prepare(time.perf_counter() - start)
+        return prepared
+
+    def _prepare_within_cap(self, query: str, documents: Sequence[str]) -> Prepared:
+        limit = self.batcher.max_queued_tokens
+        if limit is None or not self._may_exceed(query, documents, limit):
+            return self._count(self._prepare_some(query, documents), limit)
+        # Tokenised a slice at a time, so that a request over the queue cap is refused
+        # after about the cap's worth of tokenising, not all of it (1,000 long documents).
+        check_inputs(query, documents)
+        parts: list[Prepared] = []
+        for start in range(0, len(documents), _PREPARE_SLICE):
+            end = start + _PREPARE_SLICE
+            try:
+                part = self._prepare_some(query, documents[start:end])
+            except InvalidInputError:
+                # Raised again with the request's own indices (the documents before
+                # this slice passed).
+                self._prepare_some(query, documents[:end])
+                raise
+            parts.append(self._count(part, limit))
+        return Prepared(
+            [item for part in parts for item in part.items],
+            [n for part in parts for n in part.lengths],
+            key=parts[0].key,
+        )
+
+    def _prepare_some(self, query: str, documents: Sequence[str]) -> Prepared:
+        return self.strategy.prepare(
             query,
             documents,
             truncate=self.truncate,
             max_document_tokens=self.max_document_tokens,
             raw=self.raw,
         )
-        scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
-        self.strategy.check(scores, truncate=self.truncate)
-        return scores
+
+    def _may_exceed(self, query: str, documents: Sequence[str], limit: int) -> bool:
+        if not self.strategy.per_request_truncation:
+            return False  # lengths are estimated from the text: nothing costly to stop
+        # A token covers at least one byte (byte-level BPE, WordPiece), so this bounds
+        # the request's tokens from above without tokenising.
+        q = len(query.encode("utf-8", "replace")) + _SPECIAL_TOKENS
+        cap = self.window if self.truncate and self.window else None
+        bound = 0
+        for document in documents:
+            pair = q + len(document.encode("utf-8", "replace"))
+            bound += min(pair, cap) if cap else pair
+            if bound > limit:
+                return True
+        return False
+
+    def _count(self, prepared: Prepared, limit: int | None) -> Prepared:
+        with self._lock:
+            self._tokens += sum(prepared.lengths)
+            total = self._tokens
+        if limit is not None and total > limit:
+            raise RequestTooLargeError(
+                f"the request holds more than {limit} tokens, the most the server queues at "
+                "once (--max-queued-tokens); send fewer or shorter documents per request"
+            )
+        return prepared
 
 
 async def _until_disconnect(request: Request, work: Awaitable[_T]) -> _T:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from rerank_plugins.ranking import rank
+from rerank_plugins.serve.body import JsonRoute
 from rerank_plugins.serve.cohere import cohere_answer
 from rerank_plugins.serve.handlers import ERROR_RESPONSES
 from rerank_plugins.serve.schemas import (
@@ -17,11 +18,11 @@ from rerank_plugins.serve.schemas import (
     TEIRank,
     TEIRerankRequest,
 )
-from rerank_plugins.serve.service import Service, service, truncation_headers
+from rerank_plugins.serve.service import Service, answer_headers, service
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 @router.post(
@@ -48,4 +49,4 @@ async def rerank_tei(
         ).model_dump(exclude_none=True)
         for r in rank(outcome.scores)
     ]
-    return JSONResponse(ranks, headers=truncation_headers(outcome))
+    return JSONResponse(ranks, headers=answer_headers(outcome, body))

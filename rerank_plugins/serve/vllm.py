@@ -10,13 +10,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from rerank_plugins.errors import InvalidInputError
+from rerank_plugins.serve.body import JsonRoute
 from rerank_plugins.serve.handlers import ERROR_RESPONSES
 from rerank_plugins.serve.schemas import ScoreData, ScoreRequest, ScoreResponse, Usage
-from rerank_plugins.serve.service import Service, request_id, service, truncation_headers
+from rerank_plugins.serve.service import Service, answer_headers, request_id, service
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 
 
 async def _score(request: Request, body: ScoreRequest, served: Service) -> JSONResponse:
@@ -46,7 +47,7 @@ async def _score(request: Request, body: ScoreRequest, served: Service) -> JSONR
         usage=Usage(prompt_tokens=outcome.tokens, total_tokens=outcome.tokens),
         truncated_documents=outcome.truncated,
     )
-    return JSONResponse(answer.model_dump(), headers=truncation_headers(outcome))
+    return JSONResponse(answer.model_dump(), headers=answer_headers(outcome, body))
 
 
 @router.post(

@@ -289,3 +289,14 @@ def test_serve_says_layer_only_applies_to_matryoshka_models(
     code = main(["serve", "--model", str(modernbert_dir), "--device", "cpu", "--layer", "2"])
     assert code == 2
     assert "--layer only applies to matryoshka models" in capsys.readouterr().err
+
+
+def test_docs_pages_are_served_only_with_the_docs_flag(modernbert_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    base = ["serve", "-m", str(modernbert_dir), "--device", "cpu"]
+    for flags, status in (([], 404), (["--docs"], 200)):
+        app = build_server(serve_options(_parser().parse_args([*base, *flags])))
+        with TestClient(app) as client:
+            assert client.get("/docs").status_code == status
+            assert client.get("/openapi.json").status_code == 200

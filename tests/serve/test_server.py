@@ -242,6 +242,14 @@ def test_models_health_metrics_and_openapi(base_url: str) -> None:
         "rerank_http_request_seconds_bucket",
     ):
         assert name in text
+    # queue wait vs compute: one count per stage for the request above (at least)
+    for stage in ("prepare", "queue", "forward"):
+        counts = [
+            float(ln.rsplit(" ", 1)[1])
+            for ln in text.splitlines()
+            if ln.startswith(f'rerank_stage_seconds_count{{stage="{stage}"}}')
+        ]
+        assert counts and counts[0] >= 1, stage
     documents = [ln for ln in text.splitlines() if ln.startswith("rerank_documents_total")]
     assert float(documents[0].split()[-1]) >= 2
     spec = httpx.get(f"{base_url}/openapi.json").json()

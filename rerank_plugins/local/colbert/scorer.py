@@ -37,6 +37,7 @@ from rerank_plugins.local.engine.modernbert import ModernBertTrunk, load_modernb
 from rerank_plugins.local.maxsim import Reduce, maxsim_many
 from rerank_plugins.local.options import LocalOptions
 from rerank_plugins.local.progress import BatchProgress
+from rerank_plugins.local.tokenization import encode_texts
 from rerank_plugins.scoring import OverflowPolicy, Score, check_documents, check_inputs
 
 if TYPE_CHECKING:
@@ -292,6 +293,15 @@ class ColBERTScorer(LocalScorer):
             f"{self.name} asks for query expansion but its tokenizer has no mask, EOS or pad token"
         )
 
+    def identity(self) -> dict[str, Any]:
+        """What changes this scorer's scores: the checkpoint's fingerprint and the resolved
+        options (see ``rerank_plugins.identity``)."""
+        from rerank_plugins.local.fingerprint import local_identity
+
+        options = {"dtype": self.dtype, "overflow": self.overflow, "reduce": self.reduce}
+        options.update(dataclasses.asdict(self.settings))
+        return local_identity("ColBERTScorer", self.directory, options)
+
     def _fingerprint(self) -> tuple[Hashable, ...]:
         stamps = []
         for path in sorted(self.directory.rglob("*.safetensors")):
@@ -334,11 +344,11 @@ class ColBERTScorer(LocalScorer):
         prefix = self.query_prefix_id
         length = self.settings.query_length
         room = length - (prefix is not None) - self._specials
-        content = self.tokenizer.encode(self._prepare(query), add_special_tokens=False)
+        (content,) = encode_texts(self.tokenizer, [self._prepare(query)], need=room + 1)
         if len(content.ids) > room:
             if self.overflow == "error":
                 raise InputTooLongError(
-                    f"the query is {len(content.ids)} tokens long; the model reads at most "
+                    f"the query is over {room} tokens long; the model reads at most "
                     f"{room} query tokens (query_length={length})"
                 )
             if not self._warned_query:
@@ -353,8 +363,8 @@ class ColBERTScorer(LocalScorer):
     def _encode_document_ids(self, documents: Sequence[str]) -> list[_Encoded]:
         prefix = self.document_prefix_id
         room = self.settings.document_length - (prefix is not None) - self._specials
-        contents = self.tokenizer.encode_batch(
-            [self._prepare(d) for d in documents], add_special_tokens=False
+        contents = encode_texts(
+            self.tokenizer, [self._prepare(d) for d in documents], need=room + 1
         )
         out = []
         for content in contents:

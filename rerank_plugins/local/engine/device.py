@@ -54,8 +54,14 @@ def pick_device(device: str | None) -> torch.device:
     """``"auto"``/``None`` → CUDA when available, else Apple MPS, else CPU; anything else
     as torch reads it (checked to be available).
 
-    CUDA devices always carry an index (``cuda`` becomes ``cuda:<current device>``)."""
+    CUDA devices always carry an index (``cuda`` becomes ``cuda:<current device>``).
+    Every local scorer calls this first: it also fixes the process's intra-op threads
+    (:func:`~rerank_plugins.local.engine.threads.configure_threads`, once) before any
+    forward runs."""
     torch = require("torch")
+    from rerank_plugins.local.engine.threads import configure_threads
+
+    configure_threads()
     if device in (None, "auto"):
         if torch.cuda.is_available():
             device = "cuda"

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rerank_plugins.errors import CheckpointError, UnsupportedModelError
+from rerank_plugins.local.bounds import bounded_config
 from rerank_plugins.local.checkpoint import config_float, config_int, load_state_dict, read_json
 from rerank_plugins.local.engine.attention import (
     Backends,
@@ -465,6 +466,7 @@ def load_modernbert(
     """
     directory = Path(directory)
     cfg = dict(config) if config is not None else read_json(directory / "config.json")
+    cfg = bounded_config(directory, cfg)  # before any module is built
     return build_modernbert(
         cfg, load_state_dict(directory), device=device, dtype=dtype, backend=backend
     )
