@@ -25,6 +25,22 @@ GPU (the full mmBERT shape, bf16; untested here)::
 
 ``--smoke``: 4 layers, hidden 32, 2 x 2 exits, 6 short documents, one round (seconds;
 checks the script runs).
+
+Cascade (``--cascade E:K``): instead of the exit grid, the full model against
+``MatryoshkaScorer(exit_layer=E, keep=K)`` on the same documents (wall and CPU seconds,
+round-robin). Every document runs ``E`` layers and the ``K`` kept continue from their
+layer-``E`` states to the last layer, so the FLOP prediction of the speed-up is::
+
+    sum_d F_L(d) / (sum_d F_E(d) + sum_{d kept} (F_L(d) - F_E(d)))
+
+with ``F_n(d)`` the FLOPs of the first ``n`` layers on document ``d``
+(:func:`bench_cross_encoder.pair_flops`); about ``L / (E + K/N (L - E))`` for even lengths
+(22 layers, exit 6, keep 20 of 200: 2.9x). ``--tiny``: the 8-layer test checkpoint
+(``make_matryoshka_checkpoint``'s defaults: hidden 64, exits 1, 2, 4, 8)::
+
+    python benchmarks/bench_matryoshka.py --threads 1 --cascade 6:20 --docs 200 \
+        --hidden 256 --median 192 --longest 1024
+    python benchmarks/bench_matryoshka.py --threads 1 --tiny --cascade 2:20 --docs 200
 """
 
 from __future__ import annotations
@@ -145,6 +161,96 @@ TABLE = [
 ]
 
 
+CASCADE_TABLE = [
+    Column("scorer", "scorer", 22, "", left=True),
+    Column("docs_per_s", "docs/s", 9, ".2f"),
+    Column("wall_s", "wall s", 8, ".3f"),
+    Column("cpu_s", "CPU s", 8, ".3f"),
+    Column("speed_vs_full", "speed", 7, lambda x: f"{x:.2f}x"),
+    Column("flop_predicted_speed", "FLOP-pred", 9, lambda x: f"{x:.2f}x"),
+    Column("of_prediction", "of pred", 7, lambda x: f"{x:.0%}"),
+    Column("max_abs_delta", "max|Δ| kept", 11, ".2e"),
+]
+
+
+def cascade_rows(
+    directory: Path,
+    shape: Shape,
+    query: str,
+    docs: list[str],
+    *,
+    exit_layer: int,
+    keep: int,
+    device: torch.device,
+    dtype: str,
+    batch_tokens: int,
+    rounds: int,
+    clock: harness.Clock,
+) -> list[dict[str, Any]]:
+    """The full model and the cascade, timed round-robin; speed on ``clock``, the FLOP
+    prediction (module docstring) and max |Δ| of the kept documents against the full
+    model (they must agree)."""
+
+    def scorer(**cascade: int) -> MatryoshkaScorer:
+        return MatryoshkaScorer(
+            directory,
+            device=str(device),
+            dtype=dtype,
+            output="logit",
+            batch_tokens=batch_tokens,
+            **cascade,
+        )
+
+    full, cascade = scorer(), scorer(exit_layer=exit_layer, keep=keep)
+    for each in (full, cascade):  # load kernels, allocate pools
+        each.score(query, docs[:4])
+    runs = harness.round_robin(
+        {"full": lambda: full.score(query, docs), "cascade": lambda: cascade.score(query, docs)},
+        rounds,
+        clock=clock,
+        sync=harness.cuda_sync(device),
+        catch=(),
+    )
+    full_scores, cascade_scores = full.score(query, docs), cascade.score(query, docs)
+    kept = [i for i, s in enumerate(cascade_scores) if s.stage == 1]
+    delta = max(abs(cascade_scores[i].value - full_scores[i].value) for i in kept)
+    lengths = [pair.tokens for pair in full.encode_pairs(query, docs)]
+    layers = full.layer
+
+    def flops(n_layers: int, length: int) -> float:
+        return pair_flops(Shape(**{**shape.__dict__, "layers": n_layers}), length)
+
+    total = sum(flops(layers, k) for k in lengths)
+    spent = sum(flops(exit_layer, k) for k in lengths) + sum(
+        flops(layers, lengths[i]) - flops(exit_layer, lengths[i]) for i in kept
+    )
+    predicted = total / spent
+    print(
+        f"# cascade: exit {exit_layer} of {layers} layers, keep {keep} of {len(docs)} "
+        f"({sum(lengths):,} pair tokens); FLOP prediction {predicted:.2f}x"
+    )
+    base = runs["full"].on(clock)
+    rows = []
+    for name, run, pred in (
+        ("full", runs["full"], 1.0),
+        (f"cascade {exit_layer}:{keep}", runs["cascade"], predicted),
+    ):
+        speed = base / run.on(clock)
+        rows.append(
+            {
+                "scorer": name,
+                "docs_per_s": len(docs) / run.on(clock),
+                "wall_s": run.seconds,
+                "cpu_s": run.cpu_seconds,
+                "speed_vs_full": speed,
+                "flop_predicted_speed": pred,
+                "of_prediction": speed / pred,
+                "max_abs_delta": delta if name != "full" else None,
+            }
+        )
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -154,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, help="hidden size (CPU default 64, CUDA 768)")
     p.add_argument("--batch-tokens", type=int, default=16384)
     p.add_argument("--no-reference", dest="reference", action="store_false")
+    p.add_argument("--cascade", help="E:K: time a cascade (exit E, keep K) against the full model")
+    p.add_argument("--tiny", action="store_true", help="the 8-layer test checkpoint's shape")
     harness.add_common_args(p, repeats=3, clock=True)
     args = p.parse_args(argv)
 
@@ -174,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         intermediate=hidden * 3 // 2,
         vocab=305,
     )
+    if args.tiny:  # make_matryoshka_checkpoint's defaults (the tests' checkpoint)
+        shape = Shape(layers=8, hidden=64, heads=4, intermediate=96, vocab=305, local_attention=8)
     dtype = "bfloat16" if cuda else "float32"
     window = 32768
 
@@ -192,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         config = {**shape.config(window), "initializer_range": 0.2}
+        if args.tiny:
+            config = {"max_position_embeddings": window}
         # --smoke: 4 exits of a 4-layer trunk instead of mmBERT's 4 x 5 grid over 22 layers.
         smoke_exits = {"layer_indices": [2, 4], "dim_indices": [32, 16]} if args.smoke else None
         directory = make_matryoshka_checkpoint(
@@ -199,6 +311,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         grid = json.loads((directory / "matryoshka_config.json").read_text())
         layers, dims = grid["layer_indices"], grid["dim_indices"]
+        if args.cascade:
+            exit_layer, keep = (int(x) for x in args.cascade.split(":"))
+            results = cascade_rows(
+                directory,
+                shape,
+                query,
+                docs,
+                exit_layer=exit_layer,
+                keep=keep,
+                device=device,
+                dtype=dtype,
+                batch_tokens=args.batch_tokens,
+                rounds=args.repeats,
+                clock=clock_name,
+            )
+            print()
+            print(harness.format_table(results, CASCADE_TABLE))
+            harness.write_json(args.json, "bench_matryoshka_cascade", results, args=args)
+            return 0
         print(f"# exits: layers {layers} x dims {dims}")
 
         def scorer(layer: int, dim: int) -> MatryoshkaScorer:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rerank_plugins.cascade import Cascade
 from rerank_plugins.convenience import rerank
 from rerank_plugins.errors import (
     EndpointError,
@@ -28,14 +29,17 @@ from rerank_plugins.scoring import OverflowPolicy, Score, ScoreKind, Scorer
 if TYPE_CHECKING:
     from rerank_plugins.local.colbert import ColBERTScorer
     from rerank_plugins.local.cross_encoder import CrossEncoderScorer
+    from rerank_plugins.local.decoder import DecoderScorer
     from rerank_plugins.local.fill_mask import FillMask
     from rerank_plugins.local.matryoshka import MatryoshkaScorer
     from rerank_plugins.remote import RemoteScorer
 
 __all__ = [
     "DEFAULT_MODEL",
+    "Cascade",
     "ColBERTScorer",
     "CrossEncoderScorer",
+    "DecoderScorer",
     "EndpointError",
     "FillMask",
     "InputTooLongError",
@@ -66,6 +70,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "RemoteScorer": "rerank_plugins.remote",
     "CrossEncoderScorer": "rerank_plugins.local.cross_encoder",
+    "DecoderScorer": "rerank_plugins.local.decoder",
     "ColBERTScorer": "rerank_plugins.local.colbert",
     "MatryoshkaScorer": "rerank_plugins.local.matryoshka",
     "FillMask": "rerank_plugins.local.fill_mask",

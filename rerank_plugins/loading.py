@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from rerank_plugins.errors import InvalidInputError, UnknownOptionError
 from rerank_plugins.scoring import Scorer
 
-__all__ = ["DEFAULT_MODEL", "in_user_words", "is_remote", "load_scorer", "scorer_from"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "in_user_words",
+    "is_remote",
+    "load_model",
+    "load_scorer",
+    "scorer_from",
+]
 
 DEFAULT_MODEL = "Alibaba-NLP/gte-reranker-modernbert-base"
 """The model the command line and the adapters use when none is given."""
@@ -97,3 +105,31 @@ def scorer_from(
     if model is None:
         model = DEFAULT_MODEL
     return load_scorer(model, **(model_kwargs or {}))
+
+
+def load_model(
+    model: str | Path,
+    options: Mapping[str, Any],
+    *,
+    load: Callable[..., Scorer] = load_scorer,
+) -> Scorer:
+    """The scorer of ``model`` with ``options`` (``load_scorer`` options): with a
+    ``cascade`` option (a second model's spec) and ``keep``, a
+    :class:`~rerank_plugins.cascade.scorer.Cascade` of ``model`` and that second model,
+    which gets the same options but the matryoshka exit ones and ``calibration`` (only
+    ``overflow`` when it is of the other kind, local or remote). ``load`` loads one model
+    (``load_scorer``). The command line, ``serve`` and ``score`` build their scorer with it.
+    """
+
+    from rerank_plugins.cascade import Cascade
+
+    options = dict(options)
+    second = options.pop("cascade", None)
+    if second is None:
+        return load(model, **options)
+    keep = options.pop("keep")
+    # A calibration file belongs to the first model (its checkpoint and mode).
+    rest = {k: v for k, v in options.items() if k not in ("layer", "dim", "calibration")}
+    if is_remote(second) != is_remote(model):  # the kinds take different options
+        rest = {k: v for k, v in rest.items() if k == "overflow"}
+    return Cascade(load(model, **options), load(second, **rest), keep=keep)

@@ -27,7 +27,10 @@ def rank(
 ) -> list[Ranked]:
     """Order scores from most to least relevant.
 
-    The sort is stable (equal scores keep input order). ``score_threshold`` keeps
+    The sort is stable (equal scores keep input order). Scores from a cascade are ordered
+    by stage first (a document the later stage scored comes before every one it did not,
+    whatever the values: the stages' scales need not agree), then by value.
+    ``score_threshold`` keeps
     scores ``>= score_threshold``; ``top_n`` then keeps the first ``top_n``. ``None``
     disables either. Raises :class:`InvalidScoreError` for a NaN score (naming its
     indices) and :class:`InvalidInputError` for ``top_n <= 0`` or a NaN threshold.
@@ -35,6 +38,8 @@ def rank(
     Examples:
         >>> [r.index for r in rank([Score(0.2, "logit"), Score(0.9, "logit"), Score(0.2, "logit")])]
         [1, 0, 2]
+        >>> [r.index for r in rank([Score(0.9, "logit", stage=0), Score(0.1, "logit", stage=1)])]
+        [1, 0]
     """
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int)):
         raise InvalidInputError(f"top_n must be an int or None, got {type(top_n).__name__}")
@@ -46,7 +51,9 @@ def rank(
     if bad:
         raise InvalidScoreError(f"the backend returned NaN scores for documents {bad}", indices=bad)
     ranked = sorted(
-        (Ranked(i, s) for i, s in enumerate(scores)), key=lambda r: r.score.value, reverse=True
+        (Ranked(i, s) for i, s in enumerate(scores)),
+        key=lambda r: (r.score.stage or 0, r.score.value),
+        reverse=True,
     )
     if score_threshold is not None:
         ranked = [r for r in ranked if r.score.value >= score_threshold]

@@ -31,8 +31,9 @@ ScoreKind = Literal["probability", "logit", "maxsim"]
 
 """What a score's value means: a probability in 0..1, a raw logit, or a MaxSim sum/mean."""
 
-OverflowPolicy = Literal["truncate", "error"]
-"""What happens to a document over the model's window: cut it (flagged) or raise."""
+OverflowPolicy = Literal["truncate", "error", "chunk"]
+"""What happens to a document over the model's window: cut it (flagged), raise, or split
+it into token windows scored apart and aggregated (``"chunk"``)."""
 
 _KINDS: frozenset[str] = frozenset(("probability", "logit", "maxsim"))
 
@@ -44,12 +45,22 @@ class Score:
     ``value`` is the score (higher is more relevant), ``kind`` says what it means,
     ``tokens`` is how many tokens the model saw for this pair (``None`` when the
     backend does not say) and ``truncated`` is true when the input was cut to fit.
+
+    ``chunks`` is how many token windows a document longer than the model's window was
+    split into (``overflow="chunk"``; ``value`` is then the aggregate of their scores and
+    ``tokens`` the sum of their lengths); ``None`` for a document scored whole.
+    ``stage`` is set by cascades (:class:`~rerank_plugins.cascade.scorer.Cascade`, a
+    ``MatryoshkaScorer`` with ``keep``): how many stages past the first scored this
+    document (0: only the cheap first stage). :func:`~rerank_plugins.ranking.rank` puts a
+    later stage before an earlier one whatever the values; ``None`` counts as 0.
     """
 
     value: float
     kind: ScoreKind
     tokens: int | None = None
     truncated: bool = False
+    chunks: int | None = None
+    stage: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:

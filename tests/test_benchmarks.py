@@ -35,6 +35,8 @@ SCRIPTS = [
     "bench_colbert.py",
     "load_test.py",
     "bench_bulk.py",
+    "bench_chunking.py",
+    "bench_decoder.py",
 ]
 TIMEOUT_S = 300
 
@@ -152,6 +154,53 @@ def test_matryoshka_benchmark_reports_every_exit(smoke_runs: dict[str, Any]) -> 
 
 
 @pytest.mark.slow  # a smoke run of the benchmark scripts (minutes, shared)
+def test_chunking_benchmark_reports_windows_against_truncation(
+    smoke_runs: dict[str, Any],
+) -> None:
+    rows = finished(smoke_runs, "bench_chunking.py")["results"]
+    assert {(r["length"], r["policy"]) for r in rows} == {
+        (n, p) for n in (300, 900) for p in ("chunk", "truncate")
+    }
+    for row in rows:
+        positive(row, "wall_s", "cpu_s", "cpu_us_per_token", "vs_truncate")
+        if row["policy"] == "truncate":
+            assert row["windows"] == 1 and row["vs_truncate"] == 1.0
+    # 9 query tokens and 3 specials leave 244 of 256 tokens a window: 300 -> 2, 900 -> 4.
+    assert [r["windows"] for r in rows if r["policy"] == "chunk"] == [2, 4]
+
+
+@pytest.mark.slow
+def test_matryoshka_cascade_benchmark(tmp_path: Path) -> None:
+    out = tmp_path / "cascade.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "bench_matryoshka.py"),
+            "--smoke",
+            "--cascade",
+            "2:2",
+            "--json",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        },
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [r["scorer"] for r in rows] == ["full", "cascade 2:2"]
+    assert rows[0]["speed_vs_full"] == 1.0 and rows[0]["flop_predicted_speed"] == 1.0
+    # 2 of 4 identical layers for all 6 documents, 2 more for the 2 kept: 4 / (2 + 2/6*2).
+    assert 1.0 < rows[1]["flop_predicted_speed"] < 2.0
+    assert rows[1]["max_abs_delta"] < 1e-5
+
+
+@pytest.mark.slow  # a smoke run of the benchmark scripts (minutes, shared)
 def test_colbert_benchmark_compares_cold_warm_and_loop(smoke_runs: dict[str, Any]) -> None:
     document = finished(smoke_runs, "bench_colbert.py")
     engines = [r["engine"] for r in document["results"]]
@@ -185,6 +234,27 @@ def test_bulk_benchmark_scores_every_row_on_every_path(smoke_runs: dict[str, Any
     for row in rows:
         positive(row, "rows_per_s", "tokens_per_s", "seconds", "cpu_seconds")
         assert row["max_abs_delta"] < 1e-6, row
+
+
+@pytest.mark.slow
+def test_decoder_benchmark_times_every_engine_and_vocabulary(smoke_runs: dict[str, Any]) -> None:
+    rows = finished(smoke_runs, "bench_decoder.py")["results"]
+    assert {(r["workload"][:2], r["engine"]) for r in rows} == {
+        ("a:", "native"),
+        ("a:", "card"),
+        ("a:", "sentence-transformers"),
+        ("b:", "native"),
+        ("b:", "native, prefix_cache=False"),
+        ("c:", "native"),
+        ("c:", "card"),
+    }
+    for row in rows:
+        assert not row.get("error"), row
+        positive(row, "seconds", "cpu_seconds")
+        if row["workload"].startswith(("a:", "b:")) and row["engine"] != "sentence-transformers":
+            # Same weights and prompts, fp32: every engine agrees with the reference.
+            assert row["max_abs_delta"] < 1e-3, row
+    assert {r["vocab"] for r in rows if r["workload"].startswith("c:")} == {1024, 4096}
 
 
 # --- the harness on its own (no timing asserted) ----------------------------------------

@@ -93,3 +93,20 @@ def test_the_api_reference_turns_sphinx_roles_into_cross_references() -> None:
     # a relative role (``:func:`check_scores``` in rerank_plugins.scoring) resolved in scope
     score_groups = package["scoring.score_groups"].docstring.value
     assert '<autoref identifier="rerank_plugins.scoring.check_scores" optional>' in score_groups
+
+
+def test_the_cli_page_documents_every_subcommand() -> None:
+    import argparse
+
+    from rerank_plugins.cli import _parser
+
+    commands = next(
+        a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices
+    assert {"rerank", "score", "serve", "evaluate", "calibrate"} <= set(commands)
+    text = "\n".join(
+        (ROOT / "docs" / page).read_text(encoding="utf-8")
+        for page in ("cli.md", "serving.md", "evaluate.md")
+    )
+    missing = [c for c in commands if f"rerank-plugins {c}" not in text]
+    assert missing == [], f"no 'rerank-plugins <command>' example for {missing}"

@@ -37,6 +37,7 @@ def test_importing_the_package_imports_no_heavy_dependency() -> None:
     ("name", "module"),
     [
         ("CrossEncoderScorer", "rerank_plugins.local.cross_encoder"),
+        ("DecoderScorer", "rerank_plugins.local.decoder"),
         ("ColBERTScorer", "rerank_plugins.local.colbert.scorer"),
         ("MatryoshkaScorer", "rerank_plugins.local.matryoshka"),
         ("FillMask", "rerank_plugins.local.fill_mask"),

@@ -23,6 +23,7 @@ from rerank_plugins.testing import (
     make_gte_new_checkpoint,
     make_matryoshka_checkpoint,
     make_modernbert_checkpoint,
+    make_qwen3_reranker_checkpoint,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,8 @@ RUNS: dict[str, tuple[str, ...]] = {
         "documents",
     ),
     'scorer = load_scorer("Alibaba-NLP/gte-multilingual-reranker-base")': ("load_scorer",),
+    'scorer = load_scorer("Qwen/Qwen3-Reranker-0.6B", instruction="Given a question, find '
+    'the passage that answers it")': ("load_scorer",),
     # Builds remote scorers only: nothing is sent until score() is called.
     "from rerank_plugins import load_scorer": (),
     'scorer = load_scorer("http://127.0.0.1:8080", dialect="tei")   '
@@ -94,6 +97,10 @@ RUNS: dict[str, tuple[str, ...]] = {
     ),
     "import llama_index.core.instrumentation as instrument": (),
     "from rerank_plugins import InputTooLongError, load_scorer": ("query", "documents"),
+    'scorer = load_scorer("Alibaba-NLP/gte-reranker-modernbert-base", overflow="chunk", '
+    'aggregate="max")': ("load_scorer", "query", "documents"),
+    "scorer = load_scorer(": ("load_scorer",),
+    "from rerank_plugins import Cascade, load_scorer": (),
     # A FastAPI app with a batching reranker (CHECKS calls its handler too).
     "from fastapi import FastAPI": (),
     # docs/evaluate.md: evaluate() on the packaged collection (tiny checkpoint, depth 5).
@@ -116,6 +123,7 @@ def build_models(tmp: Path) -> dict[str, Callable[[], Path]]:
         ),
         "lightonai/GTE-ModernColBERT-v1": lambda: make_colbert_checkpoint(tmp / "colbert"),
         "Alibaba-NLP/gte-multilingual-reranker-base": lambda: make_gte_new_checkpoint(tmp / "gte"),
+        "Qwen/Qwen3-Reranker-0.6B": lambda: make_qwen3_reranker_checkpoint(tmp / "qwen3"),
     }
 
 

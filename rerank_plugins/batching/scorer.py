@@ -164,6 +164,8 @@ class BatchingScorer:
         return self.strategy.prepare(query, docs, truncate=None)
 
     async def _submit(self, prepared: Prepared) -> list[Score]:
+        if self.strategy.whole_requests:  # a cascade's candidate list: never split it
+            return list(await self.batcher.run_one(prepared.key, prepared.items))
         return await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
 
     # -- the batching thread ------------------------------------------------------------------

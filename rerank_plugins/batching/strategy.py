@@ -14,11 +14,12 @@ alike. Two ways to drive a scorer, chosen by what it offers:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_plugins.errors import InputTooLongError
+from rerank_plugins.errors import InputTooLongError, InvalidInputError
 from rerank_plugins.scoring import (
     OverflowPolicy,
     PairScorer,
@@ -51,6 +52,9 @@ class Strategy:
 
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
+        #: a request's documents are one candidate list (a cascade keeps the K best of
+        #: them: ``scores_whole_list``): run them alone, whole, never split nor merged
+        self.whole_requests = bool(getattr(scorer, "scores_whole_list", False))
 
     def prepare(
         self,
@@ -60,11 +64,14 @@ class Strategy:
         truncate: bool | None,
         max_document_tokens: int | None = None,
         raw: bool = False,
+        instruction: str | None = None,
     ) -> Prepared:
         """Check and prepare one query's documents; raises like ``scorer.score``.
 
         ``truncate``: cut documents over the window (True), refuse them (False), or do as
-        the scorer's own ``overflow`` policy says (None)."""
+        the scorer's own ``overflow`` policy says (None). ``instruction`` (decoder
+        rerankers) replaces the scorer's default instruction; a scorer whose ``score``
+        takes none refuses it with :class:`InvalidInputError`."""
         raise NotImplementedError
 
     def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
@@ -114,9 +121,15 @@ class PairStrategy(Strategy):
         truncate: bool | None,
         max_document_tokens: int | None = None,
         raw: bool = False,
+        instruction: str | None = None,
     ) -> Prepared:
+        _check_instruction(self.scorer, instruction)
         overflow: OverflowPolicy | None = None
-        if truncate is not None:
+        if getattr(self.pair_scorer, "overflow", None) == "chunk":
+            # A scorer built with overflow="chunk" chunks: nothing is cut, so truncate=false
+            # has nothing to refuse.
+            overflow = "chunk"
+        elif truncate is not None:
             overflow = "truncate" if truncate else "error"
         pairs = list(
             self.pair_scorer.encode_pairs(
@@ -151,14 +164,58 @@ class GroupedStrategy(Strategy):
         truncate: bool | None,
         max_document_tokens: int | None = None,
         raw: bool = False,
+        instruction: str | None = None,
     ) -> Prepared:
         docs = check_inputs(query, documents)
+        _check_instruction(self.scorer, instruction)
+        if max_document_tokens is not None:
+            raise InvalidInputError(
+                "max_tokens_per_doc is applied per request by the local cross-encoders; "
+                "this server's scorer takes it at start-up (--max-tokens-per-doc)"
+            )
         items = [(query, d) for d in docs]
-        return Prepared(items, [_estimate_tokens(query, d) for d in docs], key=None)
+        # Batched by instruction: a batch runs one instruction (one shared prompt prefix).
+        return Prepared(items, [_estimate_tokens(query, d) for d in docs], key=instruction)
 
     def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
-        scored = score_groups(self.scorer, [(query, [document]) for query, document in items])
+        scorer = self.scorer if key is None else _Instructed(self.scorer, str(key))
+        scored = score_groups(scorer, [(query, [document]) for query, document in items])
         return [group[0] for group in scored]
+
+
+def _takes_instruction(scorer: Scorer) -> bool:
+    try:
+        return "instruction" in inspect.signature(scorer.score).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
+
+
+def _check_instruction(scorer: Scorer, instruction: str | None) -> None:
+    if instruction is not None and not _takes_instruction(scorer):
+        raise InvalidInputError(
+            "this model takes no instruction (only decoder rerankers such as "
+            "Qwen3-Reranker and mxbai-rerank-v2 do); leave the instruction field out"
+        )
+
+
+class _Instructed:
+    """A scorer seen through one instruction (what :func:`score_groups` calls)."""
+
+    def __init__(self, scorer: Scorer, instruction: str) -> None:
+        self._scorer = scorer
+        self._instruction = instruction
+
+    def score(self, query: str, documents: Sequence[str]) -> list[Score]:
+        result: list[Score] = self._scorer.score(  # type: ignore[call-arg]
+            query, documents, instruction=self._instruction
+        )
+        return result
+
+    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
+        result: list[Score] = await self._scorer.ascore(  # type: ignore[call-arg]
+            query, documents, instruction=self._instruction
+        )
+        return result
 
 
 def strategy_for(scorer: Scorer) -> Strategy:

@@ -27,7 +27,7 @@ from rerank_plugins.bulk.shards import (
 )
 from rerank_plugins.errors import InvalidInputError, ScoringError
 from rerank_plugins.identity import redact_url, scorer_identity
-from rerank_plugins.loading import load_scorer
+from rerank_plugins.loading import load_model, load_scorer
 from rerank_plugins.scoring import Scorer
 
 __all__ = ["BulkInterrupted", "BulkSummary", "input_format", "score_file"]
@@ -93,7 +93,7 @@ def score_file(
 ) -> BulkSummary:
     """Score every row of a Parquet or JSONL file into shards under the ``output`` directory.
 
-    ``model`` is a spec for :func:`~rerank_plugins.load_scorer` (with ``model_options``) or
+    ``model`` is a spec for :func:`~rerank_plugins.loading.load_model` (with ``model_options``) or
     a scorer. ``resume=True`` continues a run into the same ``output``: the same input
     content, shard size, columns and model (its fingerprint and the options that change
     scores, see ``rerank_plugins.bulk.manifest``), else
@@ -129,7 +129,11 @@ def score_file(
     }
     if existing:  # a changed input or shard size is refused before the model loads
         Manifest(out, identity).check(only_known=True)
-    scorer = model if isinstance(model, Scorer) else load_scorer(model, **(model_options or {}))
+    scorer = (
+        model
+        if isinstance(model, Scorer)
+        else load_model(model, model_options or {}, load=load_scorer)
+    )
     manifest = Manifest(out, {**identity, "model": scorer_identity(scorer)})
     if existing:
         manifest.resume()

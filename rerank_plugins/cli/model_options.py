@@ -2,8 +2,11 @@
 
 One definition, so that ``rerank-plugins rerank`` and ``rerank-plugins serve`` take the
 same ``--model``, ``--device``, ``--dtype``, ``--max-length``, ``--batch-tokens``,
-``--layer``/``--dim``, ``--dialect`` and ``--calibration``, with the same defaults and
-checks.
+``--layer``/``--dim``, the past-the-window options (``--chunk-tokens``,
+``--chunk-overlap``, ``--aggregate``, ``--max-tokens-per-doc``), the cascades
+(``--exit-layer``/``--keep``, ``--cascade``/``--keep``: see
+:func:`~rerank_plugins.loading.load_model`), ``--instruction``, ``--dialect`` and
+``--calibration``, with the same defaults and checks.
 """
 
 from __future__ import annotations
@@ -29,8 +32,25 @@ _LOCAL_ONLY = {
     "max_length": "--max-length",
     "layer": "--layer",
     "dim": "--dim",
+    "chunk_tokens": "--chunk-tokens",
+    "chunk_overlap": "--chunk-overlap",
+    "aggregate": "--aggregate",
+    "max_tokens_per_doc": "--max-tokens-per-doc",
+    "exit_layer": "--exit-layer",
     "threads": "--threads",
+    "instruction": "--instruction",
 }
+# Passed on to a local scorer as they are (when given).
+_LOCAL_PASSED = (
+    "layer",
+    "dim",
+    "chunk_tokens",
+    "chunk_overlap",
+    "aggregate",
+    "max_tokens_per_doc",
+    "exit_layer",
+    "instruction",
+)
 _REMOTE_ONLY = {"dialect": "--dialect"}
 
 
@@ -83,10 +103,61 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         help="matryoshka models: head width (default: the model's first listed width)",
     )
     add(
+        "--chunk-tokens",
+        type=int,
+        default=default(None),
+        help="with --overflow chunk: document tokens per window (default: all the room "
+        "the window leaves beside the query)",
+    )
+    add(
+        "--chunk-overlap",
+        type=int,
+        default=default(None),
+        help="with --overflow chunk: tokens shared by consecutive windows (default 0)",
+    )
+    add(
+        "--aggregate",
+        choices=["max", "mean", "top2", "top3"],
+        default=default(None),
+        help="with --overflow chunk: a document's score from its windows' (default max)",
+    )
+    add(
+        "--max-tokens-per-doc",
+        type=int,
+        default=default(None),
+        help="cut every document to its first N tokens (flagged truncated; default: no cap)",
+    )
+    add(
+        "--exit-layer",
+        type=int,
+        default=default(None),
+        help="matryoshka cascade: score every document at this exit, continue the --keep "
+        "best to --layer (default: no cascade)",
+    )
+    add(
+        "--cascade",
+        default=default(None),
+        metavar="MODEL",
+        help="a second model that re-scores the --keep best of --model's scores (default: none)",
+    )
+    add(
+        "--keep",
+        type=int,
+        default=default(None),
+        help="documents a cascade (--exit-layer or --cascade) continues (no default: a "
+        "cascade needs it)",
+    )
+    add(
         "--threads",
         default=default(None),
         help="intra-op CPU threads: a count or auto (default: $RERANK_THREADS, else the "
         "CPUs this process may use, by affinity and cgroup quota, minus those busy)",
+    )
+    add(
+        "--instruction",
+        default=default(None),
+        help="decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2): the task instruction "
+        "(default: the model card's)",
     )
     add(
         "--dialect",
@@ -127,8 +198,19 @@ def model_options(
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:
         options.update(
-            {n: getattr(args, n) for n in ("layer", "dim") if getattr(args, n, None) is not None}
+            {n: getattr(args, n) for n in _LOCAL_PASSED if getattr(args, n, None) is not None}
         )
+    cascade, keep = getattr(args, "cascade", None), getattr(args, "keep", None)
+    if cascade is not None and getattr(args, "exit_layer", None) is not None:
+        raise InvalidInputError("--cascade and --exit-layer both use --keep: give one of them")
+    if keep is None and (cascade is not None or "exit_layer" in options):
+        raise InvalidInputError("a cascade (--exit-layer or --cascade) needs --keep")
+    if keep is not None:
+        if cascade is None and "exit_layer" not in options:
+            raise InvalidInputError("--keep needs --exit-layer or --cascade")
+        options["keep"] = keep
+    if cascade is not None:
+        options["cascade"] = cascade
     if getattr(args, "calibration", None) is not None:
         options["calibration"] = args.calibration
     return options

@@ -16,9 +16,9 @@ from typing import Any, TextIO
 
 from rerank_plugins.cli.model_options import add_model_options, model_options
 from rerank_plugins.errors import InvalidInputError, UnknownOptionError
-from rerank_plugins.loading import in_user_words, is_remote, load_scorer
+from rerank_plugins.loading import in_user_words, is_remote, load_model, load_scorer
 from rerank_plugins.ranking import rank
-from rerank_plugins.scoring import score_groups
+from rerank_plugins.scoring import Score, score_groups
 from rerank_plugins.wire import API_KEY_ENV
 
 __all__ = ["add_rerank_options", "run"]
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
     documents = [_doc_text(item, position) for position, item in given]
     options = _options(args)
     try:
-        scorer = load_scorer(args.model, **options)
+        scorer = load_model(args.model, options, load=load_scorer)
     except UnknownOptionError as exc:
         raise in_user_words(exc, args.model, options) from exc
     (scores,) = score_groups(scorer, [(args.query, documents)])
@@ -172,6 +172,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
                 score=r.score.value,
                 tokens=r.score.tokens,
                 truncated=r.score.truncated,
+                **_extras(r.score),
             )
             stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         return 0
@@ -184,6 +185,7 @@ def run(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
                 "kind": r.score.kind,
                 "tokens": r.score.tokens,
                 "truncated": r.score.truncated,
+                **_extras(r.score),
                 "text": documents[r.index],
             }
             for position, r in enumerate(ranked)
@@ -201,6 +203,15 @@ def run(args: argparse.Namespace, stdout: TextIO, stdin: TextIO) -> int:
         row = f"{position + 1:>4}  {r.score.value:>10.4f}  {index:>5}  {tokens:>6}"
         stdout.write(f"{row}  {preview}{cut}\n")
     return 0
+
+
+def _extras(score: Score) -> dict[str, int]:
+    """``chunks`` (a document scored in windows) and ``stage`` (a cascade), when set."""
+    return {
+        name: value
+        for name, value in (("chunks", score.chunks), ("stage", score.stage))
+        if value is not None
+    }
 
 
 def add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -266,9 +277,10 @@ def add_rerank_options(parser: argparse.ArgumentParser, *, defaults: bool) -> No
     )
     add(
         "--overflow",
-        choices=["truncate", "error"],
+        choices=["truncate", "error", "chunk"],
         default=default("truncate"),
-        help="documents over the window: truncate and flag them (default) or fail",
+        help="documents over the window: truncate and flag them (default), fail, or score "
+        "them in token windows (chunk; see --chunk-tokens, --chunk-overlap, --aggregate)",
     )
     add(
         "--progress",

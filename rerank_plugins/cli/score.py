@@ -43,9 +43,10 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser.add_argument_group("model options"), defaults=False)
     parser.add_argument(
         "--overflow",
-        choices=["truncate", "error"],
+        choices=["truncate", "error", "chunk"],
         default=keep,
-        help="documents over the window: truncate and flag (default) or record as errors",
+        help="documents over the window: truncate and flag (default), record as errors, "
+        "or score them in token windows (chunk)",
     )
     parser.add_argument("--api-key", default=keep, help="remote endpoint key")
     parser.add_argument(

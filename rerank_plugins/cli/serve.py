@@ -39,6 +39,13 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     # The same model options as ``rerank`` (one definition); like there, they are also
     # accepted before the subcommand, so this copy has SUPPRESS defaults.
     add_model_options(sv.add_argument_group("model options"), defaults=False)
+    sv.add_argument(
+        "--overflow",
+        choices=["truncate", "chunk"],
+        default=argparse.SUPPRESS,
+        help="documents over the window: truncate and flag (default; a request's "
+        "truncate=false refuses them instead) or score them in token windows (chunk)",
+    )
     _add_limits(sv.add_argument_group("batching and limits"))
     _add_connection_limits(sv.add_argument_group("connection limits (slow or endless clients)"))
     _add_access_and_logging(sv)
@@ -189,6 +196,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
     other kind of model is an :class:`~rerank_plugins.errors.InvalidInputError`."""
     # The budget is not a load_scorer option here: the server gives it to the batcher too.
     scorer = model_options(argparse.Namespace(**{**vars(args), "batch_tokens": None}))
+    if getattr(args, "overflow", None) == "chunk":  # else each request picks truncate or refuse
+        scorer["overflow"] = "chunk"
     return ServeOptions(
         model=str(args.model),
         model_options=scorer,

@@ -53,4 +53,8 @@ def load_local_scorer(spec: str | Path, **options: Any) -> Scorer:
         from rerank_plugins.local.cross_encoder import CrossEncoderScorer
 
         return CrossEncoderScorer(directory, **options)
+    if kind == "decoder":
+        from rerank_plugins.local.decoder import DecoderScorer
+
+        return DecoderScorer(directory, **options)
     raise AssertionError(f"unhandled scorer kind {kind!r}")  # detect_kind returns known kinds

@@ -12,10 +12,11 @@ from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.local.base import LocalScorer
 from rerank_plugins.local.checkpoint import guard_checkpoint_init, load_tokenizer
+from rerank_plugins.local.chunking import Aggregate, aggregate
 from rerank_plugins.local.engine.batching import token_budget_batches
 from rerank_plugins.local.options import LocalOptions
 from rerank_plugins.local.progress import BatchProgress
-from rerank_plugins.local.tokenization import EncodedPair, PairEncoder
+from rerank_plugins.local.tokenization import ChunkedPair, EncodedPair, PairEncoder
 from rerank_plugins.scoring import OverflowPolicy, Score, check_inputs
 
 if TYPE_CHECKING:
@@ -33,6 +34,11 @@ ModernBERT and GTE engines), "transformers", or "auto" (native where there is on
 
 # Learned absolute positions of RoBERTa-family models start after the padding index.
 _POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"})
+
+
+def _units(pairs: Sequence[EncodedPair | ChunkedPair]) -> list[EncodedPair]:
+    """The sequences the model runs: each pair, or each window of a chunked pair."""
+    return [c for p in pairs for c in (p.chunks if isinstance(p, ChunkedPair) else (p,))]
 
 
 class PairClassifier(Protocol):
@@ -67,8 +73,14 @@ class CrossEncoderScorer(LocalScorer):
     ...), ``dtype`` ("auto" = bf16 on CUDA, fp32 on CPU and MPS; "float32", "bfloat16",
     "float16", or "int8" = dynamic int8 linear layers on CPUs with VNNI/AMX, native engines
     only; a CPU mode the processor cannot run fast raises ``UnsupportedDeviceError``),
-    ``max_length`` (default: the model's window, clamped to it), ``overflow`` ("truncate"
-    or "error"), ``batch_tokens`` (token budget per forward; default
+    ``max_length`` (default: the model's window, clamped to it), ``overflow`` ("truncate",
+    "error", or "chunk": a longer document is split into token windows, each scored as its
+    own pair with the query, and its score is ``aggregate`` over them — see
+    :mod:`rerank_plugins.local.chunking`; ``chunk_tokens`` default: all the room the
+    window leaves beside the query, ``chunk_overlap`` default 0, ``aggregate`` "max",
+    "mean", "top2" or "top3"; ``Score.chunks`` says how many windows), ``max_tokens_per_doc``
+    (cut every document to its first N tokens, flagged ``truncated``; with "chunk" the cap
+    comes first), ``batch_tokens`` (token budget per forward; default
     :func:`~rerank_plugins.local.engine.device.default_batch_tokens`: 4,096 on CPU, 16,384
     per 10 GiB of a CUDA card up to 131,072; read it back as ``scorer.batch_tokens``),
     ``backend`` (the native engine's attention: "auto", "varlen", "flex" or "sdpa"),
@@ -94,6 +106,10 @@ class CrossEncoderScorer(LocalScorer):
         dtype: str | None = "auto",
         max_length: int | None = None,
         overflow: OverflowPolicy = "truncate",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int = 0,
+        aggregate: Aggregate = "max",
+        max_tokens_per_doc: int | None = None,
         output: Output = "probability",
         batch_tokens: int | None = None,
         engine: Runtime = "auto",
@@ -110,6 +126,10 @@ class CrossEncoderScorer(LocalScorer):
             dtype=dtype,
             max_length=max_length,
             overflow=overflow,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            aggregate=aggregate,
+            max_tokens_per_doc=max_tokens_per_doc,
             batch_tokens=batch_tokens,
             backend=backend,
             show_progress=show_progress,
@@ -142,7 +162,11 @@ class CrossEncoderScorer(LocalScorer):
             )
             max_length = self.window
         self.encoder = PairEncoder(
-            load_tokenizer(self.directory), max_length=max_length, overflow=options.overflow
+            load_tokenizer(self.directory),
+            max_length=max_length,
+            overflow=options.overflow,
+            chunking=options.chunking(),
+            max_document_tokens=options.max_tokens_per_doc,
         )
         self.classifier = self._shared_weights(
             self._weights_key(), lambda: self._load_classifier(engine)
@@ -156,6 +180,11 @@ class CrossEncoderScorer(LocalScorer):
     @property
     def max_length(self) -> int:
         return self.encoder.max_length
+
+    @property
+    def overflow(self) -> OverflowPolicy:
+        """The policy for documents over the window ("truncate", "error" or "chunk")."""
+        return self.encoder.overflow
 
     def identity(self) -> dict[str, Any]:
         """What changes this scorer's scores: the checkpoint's fingerprint (whatever path or
@@ -172,7 +201,18 @@ class CrossEncoderScorer(LocalScorer):
             "overflow": self.encoder.overflow,
             "max_length": self.max_length,
             "engine": self.engine,
+            **self._past_the_window_options(),
         }
+
+    def _past_the_window_options(self) -> dict[str, object]:
+        """Chunking and the per-document cap, when set (they change scores)."""
+        options: dict[str, object] = {}
+        if self.encoder.overflow == "chunk":
+            c = self.encoder.chunking
+            options["chunking"] = (c.chunk_tokens, c.chunk_overlap, c.aggregate)
+        if self.encoder.max_document_tokens is not None:
+            options["max_tokens_per_doc"] = self.encoder.max_document_tokens
+        return options
 
     def _weights_key(self) -> tuple[Any, ...]:
         """What, beyond checkpoint, device and dtype, tells this scorer's loaded model apart."""
@@ -232,7 +272,7 @@ class CrossEncoderScorer(LocalScorer):
         *,
         overflow: OverflowPolicy | None = None,
         max_document_tokens: int | None = None,
-    ) -> list[EncodedPair]:
+    ) -> list[EncodedPair | ChunkedPair]:
         """Tokenise ``(query, document)`` pairs for :meth:`score_pairs` (the
         :class:`~rerank_plugins.scoring.PairScorer` seam). ``overflow`` overrides the
         scorer's policy for this call; ``max_document_tokens`` cuts documents further."""
@@ -241,26 +281,36 @@ class CrossEncoderScorer(LocalScorer):
             query, docs, overflow=overflow, max_document_tokens=max_document_tokens
         )
 
-    def score_pairs(self, pairs: Sequence[EncodedPair], *, raw: bool = False) -> list[Score]:
+    def score_pairs(
+        self, pairs: Sequence[EncodedPair | ChunkedPair], *, raw: bool = False
+    ) -> list[Score]:
         """Scores of encoded pairs, in order; the pairs may come from different queries.
 
-        Batched by the scorer's token budget like :meth:`score`. ``raw=True`` returns the
-        relevance logit (kind ``"logit"``) whatever ``output`` says.
+        Batched by the scorer's token budget like :meth:`score` (the windows of chunked
+        documents go into the same batches as the other pairs). ``raw=True`` returns the
+        relevance logit (kind ``"logit"``) whatever ``output`` says; a chunked document's
+        score is the aggregate of its windows' scores (probabilities or logits).
         """
         if not pairs:
             return []
-        return self._scores(pairs, self._logits(pairs), raw=raw)
+        return self._scores(pairs, self._logits(_units(pairs)), raw=raw)
 
-    def score_batch(self, pairs: Sequence[EncodedPair], *, raw: bool = False) -> list[Score]:
+    def score_batch(
+        self, pairs: Sequence[EncodedPair | ChunkedPair], *, raw: bool = False
+    ) -> list[Score]:
         """Scores of pairs that already form one batch, in one forward, in their order.
 
         For a caller that budgets its own batches (the server's batcher: within
         :attr:`batch_tokens`, costed as :attr:`padded` says, sorted longest first): the
-        pairs are neither split nor re-sorted. Scores equal :meth:`score_pairs`'.
+        pairs are neither split nor re-sorted. Scores equal :meth:`score_pairs`'. The
+        windows of a chunked document (which may be far over the budget on its own) go
+        through :meth:`score_pairs`' budgeted batches instead.
         """
         if not pairs:
             return []
-        logits = self.classifier.logits(pairs)
+        if any(isinstance(p, ChunkedPair) for p in pairs):
+            return self.score_pairs(pairs, raw=raw)
+        logits = self.classifier.logits(_units(pairs))
         rel = logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]
         return self._scores(pairs, rel.tolist(), raw=raw)
 
@@ -270,18 +320,33 @@ class CrossEncoderScorer(LocalScorer):
         return bool(self.classifier.padded)
 
     def _scores(
-        self, pairs: Sequence[EncodedPair], logits: Sequence[float], *, raw: bool
+        self, pairs: Sequence[EncodedPair | ChunkedPair], logits: Sequence[float], *, raw: bool
     ) -> list[Score]:
+        """One score per pair from one logit per unit (a chunked pair's windows: theirs,
+        aggregated)."""
         kind: Output = "logit" if raw else self.output
-        return [
-            Score(
-                value=logit if raw else self._value(logit),
-                kind=kind,
-                tokens=len(pair.ids),
-                truncated=pair.truncated,
-            )
-            for logit, pair in zip(logits, pairs, strict=True)
-        ]
+        values = logits if raw else [self._value(x) for x in logits]
+        out = []
+        at = 0
+        for pair in pairs:
+            if isinstance(pair, ChunkedPair):
+                n = len(pair.chunks)
+                out.append(
+                    Score(
+                        value=aggregate(values[at : at + n], pair.aggregate),
+                        kind=kind,
+                        tokens=pair.tokens,
+                        truncated=pair.truncated,
+                        chunks=n,
+                    )
+                )
+                at += n
+            else:
+                out.append(
+                    Score(value=values[at], kind=kind, tokens=pair.tokens, truncated=pair.truncated)
+                )
+                at += 1
+        return out
 
     def _logits(self, pairs: Sequence[EncodedPair]) -> list[float]:
         """One relevance logit per pair, in input order."""

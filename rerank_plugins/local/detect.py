@@ -21,7 +21,9 @@ def detect_kind(directory: Path) -> str:
     Returns ``"colbert"`` for a PyLate late-interaction checkpoint (see
     :func:`is_colbert_checkpoint`), ``"matryoshka"`` for a 2D-Matryoshka reranker
     (``matryoshka_config.json`` and ``classification_heads.pt`` beside a bare encoder) or
-    ``"cross-encoder"``; raises :class:`UnsupportedModelError` otherwise.
+    ``"cross-encoder"``, ``"decoder"`` for a causal LM read as a yes/no reranker
+    (``...ForCausalLM``: Qwen3-Reranker, mxbai-rerank-v2); raises
+    :class:`UnsupportedModelError` otherwise.
     """
     config = read_json(directory / "config.json")
     if is_colbert_checkpoint(directory):
@@ -33,6 +35,8 @@ def detect_kind(directory: Path) -> str:
     architectures = config.get("architectures") or []
     if any(str(a).endswith("ForSequenceClassification") for a in architectures):
         return "cross-encoder"
+    if any(str(a).endswith("ForCausalLM") for a in architectures):
+        return "decoder"
     model_type = config.get("model_type", "unknown")
     if any(str(a).endswith("ForMaskedLM") for a in architectures):
         raise UnsupportedModelError(

@@ -37,6 +37,7 @@ from torch import nn
 from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import guard_checkpoint_init, read_json
+from rerank_plugins.local.chunking import Aggregate
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer, Output
 from rerank_plugins.local.engine.modernbert import (
     ModernBert,
@@ -47,11 +48,13 @@ from rerank_plugins.local.engine.modernbert import (
 )
 from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.options import LocalOptions
-from rerank_plugins.local.tokenization import EncodedPair
-from rerank_plugins.scoring import OverflowPolicy
+from rerank_plugins.local.tokenization import ChunkedPair, EncodedPair
+from rerank_plugins.scoring import OverflowPolicy, Score
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
+
+    from rerank_plugins.local.matryoshka_cascade import ExitCascade
 
 __all__ = [
     "CONFIG_FILE",
@@ -318,6 +321,13 @@ class MatryoshkaScorer(CrossEncoderScorer):
     the first ``L`` encoder layers run, so cost falls about in proportion to ``L``; ``dim``
     only picks a smaller head. Scores are ``sigmoid(logit)`` (``output="probability"``) or
     the raw logit; the window is the encoder's (32768 tokens for the published model).
+
+    A **cascade** (``exit_layer=E, keep=K``, both or neither): every document runs the
+    first ``E`` layers (``E`` an exit of the grid, below ``layer``) and is scored by the
+    ``(E, dim)`` head; the ``K`` best continue from their layer-``E`` hidden states (no
+    recomputation) to ``layer`` and get its score. Their scores carry ``stage=1``, the
+    others ``stage=0`` with the exit score, and :func:`~rerank_plugins.ranking.rank` puts
+    every stage-1 document first. ``score_pairs`` takes its pairs as one candidate list.
     Other options as :class:`~rerank_plugins.local.cross_encoder.CrossEncoderScorer`.
     """
 
@@ -329,10 +339,16 @@ class MatryoshkaScorer(CrossEncoderScorer):
         *,
         layer: int | None = None,
         dim: int | None = None,
+        exit_layer: int | None = None,
+        keep: int | None = None,
         device: str | None = "auto",
         dtype: str | None = "auto",
         max_length: int | None = None,
         overflow: OverflowPolicy = "truncate",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int = 0,
+        aggregate: Aggregate = "max",
+        max_tokens_per_doc: int | None = None,
         output: Output = "probability",
         batch_tokens: int | None = None,
         revision: str | None = None,
@@ -343,11 +359,17 @@ class MatryoshkaScorer(CrossEncoderScorer):
         cache: bool = True,
     ) -> None:
         self._exit = (layer, dim)
+        if (exit_layer is None) != (keep is None):
+            raise InvalidInputError("a cascade needs both exit_layer and keep")
         options = LocalOptions(
             device=device,
             dtype=dtype,
             max_length=max_length,
             overflow=overflow,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            aggregate=aggregate,
+            max_tokens_per_doc=max_tokens_per_doc,
             batch_tokens=batch_tokens,
             show_progress=show_progress,
             cache=bool(cache),
@@ -360,6 +382,72 @@ class MatryoshkaScorer(CrossEncoderScorer):
         assert isinstance(self.classifier, MatryoshkaPairClassifier)
         self.layer = self.classifier.layer
         self.dim = self.classifier.dim
+        self.keep = keep
+        self.exit_layer = exit_layer
+        self.cascade = None if keep is None else self._cascade(exit_layer, keep)
+
+    def _cascade(self, exit_layer: int | None, keep: int) -> ExitCascade:
+        from rerank_plugins.local.matryoshka_cascade import ExitCascade
+
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise InvalidInputError(f"keep must be a positive int, got {keep!r}")
+        assert isinstance(self.classifier, MatryoshkaPairClassifier)
+        c = self.classifier
+        grid = c.grid
+        if exit_layer not in grid.layer_indices or exit_layer >= self.layer:
+            below = [e for e in grid.layer_indices if e < self.layer]
+            raise InvalidInputError(
+                f"exit_layer={exit_layer} must be an exit below layer={self.layer}; use one "
+                f"of {below}"
+            )
+        head = build_head(
+            load_heads(self.directory / HEADS_FILE), exit_layer, self.dim, device=self.device
+        )
+        exit_norm = c._final_norm if grid.has_final_norm else None  # exit_layer < the last
+
+        def exit_readout(states: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+            result: torch.Tensor = head(exit_features(states, batch, grid.pooling, exit_norm))
+            return result
+
+        def final_readout(states: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+            norm = c._final_norm if c.normalised else None
+            result: torch.Tensor = c.head(exit_features(states, batch, grid.pooling, norm))
+            return result
+
+        return ExitCascade(
+            c.model.trunk,
+            device=self.device,
+            exit_layer=exit_layer,
+            layer=self.layer,
+            exit_readout=exit_readout,
+            final_readout=final_readout,
+        )
+
+    @property
+    def scores_whole_list(self) -> bool:
+        """True for a cascade: a document's score depends on the other candidates (a
+        server runs each request's documents together, alone)."""
+        return self.cascade is not None
+
+    def score_batch(
+        self, pairs: Sequence[EncodedPair | ChunkedPair], *, raw: bool = False
+    ) -> list[Score]:
+        if self.cascade is None:
+            return super().score_batch(pairs, raw=raw)
+        return self.score_pairs(pairs, raw=raw)  # the pairs are one candidate list
+
+    def score_pairs(
+        self, pairs: Sequence[EncodedPair | ChunkedPair], *, raw: bool = False
+    ) -> list[Score]:
+        if self.cascade is None or not pairs:
+            return super().score_pairs(pairs, raw=raw)
+        return self.cascade.score(
+            pairs,
+            keep=self.keep or len(pairs),
+            batch_tokens=self.batch_tokens,
+            value=(lambda x: x) if raw else self._value,
+            kind="logit" if raw else self.output,
+        )
 
     def _weights_key(self) -> tuple[Any, ...]:
         return (MatryoshkaScorer, *self._exit)
@@ -388,6 +476,7 @@ class MatryoshkaScorer(CrossEncoderScorer):
             "model": self.name,
             "layer": self.layer,
             "dim": self.dim,
+            **({} if self.keep is None else {"exit_layer": self.exit_layer, "keep": self.keep}),
             "device": str(self.device),
             "max_length": self.max_length,
         }

@@ -41,6 +41,7 @@ async def cohere_answer(
         [(body.query, texts)],
         truncate=body.truncate,
         max_document_tokens=body.max_tokens_per_doc,
+        instruction=body.instruction,
     )
     results = [
         CohereResult(

@@ -87,7 +87,7 @@ def build_server(options: ServeOptions) -> Any:
 
     for dependency in ("fastapi", "uvicorn", "prometheus_client", "ijson"):
         require(dependency)
-    from rerank_plugins.loading import in_user_words, load_scorer
+    from rerank_plugins.loading import in_user_words, load_model
     from rerank_plugins.serve.app import create_app
 
     if options.workers != 1:
@@ -99,7 +99,7 @@ def build_server(options: ServeOptions) -> Any:
     logger.info("loading %s", options.model)
     scorer_options = options.scorer_options()
     try:
-        scorer = load_scorer(options.model, **scorer_options)
+        scorer = load_model(options.model, scorer_options)
     except UnknownOptionError as exc:  # an option this kind of model does not take
         raise in_user_words(exc, options.model, scorer_options) from exc
     except TypeError as exc:

@@ -56,6 +56,12 @@ class CohereRerankRequest(_Request):
         description="extension: false refuses documents over the model's window (413) "
         "instead of truncating them",
     )
+    instruction: str | None = Field(
+        None,
+        description="decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2): the task instruction "
+        "for this request, in place of the model's default; refused (422) by a model that "
+        "takes none",
+    )
 
 
 class CohereResult(BaseModel):
@@ -99,7 +105,19 @@ class TEIRerankRequest(_Request):
         "Right", description="only right truncation (the document's end is cut)"
     )
     raw_scores: bool = Field(False, description="return logits instead of probabilities")
+    instruction: str | None = Field(
+        None,
+        description="decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2): the task instruction "
+        "for this request, in place of the model's default; refused (422) by a model that "
+        "takes none",
+    )
     return_text: bool = False
+    max_tokens_per_doc: int | None = Field(
+        None,
+        ge=1,
+        description="extension (Cohere's field): cut each text to this many tokens "
+        "(reported as truncated)",
+    )
 
 
 class TEIRank(BaseModel):
@@ -118,6 +136,12 @@ class ScoreRequest(_Request):
         None, description="-1: truncate to the model's window; absent: refuse over-length"
     )
     use_activation: bool | None = Field(None, description="false: return logits")
+    max_tokens_per_doc: int | None = Field(
+        None,
+        ge=1,
+        description="extension (Cohere's field): cut each text_2 to this many tokens "
+        "(reported as truncated)",
+    )
 
 
 class ScoreData(BaseModel):

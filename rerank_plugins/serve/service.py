@@ -82,6 +82,7 @@ class Service:
         truncate: bool,
         max_document_tokens: int | None = None,
         raw: bool = False,
+        instruction: str | None = None,
     ) -> Outcome:
         """Scores of a request's groups through the batcher (cancelled if the client goes)."""
         n = sum(len(documents) for _, documents in groups)
@@ -98,6 +99,7 @@ class Service:
             max_document_tokens=max_document_tokens,
             raw=raw,
             window=self.window,
+            instruction=instruction,
         )
         scored = await _until_disconnect(request, ascore_groups(submitter, groups, concurrent=True))
         outcome = Outcome([s for group in scored for s in group])
@@ -170,8 +172,10 @@ class _Submitter:
         max_document_tokens: int | None,
         raw: bool,
         window: int | None,
+        instruction: str | None = None,
     ) -> None:
         self.strategy = strategy
+        self.instruction = instruction
         self.batcher = batcher
         self.metrics = metrics
         self.truncate = truncate
@@ -188,7 +192,11 @@ class _Submitter:
             return []
         # The strategy's prepare is the request's one input check (and its tokenisation).
         prepared = await asyncio.to_thread(self._prepare, query, documents)
-        scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
+        if self.strategy.whole_requests:
+            # A cascade's candidate list: one batch of its own (outside the token budget).
+            scores = list(await self.batcher.run_one(prepared.key, prepared.items))
+        else:
+            scores = await self.batcher.submit(prepared.items, prepared.lengths, key=prepared.key)
         self.strategy.check(
             scores, truncate=self.truncate, max_document_tokens=self.max_document_tokens
         )
@@ -231,6 +239,7 @@ class _Submitter:
             truncate=self.truncate,
             max_document_tokens=self.max_document_tokens,
             raw=self.raw,
+            instruction=self.instruction,
         )
 
     def _may_exceed(self, query: str, documents: Sequence[str], limit: int) -> bool:

@@ -39,7 +39,12 @@ async def rerank_tei(
     if isinstance(body, CohereRerankRequest):
         return await cohere_answer(request, body, served)
     outcome = await served.score(
-        request, [(body.query, body.texts)], truncate=body.truncate, raw=body.raw_scores
+        request,
+        [(body.query, body.texts)],
+        truncate=body.truncate,
+        max_document_tokens=body.max_tokens_per_doc,
+        raw=body.raw_scores,
+        instruction=body.instruction,
     )
     ranks = [
         TEIRank(

@@ -37,6 +37,7 @@ async def _score(request: Request, body: ScoreRequest, served: Service) -> JSONR
         request,
         groups,
         truncate=body.truncate_prompt_tokens is not None,
+        max_document_tokens=body.max_tokens_per_doc,
         raw=body.use_activation is False,
     )
     answer = ScoreResponse(

@@ -13,6 +13,12 @@ from rerank_plugins.testing.colbert import (
     make_colbert_checkpoint,
     save_colbert_word_tokenizer,
 )
+from rerank_plugins.testing.decoder import (
+    TINY_MXBAI_V2,
+    TINY_QWEN3_RERANKER,
+    make_mxbai_v2_checkpoint,
+    make_qwen3_reranker_checkpoint,
+)
 from rerank_plugins.testing.eval_fixture import EVAL_FIXTURE_SIZE, write_eval_fixture
 from rerank_plugins.testing.function_scorer import FunctionScorer
 from rerank_plugins.testing.gte import (
@@ -44,6 +50,8 @@ __all__ = [
     "TINY_GTE_NEW",
     "TINY_MATRYOSHKA",
     "TINY_MODERNBERT",
+    "TINY_MXBAI_V2",
+    "TINY_QWEN3_RERANKER",
     "WORDS",
     "FunctionScorer",
     "free_port",
@@ -53,6 +61,8 @@ __all__ = [
     "make_gte_reference_checkpoint",
     "make_matryoshka_checkpoint",
     "make_modernbert_checkpoint",
+    "make_mxbai_v2_checkpoint",
+    "make_qwen3_reranker_checkpoint",
     "random_text",
     "save_colbert_word_tokenizer",
     "save_mmbert_word_tokenizer",

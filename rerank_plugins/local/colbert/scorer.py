@@ -23,6 +23,7 @@ from rerank_plugins.local.checkpoint import (
     load_tokenizer,
     read_json,
 )
+from rerank_plugins.local.chunking import chunk_spans
 from rerank_plugins.local.colbert.encoder import ColBERTEncoder, filled
 from rerank_plugins.local.colbert.projection import DenseProjection, load_projection
 from rerank_plugins.local.colbert.settings import ColBERTSettings
@@ -53,6 +54,8 @@ class _Encoded:
     ids: list[int]
     real: int  # tokens that are not query-expansion padding
     truncated: bool
+    over: bool = False  # longer than document_length (truncated or chunked)
+    windows: tuple[list[int], ...] = ()  # overflow="chunk": each window's ids
 
 
 def _deprecated_vector_cache(
@@ -92,7 +95,13 @@ class ColBERTScorer(LocalScorer):
     Options: ``device``, ``dtype`` ("auto" = bf16 on CUDA, fp32 on CPU; projection, vectors
     and MaxSim are fp32), ``document_length`` (default: the checkpoint's; up to the trunk's
     window, for long documents; ``max_length`` is an alias), ``query_length``, ``overflow``
-    ("truncate": cut and flag, or "error"), ``batch_tokens`` (token budget per forward;
+    ("truncate": cut and flag, "error", or "chunk": a longer document is split into token
+    windows of ``chunk_tokens`` (default: all of ``document_length``) overlapping by
+    ``chunk_overlap``, each encoded as ``[CLS] [D] window [SEP]``, and MaxSim runs over
+    the union of all its windows' token vectors — each query token takes its best match
+    anywhere in the document; ``Score.chunks`` says how many windows),
+    ``max_tokens_per_doc`` (cut every document to its first N tokens, flagged
+    ``truncated``; with "chunk" the cap comes first), ``batch_tokens`` (token budget per forward;
     default :func:`~rerank_plugins.local.engine.device.default_batch_tokens` of the device),
     ``vector_cache`` (a :class:`DocumentVectorCache` to use or share, its size in bytes,
     or ``None``/0 for none; default 256 MiB), ``cache`` (share loaded weights with other
@@ -119,6 +128,9 @@ class ColBERTScorer(LocalScorer):
         max_length: int | None = None,
         query_length: int | None = None,
         overflow: OverflowPolicy = "truncate",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int = 0,
+        max_tokens_per_doc: int | None = None,
         reduce: Reduce = "sum",
         batch_tokens: int | None = None,
         vector_cache: DocumentVectorCache | int | None = DEFAULT_CACHE_BYTES,
@@ -142,6 +154,9 @@ class ColBERTScorer(LocalScorer):
             dtype=dtype,
             max_length=document_length if document_length is not None else max_length,
             overflow=overflow,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            max_tokens_per_doc=max_tokens_per_doc,
             batch_tokens=batch_tokens,
             backend=backend,
             show_progress=show_progress,
@@ -152,6 +167,8 @@ class ColBERTScorer(LocalScorer):
             token=token,
         )
         self.overflow: OverflowPolicy = overflow
+        self.chunking = options.chunking()
+        self.max_tokens_per_doc = options.max_tokens_per_doc
         self.reduce: Reduce = reduce
         self._open(model, options)
         if self.config.get("model_type") != "modernbert":
@@ -360,16 +377,50 @@ class ColBERTScorer(LocalScorer):
             ids += [self.expansion_id] * (length - real)
         return _Encoded(ids, real, cut)
 
+    @property
+    def _document_room(self) -> int:
+        """Document tokens that fit in ``document_length`` beside the prefix and specials."""
+        prefix = self.document_prefix_id
+        return self.settings.document_length - (prefix is not None) - self._specials
+
+    def _document_frame(self) -> list[int]:
+        """``[CLS] [D] [SEP]``: what surrounds a document's tokens."""
+        empty = self.tokenizer.encode("", add_special_tokens=False)
+        ids = list(self.tokenizer.post_process(empty, None, add_special_tokens=True).ids)
+        if self.document_prefix_id is not None:
+            ids.insert(1, self.document_prefix_id)
+        return ids
+
     def _encode_document_ids(self, documents: Sequence[str]) -> list[_Encoded]:
         prefix = self.document_prefix_id
-        room = self.settings.document_length - (prefix is not None) - self._specials
-        contents = encode_texts(
-            self.tokenizer, [self._prepare(d) for d in documents], need=room + 1
-        )
+        room = self._document_room
+        cap = self.max_tokens_per_doc
+        # Tokenise only what can be used (one token past it tells a longer text): the cap,
+        # or the room; a chunked document is read whole (up to the cap).
+        if self.overflow == "chunk":
+            need = None if cap is None else cap + 1
+        else:
+            need = min(room, room if cap is None else cap) + 1
+        contents = encode_texts(self.tokenizer, [self._prepare(d) for d in documents], need=need)
+        size = self.chunking.size(room) if self.overflow == "chunk" else room
         out = []
         for content in contents:
+            capped = cap is not None and len(content.ids) > cap
+            if capped and cap is not None:
+                content.truncate(cap)
+            over = len(content.ids) > room
+            if over and self.overflow == "chunk":
+                ids = list(content.ids)
+                frame = self._document_frame()
+                windows = tuple(
+                    frame[:-1] + ids[a:b] + frame[-1:]
+                    for a, b in chunk_spans(len(ids), size, self.chunking.chunk_overlap)
+                )
+                n = sum(len(w) for w in windows)
+                out.append(_Encoded(windows[0], n, capped, over=True, windows=windows))
+                continue
             ids, cut = self._assemble(content, room, prefix)
-            out.append(_Encoded(ids, len(ids), cut))
+            out.append(_Encoded(ids, len(ids), cut or capped, over=over))
         return out
 
     # --- vectors ------------------------------------------------------------------------
@@ -429,28 +480,51 @@ class ColBERTScorer(LocalScorer):
                 todo.setdefault(text, []).append(i)
         texts = list(todo)
         encoded = self._encode_document_ids(texts)
+        # A cached entry that was cut overflowed the window unless a cap below it cut it.
+        cap = self.max_tokens_per_doc
+        capped_only = cap is not None and cap <= self._document_room
         over = sorted(
-            [i for i, v in enumerate(out) if v is not None and v.truncated]
-            + [i for text, e in zip(texts, encoded, strict=True) if e.truncated for i in todo[text]]
+            [i for i, v in enumerate(out) if v is not None and v.truncated and not capped_only]
+            + [i for text, e in zip(texts, encoded, strict=True) if e.over for i in todo[text]]
         )
-        if over:
+        if over and self.overflow != "chunk":
             self._overflowed(over)
         if texts:
-            for text, e, vectors in zip(
-                texts, encoded, self._document_vectors(encoded), strict=True
-            ):
-                entry = TokenVectors(vectors, len(e.ids), e.truncated)
+            for text, e, vectors in zip(texts, encoded, self._vectors_of(encoded), strict=True):
+                entry = TokenVectors(
+                    vectors, e.real, e.truncated, len(e.windows) if e.windows else None
+                )
                 if self.vector_cache is not None:
                     self.vector_cache.put(self._cache_key(length, text), entry)
                 for i in todo[text]:
                     out[i] = entry
         return filled(out)
 
+    def _vectors_of(self, encoded: Sequence[_Encoded]) -> list[torch.Tensor]:
+        """Each document's vectors; a chunked one's windows are encoded in the same
+        batches as the other documents and their vectors concatenated (MaxSim over the
+        union)."""
+        if not any(e.windows for e in encoded):
+            return self._document_vectors(encoded)
+        flat = [_Encoded(w, len(w), False) for e in encoded for w in (e.windows or (e.ids,))]
+        parts = self._document_vectors(flat)
+        out = []
+        at = 0
+        for e in encoded:
+            n = len(e.windows) or 1
+            out.append(parts[at] if n == 1 else torch.cat(parts[at : at + n]))
+            at += n
+        return out
+
     def _cache_key(self, length: int, text: str) -> Hashable:
         # A fixed-size digest, not the text: the cache bounds vector bytes, and keys holding
         # whole documents would grow past that bound (6 MiB of text under a 1 MiB cap).
         # surrogatepass: check_documents lets lone surrogates through (they are valid str).
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+        if self.overflow == "chunk" or self.max_tokens_per_doc is not None:
+            chunking = self.chunking
+            shape = (self.overflow, chunking.chunk_tokens, chunking.chunk_overlap)
+            return (self._model_key, length, shape, self.max_tokens_per_doc, digest)
         return (self._model_key, length, digest)
 
     def _overflowed(self, indices: list[int]) -> None:
@@ -490,6 +564,7 @@ class ColBERTScorer(LocalScorer):
                 kind="maxsim",
                 tokens=q.tokens + e.tokens,
                 truncated=e.truncated or q.truncated,
+                chunks=e.chunks,
             )
             for v, e in zip(values.tolist(), encoded, strict=True)
         ]

@@ -26,12 +26,14 @@ class TokenVectors:
     ``vectors`` is fp32 ``[n, dim]``, L2-normalised rows, on the scorer's device (for a
     document: its tokens minus the skiplist; for a query: every token, expansion tokens
     included). ``tokens`` is the length of the sequence the encoder saw (prefix and
-    special tokens included) and ``truncated`` whether the text was cut to fit it.
+    special tokens included; summed over the windows of a chunked document, whose
+    ``chunks`` says how many) and ``truncated`` whether the text was cut to fit it.
     """
 
     vectors: torch.Tensor
     tokens: int
     truncated: bool
+    chunks: int | None = None  # windows of a document longer than document_length
 
     @property
     def nbytes(self) -> int:

@@ -279,20 +279,33 @@ class ModernBertTrunk(nn.Module):
         *,
         final_norm: bool = True,
         backend: str | Backends | None = None,
+        start: int = 0,
+        hidden: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Hidden states ``[T, hidden]`` after each depth in ``exits`` (1..num_layers), from
-        one pass that stops at the deepest exit."""
-        if not exits or min(exits) < 1 or max(exits) > self.spec.num_layers:
-            raise ValueError(f"exits must lie in 1..{self.spec.num_layers}, got {list(exits)}")
+        one pass that stops at the deepest exit.
+
+        With ``hidden`` (raw states ``[T, hidden]`` after the first ``start`` layers, for the
+        same ``batch``) the pass resumes at layer ``start`` instead of embedding the ids:
+        a cascade continues documents from an early exit without recomputing it."""
+        if hidden is None and start != 0:
+            raise ValueError("start > 0 needs the hidden states to resume from")
+        if not exits or min(exits) <= start or max(exits) > self.spec.num_layers:
+            raise ValueError(
+                f"exits must lie in {start + 1}..{self.spec.num_layers}, got {list(exits)}"
+            )
         backends = self.backends if backend is None else Backends.of(backend)
         spec = self.spec
         t = batch.num_tokens
         heads, head_dim = spec.num_heads, spec.head_dim
-        x = self.embeddings.norm(self.embeddings.tok_embeddings(batch.input_ids))
+        if hidden is None:
+            x = self.embeddings.norm(self.embeddings.tok_embeddings(batch.input_ids))
+        else:
+            x = hidden
         tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
         wanted = set(exits)
         found: dict[int, torch.Tensor] = {}
-        for i in range(max(exits)):
+        for i in range(start, max(exits)):
             layer: Any = self.layers[i]
             theta, window = spec.thetas[i], spec.windows[i]
             if theta not in tables:
