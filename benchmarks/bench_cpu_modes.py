@@ -9,8 +9,9 @@ One process, one random-weight ModernBERT checkpoint (the shape of
   with ``backend="torch"`` fp32 and, per ``--baselines``: ``onnx`` (exported by optimum),
   ``onnx-int8`` (``export_dynamic_quantized_onnx_model``, avx512_vnni config),
   ``openvino`` and ``openvino-int8`` (``export_static_quantized_openvino_model`` needs a
-  calibration set from the hub: unavailable offline; weight-only int8 through
-  optimum-intel's ``quantization_config={"bits": 8}`` instead).
+  calibration set from the hub: unavailable offline; weight-only int8 instead;
+  optimum-intel 2.2 cannot export ModernBERT, so :func:`build_openvino` converts it with
+  OpenVINO's PyTorch front end).
 
 ONNX and OpenVINO need optimum versions that cannot share one environment here
 (optimum-onnx 0.1 pins optimum 2.1 and transformers < 4.58, optimum-intel 2.2 pins
@@ -18,11 +19,23 @@ optimum 2.3): run the script once per environment; ``torch`` fp32 and our modes 
 both, so every table holds its own anchors.
 
 Columns: docs/s (wall) and docs per CPU-second, the fastest-ours ratio to each engine on
-both clocks, peak RSS growth, and fidelity against our fp32 probabilities: max |Δp|,
-Kendall tau over all documents and top-10 agreement. Engines run round-robin,
-``--repeats`` rounds, best kept on ``--clock``.
+both clocks, the useful work per CPU-second (G(FL)OP per CPU-second, FLOPs counted from the
+config and the real pair token counts) and its fraction of this CPU's measured
+single-thread GEMM peak in the engine's precision (``cpu_peak.py`` states the formulas and
+the kernels timed; per CPU-second, so 1-thread and all-core runs read alike), peak RSS
+growth, and fidelity against our fp32 probabilities: max |Δp|, Kendall tau over all
+documents and top-10 agreement. Engines run round-robin, ``--repeats`` rounds, best kept
+on ``--clock``.
 
-    PYTHONPATH=. /work/venv15/bin/python benchmarks/bench_cpu_modes.py --threads 1 \\
+Precision of each engine's GEMMs (the peak it is held against): ours ``float32`` and
+sentence-transformers ``torch``/``onnx``: fp32; ours ``bfloat16`` and ``openvino``
+(OpenVINO infers in bf16 by default on AVX512-BF16/AMX CPUs): bf16; ours ``int8`` and
+``onnx-int8``: int8; ``openvino-int8`` is weight-only (bf16 matmuls: the bf16 peak).
+
+ONNX needs optimum-onnx (transformers < 4.58), OpenVINO optimum-intel (transformers 5.5):
+two virtualenvs that see the project's packages through a ``.pth`` line (RESULTS.md):
+
+    PYTHONPATH=. /work/venv-onnx/bin/python benchmarks/bench_cpu_modes.py --threads 1 \\
         --repeats 2 --clock cpu --baselines torch,onnx,onnx-int8
 """
 
@@ -37,6 +50,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cpu_peak
 import harness
 import torch
 from harness import Column
@@ -119,7 +133,9 @@ def build_st(directory: Path, kind: str, batch_size: int, tmp: Path) -> Engine:
     kw = runtime_kwargs(kind)
     if kind == "torch":
         model = CrossEncoder(str(directory), device="cpu", max_length=WINDOW)
-    elif kind in ("onnx", "openvino"):
+    elif kind in ("openvino", "openvino-int8"):
+        model = build_openvino(directory, kind, kw, tmp)
+    elif kind == "onnx":
         model = CrossEncoder(
             str(directory), device="cpu", max_length=WINDOW, backend=kind, model_kwargs=kw
         )
@@ -137,22 +153,117 @@ def build_st(directory: Path, kind: str, batch_size: int, tmp: Path) -> Engine:
             backend="onnx",
             model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx", **kw},
         )
-    elif kind == "openvino-int8":
-        model = CrossEncoder(
-            str(directory),
-            device="cpu",
-            max_length=WINDOW,
-            backend="openvino",
-            model_kwargs={"quantization_config": {"bits": 8}, **kw},
-        )
     else:
         raise SystemExit(f"unknown baseline {kind!r}")
     return st_engine(model, batch_size)
 
 
+def build_openvino(directory: Path, kind: str, kw: dict[str, Any], tmp: Path) -> Any:
+    """sentence-transformers' OpenVINO backend; where optimum-intel cannot export ModernBERT
+    (``ValueError: Trying to export a modernbert model, that is a custom or unsupported
+    architecture``), the IR comes from OpenVINO's own PyTorch front end instead
+    (``torch.export`` of transformers' model with dynamic batch and length, then
+    ``openvino.convert_model``), saved where the backend looks for it. ``openvino-int8``
+    is weight-only int8 (``nncf.compress_weights``, what optimum-intel's ``{"bits": 8}``
+    does): the matmuls still run in OpenVINO's inference precision."""
+    from sentence_transformers import CrossEncoder
+
+    options: dict[str, Any] = dict(kw)
+    if kind == "openvino-int8":
+        options["quantization_config"] = {"bits": 8}
+    try:
+        return CrossEncoder(
+            str(directory),
+            device="cpu",
+            max_length=WINDOW,
+            backend="openvino",
+            model_kwargs=options,
+        )
+    except ValueError as exc:
+        logger.warning(
+            "optimum-intel export failed (%s); converting with OpenVINO's front end", str(exc)[:160]
+        )
+    target = tmp / f"ov-{kind}"
+    if not target.exists():
+        _convert_openvino(directory, target, int8=kind == "openvino-int8")
+    return CrossEncoder(
+        str(target), device="cpu", max_length=WINDOW, backend="openvino", model_kwargs=kw
+    )
+
+
+def _convert_openvino(directory: Path, target: Path, *, int8: bool) -> None:
+    import shutil
+
+    import openvino
+    from transformers import AutoModelForSequenceClassification
+
+    shutil.copytree(directory, target)
+    hf = AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hf = hf
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+            return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    batch, length = (
+        torch.export.Dim("batch", min=1, max=256),
+        torch.export.Dim("length", min=2, max=WINDOW),
+    )
+    example = (torch.ones(2, 16, dtype=torch.long), torch.ones(2, 16, dtype=torch.long))
+    exported = torch.export.export(
+        Logits(), example, dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length})
+    )
+    ov_model = openvino.convert_model(exported)
+    for port, name in zip(ov_model.inputs, ("input_ids", "attention_mask"), strict=True):
+        port.get_tensor().set_names({name})
+    ov_model.outputs[0].get_tensor().set_names({"logits"})
+    if int8:
+        import nncf
+
+        ov_model = nncf.compress_weights(ov_model)
+    (target / "openvino").mkdir()
+    openvino.save_model(ov_model, str(target / "openvino" / "openvino_model.xml"))
+
+
 def build_ours(directory: Path, dtype: str) -> Engine:
     scorer = CrossEncoderScorer(directory, device="cpu", dtype=dtype)
     return lambda q, d: [s.value for s in scorer.score(q, d)]
+
+
+PRECISION = {
+    "ours float32": "fp32",
+    "ours bfloat16": "bf16",
+    "ours int8": "int8",
+    "st torch": "fp32",
+    "st onnx": "fp32",
+    "st onnx-int8": "int8",
+    "st openvino": "bf16",
+    "st openvino-int8": "bf16",  # weight-only int8: the matmuls run in bf16
+}
+
+
+def single_thread_peaks(size: int) -> dict[str, cpu_peak.Peak]:
+    """The GEMM peaks at one thread (per CPU-second), restoring torch's thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return cpu_peak.measure_peaks(size=size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def flops_of(args: argparse.Namespace, lengths: Sequence[int]) -> float:
+    return cpu_peak.forward_flops(
+        lengths,
+        layers=args.layers,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        global_every=3,
+        local_attention=128,
+    )["total"]
 
 
 COLUMNS = [
@@ -161,6 +272,8 @@ COLUMNS = [
     Column("fastest_over_this", "best/x", 7),
     Column("docs_per_cpu_s", "docs/cpu-s", 10),
     Column("fastest_over_this_cpu", "best/x", 7),
+    Column("gops_per_cpu_s", "GOP/cpu-s", 9, ".1f"),
+    Column("fraction_of_peak", "of peak", 7, ".1%"),
     Column("peak_mib", "peak MiB", 9, ",.0f"),
     Column("max_delta_p", "max|Δp|", 9, ".1e"),
     Column("kendall_tau", "tau", 7, ".4f"),
@@ -181,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--baselines", default="torch,onnx,onnx-int8")
     p.add_argument("--st-batch-size", type=int, default=32)
     p.add_argument("--docs", type=int, default=100, help="documents per workload")
+    p.add_argument("--peak-size", type=int, default=1024, help="m = k = n of the peak GEMMs")
     harness.add_common_args(p, repeats=2, clock=True)
     args = p.parse_args(argv)
     harness.apply_threads(args)
@@ -197,7 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.st_batch_size}; clock {args.clock}"
         ],
     )
-    results: list[dict[str, Any]] = []
+    peaks = single_thread_peaks(64 if args.smoke else args.peak_size)
+    for peak in peaks.values():
+        print(
+            f"# single-thread GEMM peak {peak.precision}: {peak.gops:,.1f} G(FL)OP per "
+            f"CPU-second ({peak.kernel}, {args.peak_size}^3)"
+        )
+    results: list[dict[str, Any]] = [
+        {"peak": p.precision, "kernel": p.kernel, "gops_per_cpu_s": p.gops} for p in peaks.values()
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         directory = make_modernbert_checkpoint(
             Path(tmp) / "ckpt",
@@ -236,7 +358,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             ref = runs.get("ours float32")
             want = ref.value if ref is not None and not ref.error else None
+            if want is not None:
+                ordered = sorted(want)
+                print(
+                    f"fp32 probabilities: min {ordered[0]:.4f}, median "
+                    f"{ordered[len(ordered) // 2]:.4f}, max {ordered[-1]:.4f} (the spread "
+                    "the fidelity columns are measured on)"
+                )
             n = len(workload.docs)
+            flops = flops_of(args, workload.pair_lengths)
+            print(f"useful work: {flops / 1e9:,.1f} GFLOP per pass (cpu_peak.forward_flops)")
             ours = [r for name, r in runs.items() if name.startswith("ours") and not r.error]
             faithful = [
                 r
@@ -266,7 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         run.cpu_seconds, best_cpu.cpu_seconds if best_cpu else None
                     ),
                     "peak_mib": run.peak_bytes / 2**20,
+                    "gops_per_cpu_s": flops / run.cpu_seconds / 1e9,
                 }
+                precision = PRECISION.get(name)
+                if precision in peaks:
+                    row["precision"] = precision
+                    row["fraction_of_peak"] = row["gops_per_cpu_s"] / peaks[precision].gops
                 if want is not None:
                     row["max_delta_p"] = max(
                         abs(a - b) for a, b in zip(run.value, want, strict=True)

@@ -112,6 +112,17 @@ def test_int8_mode_stays_within_fidelity_bounds_of_fp32(
 
 
 @has_int8
+def test_int8_mode_keeps_the_benchmark_tau_over_100_well_spread_documents(ckpt: Path) -> None:
+    # The bound (Kendall tau >= 0.99 over 100 documents, max |dp| <= 2e-2), on
+    # probabilities spread over more than 0.5 (assert_faithful checks the spread).
+    rng = random.Random(7)
+    docs = [random_text(rng, rng.randint(5, 200)) for _ in range(100)]
+    want = probabilities(ckpt, "float32", docs)
+    assert max(want) - min(want) > 0.5
+    assert_faithful(probabilities(ckpt, "int8", docs), want, tau=0.99)
+
+
+@has_int8
 def test_int8_mode_on_gte_new_stays_within_fidelity_bounds(tmp_path: Path, docs: list[str]) -> None:
     directory = make_gte_new_checkpoint(tmp_path / "gte")
     # The tiny GTE test config (hidden 32) puts many documents within 1e-3 of each other:

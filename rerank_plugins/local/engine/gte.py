@@ -36,7 +36,7 @@ from rerank_plugins.errors import CheckpointError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import config_float, config_int, load_state_dict, read_json
 from rerank_plugins.local.engine.attention import attention, choose_backend
 from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
-from rerank_plugins.local.engine.precision import quantize_linears
+from rerank_plugins.local.engine.precision import prepare_cpu_linears
 from rerank_plugins.local.engine.rope import (
     apply_rotary,
     default_inv_freq,
@@ -399,8 +399,9 @@ class GteNewPairClassifier:
     ) -> GteNewPairClassifier:
         """Load a GTE "new" checkpoint directory; ``backend="auto"`` picks the device's."""
         model = load_gte_new(directory, device=device, dtype=dtype, config=config)
-        if quantize == "int8":  # the encoder's linear layers only; pooler and head stay fp32
-            quantize_linears(model.new.encoder)
+        # The encoder's linear layers only (int8, or oneDNN-prepacked on CPU); pooler and
+        # head stay fp32.
+        prepare_cpu_linears(model.new.encoder, device=device, quantize=quantize)
         return cls(model, device=device, backend=choose_backend(device, backend, dtype=dtype))
 
     @torch.inference_mode()

@@ -49,7 +49,7 @@ from rerank_plugins.local.engine.attention import (
     contiguous,
 )
 from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
-from rerank_plugins.local.engine.precision import quantize_linears
+from rerank_plugins.local.engine.precision import PackedLinear, prepare_cpu_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.tokenization import EncodedPair
 
@@ -337,6 +337,8 @@ def _add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Module) -> t
     int8 :class:`~rerank_plugins.local.engine.precision.Int8DynamicLinear` adds after)."""
     if isinstance(linear, nn.Linear) and linear.bias is None:
         return torch.addmm(residual, x, linear.weight.t())
+    if isinstance(linear, PackedLinear) and x.dim() == 2 and residual.dtype == x.dtype:
+        return linear.add_to(residual, x)  # oneDNN-prepacked: the add fused as well
     return residual + linear(x)
 
 
@@ -585,8 +587,8 @@ class ModernBertPairClassifier:
         model = load_modernbert(
             directory, device=device, dtype=dtype, backend=backend, config=config
         )
-        if quantize == "int8":  # the trunk's linear layers only; heads stay fp32
-            quantize_linears(model.trunk.layers)
+        # The trunk's linear layers only (int8, or oneDNN-prepacked on CPU); heads stay fp32.
+        prepare_cpu_linears(model.trunk.layers, device=device, quantize=quantize)
         return cls(model, device=device, name=str(directory))
 
     def logits(self, batch: Sequence[EncodedPair]) -> torch.Tensor:
