@@ -18,7 +18,7 @@ from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.evaluation.data import Collection, Run, check_run, load_collection, read_run
 from rerank_plugins.evaluation.first_stage import FIRST_STAGES, first_stage_run
 from rerank_plugins.evaluation.run import SystemSpec, evaluate, parse_model_spec
-from rerank_plugins.loading import load_scorer
+from rerank_plugins.loading import load_model
 from rerank_plugins.scoring import Scorer
 
 __all__ = ["SPEC_HELP", "add_evaluate_command", "add_inputs", "first_stage", "judgments", "run"]
@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 SPEC_HELP = (
     "a model: anything load_scorer takes (hub id, checkpoint directory, http(s) endpoint), "
     'then key=value options in the same quoted argument, e.g. "DIR dtype=int8 layer=8 '
-    "name=int8-l8\" (name= is the system's name in the reports)"
+    "name=int8-l8\" (name= is the system's name in the reports; exit_layer=E keep=K or "
+    "cascade=SPEC keep=K make a cascade)"
 )
 
 
@@ -127,10 +128,14 @@ def first_stage(args: argparse.Namespace, data: Collection) -> tuple[Run, dict[s
 
 
 def _load(system: SystemSpec, calibration: str | None) -> Scorer:
+    """``load_model``: ``load_scorer``'s options, and a two-model cascade with ``cascade=SPEC
+    keep=K`` (a matryoshka cascade, ``exit_layer=E keep=K``, is ``load_scorer``'s own)."""
     options = dict(system.options)
+    if "cascade" in options and "keep" not in options:
+        raise InvalidInputError(f"--model {system.name!r}: cascade= needs keep=")
     if calibration is not None and "calibration" not in options:
         options["calibration"] = calibration
-    return load_scorer(system.spec, **options)
+    return load_model(system.spec, options)
 
 
 def run(args: argparse.Namespace, stdout: TextIO) -> int:

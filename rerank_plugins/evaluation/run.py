@@ -2,7 +2,8 @@
 
 A reranked run is the first-stage run re-ordered **within its top ``depth``** only: the
 documents below keep their first-stage order, after the reranked ones. Ties between
-reranker scores keep the first-stage order.
+reranker scores keep the first-stage order; a cascade's documents that a later stage scored
+come before the others, as :func:`~rerank_plugins.ranking.rank` orders them.
 """
 
 from __future__ import annotations
@@ -124,18 +125,29 @@ class Evaluation:
 
 
 def rerank_within_depth(
-    run_docs: Sequence[tuple[str, float]], scores: Sequence[float], depth: int
+    run_docs: Sequence[tuple[str, float]],
+    scores: Sequence[float],
+    depth: int,
+    *,
+    stages: Sequence[int | None] | None = None,
 ) -> list[tuple[str, float]]:
     """The top ``depth`` of ``run_docs`` re-ordered by ``scores`` (one per reranked
-    document; ties keep their order), then the rest as they were.
+    document; ties keep their order), then the rest as they were. With a cascade's
+    ``stages`` (``Score.stage``, ``None`` counting as 0), a later stage comes first
+    whatever the values, as :func:`~rerank_plugins.ranking.rank` orders them.
 
     >>> rerank_within_depth([("a", 3.0), ("b", 2.0), ("c", 1.0)], [0.1, 0.9], 2)
     [('b', 0.9), ('a', 0.1), ('c', 1.0)]
+    >>> rerank_within_depth([("a", 3.0), ("b", 2.0), ("c", 1.0)], [5.0, 0.1], 2, stages=[0, 1])
+    [('b', 0.1), ('a', 5.0), ('c', 1.0)]
     """
     head = list(run_docs[:depth])
     if len(scores) != len(head):
         raise InvalidInputError(f"{len(scores)} scores for {len(head)} reranked documents")
-    order = sorted(range(len(head)), key=lambda i: -scores[i])
+    levels = [0] * len(head) if stages is None else [s or 0 for s in stages]
+    if len(levels) != len(head):
+        raise InvalidInputError(f"{len(levels)} stages for {len(head)} reranked documents")
+    order = sorted(range(len(head)), key=lambda i: (-levels[i], -scores[i]))
     return [(head[i][0], float(scores[i])) for i in order] + list(run_docs[depth:])
 
 
@@ -201,7 +213,8 @@ def _rerank(
             tokens += sum(s.tokens or 0 for s in scores)
         else:
             tokens = None  # the backend does not say: no tokens/s rather than a wrong one
-        reranked[qid] = rerank_within_depth(docs, [s.value for s in scores], depth)
+        values, stages = [s.value for s in scores], [s.stage for s in scores]
+        reranked[qid] = rerank_within_depth(docs, values, depth, stages=stages)
     cost = _cost(
         time.perf_counter() - wall0, time.process_time() - cpu0, latencies, documents, tokens
     )

@@ -76,6 +76,27 @@ def test_ties_keep_the_first_stage_order() -> None:
         rerank_within_depth(docs, [0.5], 3)
 
 
+def test_a_cascade_is_ranked_by_stage_first_as_rank_orders_it(fixture_dir: Path) -> None:
+    # The second stage's scale (0..1) is below the first's (100..101): by value alone the
+    # documents only the first stage scored would come first.
+    from rerank_plugins import Cascade
+
+    cheap, precise = _random_scorer(1), _random_scorer(2)
+    first = FunctionScorer(lambda q, d: 100.0 + cheap.fn(q, d))
+    cascade = Cascade(first, precise, keep=3)
+    c = load_collection(fixture_dir)
+    run = check_run(read_run(fixture_dir / "bm25-like.run"), c)
+    result = evaluate(c, run, [("cascade", cascade)], depth=10)
+    for qid, docs in result.systems[1].run.items():
+        query, head = c.queries[qid], [d for d, _ in run[qid][:10]]
+        by_first = sorted(head, key=lambda d: -first.fn(query, c.corpus[d]))
+        kept = sorted(by_first[:3], key=lambda d: -precise.fn(query, c.corpus[d]))
+        assert [d for d, _ in docs[:10]] == kept + by_first[3:]
+    assert rerank_within_depth([("a", 3.0), ("b", 2.0)], [5.0, 0.1], 2, stages=[0, 1])[0][0] == "b"
+    with pytest.raises(InvalidInputError):
+        rerank_within_depth([("a", 3.0), ("b", 2.0)], [5.0, 0.1], 2, stages=[0])
+
+
 def test_a_perfect_reranker_beats_the_first_stage_significantly(fixture_dir: Path) -> None:
     c = load_collection(fixture_dir)
     first = check_run(first_stage_run("bm25", c.corpus, c.queries, k=100), c)
@@ -285,3 +306,39 @@ def test_the_minilm_first_stage_ranks_the_collection(fixture_dir: Path) -> None:
         assert len(docs) == 7 and all(d in corpus for d, _ in docs)
         values = [s for _, s in docs]
         assert values == sorted(values, reverse=True) and all(-1.0 <= v <= 1.0001 for v in values)
+
+
+def test_a_model_spec_carries_a_two_model_cascade(
+    fixture_dir: Path, fake_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rerank_plugins import Cascade
+    from rerank_plugins.cli.evaluate import _load
+
+    scorer = _load(parse_model_spec(f"{fake_url} cascade={fake_url} keep=3"), None)
+    assert isinstance(scorer, Cascade) and scorer.keep == 3
+    out = tmp_path / "report.json"
+    base = ["evaluate", str(fixture_dir), "--run", str(fixture_dir / "bm25-like.run")]
+    model = f"{fake_url} cascade={fake_url} keep=3 name=two-stage"
+    args = [*base, "--depth", "10", "--model", model, "--json", str(out), "--no-progress"]
+    assert main(args) == 0
+    _check_schema(json.loads(out.read_text()), [FIRST_STAGE, "two-stage"])
+    assert main([*base, "--model", f"{fake_url} cascade={fake_url}"]) == 2
+    assert "cascade= needs keep=" in capsys.readouterr().err
+
+
+def test_a_model_spec_carries_a_matryoshka_exit_cascade(fixture_dir: Path, tmp_path: Path) -> None:
+    from rerank_plugins.cli.evaluate import _load
+    from rerank_plugins.testing import make_matryoshka_checkpoint
+
+    mm = make_matryoshka_checkpoint(tmp_path / "mm")
+    exit_layer = json.loads((mm / "matryoshka_config.json").read_text())["layer_indices"][0]
+    scorer = _load(parse_model_spec(f"{mm} exit_layer={exit_layer} keep=2"), None)
+    assert (scorer.exit_layer, scorer.keep) == (exit_layer, 2)  # type: ignore[attr-defined]
+    out = tmp_path / "report.json"
+    model = f"{mm} exit_layer={exit_layer} keep=2 name=mm-cascade"
+    run = str(fixture_dir / "bm25-like.run")
+    args = ["evaluate", str(fixture_dir), "--run", run, "--depth", "5", "--model", model]
+    assert main([*args, "--json", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    _check_schema(report, [FIRST_STAGE, "mm-cascade"])
+    assert report["systems"][1]["cost"]["documents"] == 36 * 5
