@@ -29,7 +29,7 @@ from rerank_plugins.batching import BatchingScorer
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
-from rerank_plugins.scoring import ascore_groups, score_groups
+from rerank_plugins.scoring import ascore_groups, score_groups, with_instruction
 
 if TYPE_CHECKING:
     from rerank_plugins.scoring import Scorer
@@ -57,6 +57,12 @@ class RerankCompressor(BaseDocumentCompressor):
     )
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Options for load_scorer (device, max_length, ...)."
+    )
+    instruction: str | None = Field(
+        default=None,
+        description="Decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2): the task "
+        "instruction, passed with every call in place of the model's default; a scorer "
+        "that takes none refuses it (InvalidInputError).",
     )
     batching: bool = Field(
         default=False,
@@ -88,13 +94,20 @@ class RerankCompressor(BaseDocumentCompressor):
         self.scorer = scorer_from(self.scorer, self.model, self.model_kwargs)
         if self.batching and not isinstance(self.scorer, BatchingScorer):
             self.scorer = BatchingScorer(self.scorer)
+        self._instructed()  # refuse an instruction the scorer cannot take, early
+
+    def _instructed(self) -> Scorer:
+        """The scorer with ``instruction`` bound into its calls (itself without one)."""
+        return with_instruction(
+            self.scorer, self.instruction, option="RerankCompressor(instruction=...)"
+        )
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
         if not documents:
             return []
-        scorer: Scorer = self.scorer
+        scorer = self._instructed()
         texts = [d.page_content for d in documents]
         (scores,) = score_groups(scorer, [(query, texts)])
         ranked = rank(scores, top_n=self.top_n, score_threshold=self.score_threshold)
@@ -105,7 +118,7 @@ class RerankCompressor(BaseDocumentCompressor):
     ) -> Sequence[Document]:
         if not documents:
             return []
-        scorer: Scorer = self.scorer
+        scorer = self._instructed()
         texts = [d.page_content for d in documents]
         (scores,) = await ascore_groups(scorer, [(query, texts)])
         ranked = rank(scores, top_n=self.top_n, score_threshold=self.score_threshold)

@@ -27,7 +27,7 @@ from rerank_plugins.batching import BatchingScorer
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import scorer_from
 from rerank_plugins.ranking import Ranked, rank
-from rerank_plugins.scoring import Score, ascore_groups, score_groups
+from rerank_plugins.scoring import Score, Scorer, ascore_groups, score_groups, with_instruction
 
 __all__ = ["RerankPostprocessor"]
 
@@ -54,6 +54,12 @@ class RerankPostprocessor(BaseNodePostprocessor):
     )
     model_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Options for load_scorer (device, max_length, ...)."
+    )
+    instruction: str | None = Field(
+        default=None,
+        description="Decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2): the task "
+        "instruction, passed with every call in place of the model's default; a scorer "
+        "that takes none refuses it (InvalidInputError).",
     )
     batching: bool = Field(
         default=False,
@@ -91,6 +97,13 @@ class RerankPostprocessor(BaseNodePostprocessor):
         self.scorer = scorer_from(self.scorer, self.model, self.model_kwargs)
         if self.batching and not isinstance(self.scorer, BatchingScorer):
             self.scorer = BatchingScorer(self.scorer)
+        self._instructed()  # refuse an instruction the scorer cannot take, early
+
+    def _instructed(self) -> Scorer:
+        """The scorer with ``instruction`` bound into its calls (itself without one)."""
+        return with_instruction(
+            self.scorer, self.instruction, option="RerankPostprocessor(instruction=...)"
+        )
 
     @classmethod
     def class_name(cls) -> str:
@@ -107,7 +120,7 @@ class RerankPostprocessor(BaseNodePostprocessor):
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._start_payload(nodes, query)
         ) as event:
-            (scores,) = score_groups(self.scorer, [(query, texts)]) if texts else ([],)
+            (scores,) = score_groups(self._instructed(), [(query, texts)]) if texts else ([],)
             new_nodes = self._finish(nodes, scores)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))
@@ -120,7 +133,9 @@ class RerankPostprocessor(BaseNodePostprocessor):
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._start_payload(nodes, query)
         ) as event:
-            (scores,) = await ascore_groups(self.scorer, [(query, texts)]) if texts else ([],)
+            (scores,) = (
+                await ascore_groups(self._instructed(), [(query, texts)]) if texts else ([],)
+            )
             new_nodes = self._finish(nodes, scores)
             event.on_end(payload={EventPayload.NODES: new_nodes})
         dispatcher.event(ReRankEndEvent(nodes=new_nodes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -25,6 +26,8 @@ __all__ = [
     "check_inputs",
     "check_scores",
     "score_groups",
+    "takes_instruction",
+    "with_instruction",
 ]
 
 ScoreKind = Literal["probability", "logit", "maxsim"]
@@ -131,6 +134,58 @@ class PairScorer(Scorer, Protocol):
     def padded(self) -> bool:
         """How a batch is costed: ``len(batch) * longest`` (True) or the sum of lengths."""
         ...
+
+
+def takes_instruction(scorer: object) -> bool:
+    """Whether ``scorer.score`` / ``ascore`` take ``instruction=`` (decoder rerankers).
+
+    A scorer says so with a ``takes_instruction`` class attribute
+    (:class:`~rerank_plugins.local.decoder.DecoderScorer` sets it); one without the
+    attribute is judged by ``score``'s signature."""
+    declared = getattr(scorer, "takes_instruction", None)
+    if declared is not None:
+        return bool(declared)
+    try:
+        return "instruction" in inspect.signature(scorer.score).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):  # no score, or no signature
+        return False
+
+
+def with_instruction(scorer: Scorer, instruction: str | None, *, option: str) -> Scorer:
+    """``scorer`` with ``instruction`` bound into every call (``scorer`` itself for None).
+
+    Raises :class:`InvalidInputError` naming ``option`` (what the caller set) when the
+    scorer takes no instruction: it is never dropped silently."""
+    if instruction is None:
+        return scorer
+    if not isinstance(instruction, str):
+        raise InvalidInputError(f"{option} must be a str, got {type(instruction).__name__}")
+    if not takes_instruction(scorer):
+        raise InvalidInputError(
+            f"{option} is set but this scorer ({type(scorer).__name__}) takes no instruction: "
+            "only decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2) do"
+        )
+    return _Instructed(scorer, instruction)
+
+
+class _Instructed:
+    """A scorer seen through one instruction (what :func:`score_groups` calls)."""
+
+    def __init__(self, scorer: Scorer, instruction: str) -> None:
+        self._scorer = scorer
+        self._instruction = instruction
+
+    def score(self, query: str, documents: Sequence[str]) -> list[Score]:
+        result: list[Score] = self._scorer.score(  # type: ignore[call-arg]
+            query, documents, instruction=self._instruction
+        )
+        return result
+
+    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
+        result: list[Score] = await self._scorer.ascore(  # type: ignore[call-arg]
+            query, documents, instruction=self._instruction
+        )
+        return result
 
 
 def check_inputs(query: object, documents: object) -> list[str]:

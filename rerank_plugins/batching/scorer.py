@@ -25,7 +25,7 @@ from typing import Any
 from rerank_plugins.batching.batcher import MicroBatcher
 from rerank_plugins.batching.strategy import Prepared, Strategy, strategy_for
 from rerank_plugins.errors import InvalidInputError
-from rerank_plugins.scoring import Score, Scorer, check_inputs
+from rerank_plugins.scoring import Score, Scorer, check_inputs, takes_instruction
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "BatchingScorer"]
 
@@ -110,9 +110,17 @@ class BatchingScorer:
 
     # -- the Scorer protocol ----------------------------------------------------------------
 
-    def score(self, query: str, documents: Sequence[str]) -> list[Score]:
-        """Scores in input order; blocks this thread while its pairs wait for a batch."""
-        prepared = self._prepare(query, documents)
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether the wrapped scorer takes ``instruction=`` (then so do these calls)."""
+        return takes_instruction(self.scorer)
+
+    def score(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None
+    ) -> list[Score]:
+        """Scores in input order; blocks this thread while its pairs wait for a batch.
+        ``instruction`` (decoder rerankers) as the wrapped scorer's; a batch holds one."""
+        prepared = self._prepare(query, documents, instruction)
         if prepared is None:
             return []
         direct = self._direct(prepared)
@@ -125,16 +133,18 @@ class BatchingScorer:
             future.cancel()
             raise
 
-    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
+    async def ascore(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None
+    ) -> list[Score]:
         """Scores in input order; cancelling the awaiting task drops its pending pairs."""
         docs = check_inputs(query, documents)
         if not docs:
             return []
         if sum(map(len, docs)) <= _INLINE_CHARS:
             # A few short documents tokenise in ~0.1 ms: less than a hop to a thread.
-            prepared = self._prepare(query, docs)
+            prepared = self._prepare(query, docs, instruction)
         else:  # longer inputs tokenise off the caller's event loop
-            prepared = await asyncio.to_thread(self._prepare, query, docs)
+            prepared = await asyncio.to_thread(self._prepare, query, docs, instruction)
         assert prepared is not None
         if self._idle():
             direct = await asyncio.to_thread(self._direct, prepared)
@@ -157,11 +167,13 @@ class BatchingScorer:
         finally:
             self._device.release()
 
-    def _prepare(self, query: str, documents: Sequence[str]) -> Prepared | None:
+    def _prepare(
+        self, query: str, documents: Sequence[str], instruction: str | None = None
+    ) -> Prepared | None:
         docs = check_inputs(query, documents)
         if not docs:
             return None
-        return self.strategy.prepare(query, docs, truncate=None)
+        return self.strategy.prepare(query, docs, truncate=None, instruction=instruction)
 
     async def _submit(self, prepared: Prepared) -> list[Score]:
         if self.strategy.whole_requests:  # a cascade's candidate list: never split it

@@ -14,7 +14,6 @@ alike. Two ways to drive a scorer, chosen by what it offers:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,8 @@ from rerank_plugins.scoring import (
     check_inputs,
     check_scores,
     score_groups,
+    takes_instruction,
+    with_instruction,
 )
 
 __all__ = ["GroupedStrategy", "PairStrategy", "Prepared", "Strategy", "strategy_for"]
@@ -178,44 +179,19 @@ class GroupedStrategy(Strategy):
         return Prepared(items, [_estimate_tokens(query, d) for d in docs], key=instruction)
 
     def run_batch(self, key: Hashable, items: list[Any]) -> list[Score]:
-        scorer = self.scorer if key is None else _Instructed(self.scorer, str(key))
+        scorer = with_instruction(
+            self.scorer, None if key is None else str(key), option="instruction"
+        )
         scored = score_groups(scorer, [(query, [document]) for query, document in items])
         return [group[0] for group in scored]
 
 
-def _takes_instruction(scorer: Scorer) -> bool:
-    try:
-        return "instruction" in inspect.signature(scorer.score).parameters
-    except (TypeError, ValueError):  # a callable without a signature
-        return False
-
-
 def _check_instruction(scorer: Scorer, instruction: str | None) -> None:
-    if instruction is not None and not _takes_instruction(scorer):
+    if instruction is not None and not takes_instruction(scorer):
         raise InvalidInputError(
             "this model takes no instruction (only decoder rerankers such as "
             "Qwen3-Reranker and mxbai-rerank-v2 do); leave the instruction field out"
         )
-
-
-class _Instructed:
-    """A scorer seen through one instruction (what :func:`score_groups` calls)."""
-
-    def __init__(self, scorer: Scorer, instruction: str) -> None:
-        self._scorer = scorer
-        self._instruction = instruction
-
-    def score(self, query: str, documents: Sequence[str]) -> list[Score]:
-        result: list[Score] = self._scorer.score(  # type: ignore[call-arg]
-            query, documents, instruction=self._instruction
-        )
-        return result
-
-    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
-        result: list[Score] = await self._scorer.ascore(  # type: ignore[call-arg]
-            query, documents, instruction=self._instruction
-        )
-        return result
 
 
 def strategy_for(scorer: Scorer) -> Strategy:

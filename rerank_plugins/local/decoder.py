@@ -66,6 +66,8 @@ class DecoderScorer(LocalScorer):
     """
 
     offers_int8 = True
+    #: ``score`` / ``ascore`` take ``instruction=`` per call (the adapters' ``instruction``)
+    takes_instruction = True
 
     @checked_options
     @guard_checkpoint_init
