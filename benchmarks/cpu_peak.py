@@ -169,3 +169,25 @@ def forward_flops(
     local = sum(local_keys(n, local_attention // 2) for n in lengths)
     attention = 4.0 * h * (n_global * full + n_local * local)
     return {"linear": linear, "attention": attention, "total": linear + attention}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print this machine's peak per precision (``python benchmarks/cpu_peak.py``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peak-size", type=int, default=1024, help="m = k = n (default 1024)")
+    parser.add_argument("--repeats", type=int, default=5, help="best of N (default 5)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    peaks = measure_peaks(size=args.peak_size, repeats=args.repeats)
+    print(f"GEMM peak, {args.threads} thread(s), per CPU-second (m = k = n = {args.peak_size}):")
+    for peak in peaks.values():
+        unit = "GOP/s" if peak.precision == "int8" else "GFLOP/s"
+        print(f"  {peak.precision:5} {peak.gops:9.1f} {unit:8} ({peak.kernel})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
