@@ -12,7 +12,13 @@ from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.local.base import LocalScorer
 from rerank_plugins.local.checkpoint import guard_checkpoint_init, load_tokenizer
-from rerank_plugins.local.decoder_prompt import DecoderPair, DecoderPrompt, template_for
+from rerank_plugins.local.chunking import Aggregate, aggregate
+from rerank_plugins.local.decoder_prompt import (
+    DecoderChunks,
+    DecoderPair,
+    DecoderPrompt,
+    template_for,
+)
 from rerank_plugins.local.engine.batching import token_budget_batches
 from rerank_plugins.local.options import LocalOptions
 from rerank_plugins.local.progress import BatchProgress
@@ -61,8 +67,12 @@ class DecoderScorer(LocalScorer):
     as :class:`~rerank_plugins.local.cross_encoder.CrossEncoderScorer`: ``device``,
     ``dtype`` (bf16 on CUDA, fp32 on CPU; "bfloat16"/"int8" CPU modes where the processor
     runs them fast), ``max_length`` (default 8,192 as the model cards, clamped to the
-    model's positions), ``overflow``, ``batch_tokens``, ``backend`` ("auto", "varlen",
-    "sdpa"), ``show_progress``, ``cache`` and the hub options.
+    model's positions), ``overflow`` ("truncate", "error" or "chunk": each token window
+    of a longer document is scored as its own prompt, template and query before it and
+    the suffix after it, and the document's score is ``aggregate`` over the windows'
+    scores; ``chunk_tokens`` default: all the room the window leaves beside the template
+    and query), ``chunk_overlap``, ``aggregate``, ``max_tokens_per_doc``, ``batch_tokens``,
+    ``backend`` ("auto", "varlen", "sdpa"), ``show_progress``, ``cache`` and the hub options.
     """
 
     offers_int8 = True
@@ -82,6 +92,10 @@ class DecoderScorer(LocalScorer):
         dtype: str | None = "auto",
         max_length: int | None = None,
         overflow: OverflowPolicy = "truncate",
+        chunk_tokens: int | None = None,
+        chunk_overlap: int = 0,
+        aggregate: Aggregate = "max",
+        max_tokens_per_doc: int | None = None,
         output: Output = "probability",
         batch_tokens: int | None = None,
         backend: str = "auto",
@@ -101,6 +115,10 @@ class DecoderScorer(LocalScorer):
             dtype=dtype,
             max_length=max_length,
             overflow=overflow,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+            aggregate=aggregate,
+            max_tokens_per_doc=max_tokens_per_doc,
             batch_tokens=batch_tokens,
             backend=backend,
             show_progress=show_progress,
@@ -129,6 +147,8 @@ class DecoderScorer(LocalScorer):
             self.template,
             max_length=max_length,
             overflow=options.overflow,
+            chunking=options.chunking(),
+            max_document_tokens=options.max_tokens_per_doc,
         )
         self.model: QwenReranker = self._shared_weights(
             (DecoderScorer, self.backend, self.prompt.answer_ids), self._load_model
@@ -168,11 +188,35 @@ class DecoderScorer(LocalScorer):
         shared, pairs = self.prompt.encode(
             query, docs, instruction=self.instruction if instruction is None else instruction
         )
-        logits = self._logits(shared, pairs)
-        return [
-            Score(value=self._value(x), kind=self.output, tokens=p.tokens, truncated=p.truncated)
-            for x, p in zip(logits, pairs, strict=True)
-        ]
+        units = [c for p in pairs for c in (p.chunks if isinstance(p, DecoderChunks) else (p,))]
+        values = [self._value(x) for x in self._logits(shared, units)]
+        out = []
+        at = 0
+        for pair in pairs:
+            if isinstance(pair, DecoderChunks):
+                n = len(pair.chunks)
+                value = aggregate(values[at : at + n], pair.aggregate)
+                out.append(
+                    Score(
+                        value=value,
+                        kind=self.output,
+                        tokens=pair.tokens,
+                        truncated=pair.truncated,
+                        chunks=n,
+                    )
+                )
+            else:
+                n = 1
+                out.append(
+                    Score(
+                        value=values[at],
+                        kind=self.output,
+                        tokens=pair.tokens,
+                        truncated=pair.truncated,
+                    )
+                )
+            at += n
+        return out
 
     async def ascore(
         self, query: str, documents: Sequence[str], *, instruction: str | None = None

@@ -14,7 +14,10 @@ Two templates (pure Python over the Rust ``tokenizers``; no torch):
   each piece tokenised apart. Answer tokens ``1``/``0``; no default instruction.
 
 Only the document is ever cut (never the suffix, never the query: a query that leaves no
-room for a document token raises :class:`InputTooLongError`).
+room for a document token raises :class:`InputTooLongError`). With ``overflow="chunk"`` a
+longer document is split into windows of its own tokens
+(:func:`~rerank_plugins.local.chunking.chunk_spans`), each its own prompt: the template and
+query before it, the window, the suffix after it (:class:`DecoderChunks`).
 
 Everything before the document is the same for all of a query's documents; the encoder
 reports it as the *shared prefix* so that the model runs it once. For Qwen3 the content is
@@ -31,6 +34,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
+from rerank_plugins.local.chunking import Aggregate, ChunkOptions, chunk_spans
+from rerank_plugins.local.tokenization import check_max_document_tokens
 from rerank_plugins.scoring import OverflowPolicy
 
 if TYPE_CHECKING:
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HUB_TEMPLATES",
     "TEMPLATES",
+    "DecoderChunks",
     "DecoderPair",
     "DecoderPrompt",
     "PromptTemplate",
@@ -47,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_POLICIES = ("truncate", "error")
+_POLICIES = ("truncate", "error", "chunk")
 
 QWEN3_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the "
@@ -127,12 +133,33 @@ class DecoderPair:
         return len(self.ids)
 
 
+@dataclass(frozen=True, slots=True)
+class DecoderChunks:
+    """A document longer than the window as the prompts of its token windows.
+
+    ``chunks`` are scored like any pair (in the same batches, continuing the shared prefix
+    where they start with it) and the document's score is ``aggregate`` over theirs.
+    ``truncated`` is true only when ``max_document_tokens`` cut the document first.
+    """
+
+    chunks: tuple[DecoderPair, ...]
+    truncated: bool
+    aggregate: Aggregate
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of all the windows' prompts: what the document costs in batches."""
+        return sum(len(c.ids) for c in self.chunks)
+
+
 class DecoderPrompt:
     """Builds the token ids of a template's prompts within ``max_length`` tokens.
 
     ``encode(query, documents, instruction=...)`` returns ``(shared_prefix, pairs)``.
+    ``max_document_tokens`` first cuts every document to its first N tokens (flagged).
     ``overflow="truncate"`` cuts documents (flagged, one warning per encoder);
-    ``"error"`` raises :class:`InputTooLongError` naming them.
+    ``"error"`` raises :class:`InputTooLongError` naming them; ``"chunk"`` gives a
+    :class:`DecoderChunks` for each (``chunking``: window size, overlap, aggregate).
     """
 
     def __init__(
@@ -142,9 +169,13 @@ class DecoderPrompt:
         *,
         max_length: int,
         overflow: OverflowPolicy = "truncate",
+        chunking: ChunkOptions | None = None,
+        max_document_tokens: int | None = None,
     ) -> None:
         if overflow not in _POLICIES:
             raise InvalidInputError(f"overflow must be one of {_POLICIES}, got {overflow!r}")
+        self.chunking = ChunkOptions() if chunking is None else chunking
+        self.max_document_tokens = check_max_document_tokens(max_document_tokens)
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = max_length
@@ -177,14 +208,21 @@ class DecoderPrompt:
 
     def encode(
         self, query: str, documents: Sequence[str], *, instruction: str | None = None
-    ) -> tuple[list[int], list[DecoderPair]]:
-        """The shared prefix ids and one :class:`DecoderPair` per document, in order."""
+    ) -> tuple[list[int], list[DecoderPair | DecoderChunks]]:
+        """The shared prefix ids and one :class:`DecoderPair` (or, chunked,
+        :class:`DecoderChunks`) per document, in order."""
         if instruction is None:
             instruction = self.template.default_instruction
         if self.template.name == "qwen3-reranker":
             head, bodies, room = self._qwen3(query, documents, instruction)
         else:
             head, bodies, room = self._mxbai(query, documents, instruction)
+        # A body is the content up to the document's end: ``len(head)`` tokens of query
+        # part, then the document's tokens.
+        cap = self.max_document_tokens
+        capped = [cap is not None and len(body) > len(head) + cap for body in bodies]
+        if cap is not None:
+            bodies = [body[: len(head) + cap] for body in bodies]
         over = [i for i, body in enumerate(bodies) if len(body) > room]
         if over and self.overflow == "error":
             raise InputTooLongError(
@@ -192,27 +230,36 @@ class DecoderPrompt:
                 f"(template and query {self.max_length - room} tokens)",
                 indices=over,
             )
-        if over and not self._warned:
+        if over and self.overflow != "chunk" and not self._warned:
             self._warned = True
             logger.warning(
                 "%d document(s) exceed the %d-token window and were truncated "
-                "(Score.truncated is set; pass overflow='error' to raise instead)",
+                "(Score.truncated is set; pass overflow='error' to raise, or 'chunk' to "
+                "score them in windows)",
                 len(over),
                 self.max_length,
             )
-        prefix, suffix = self._fixed
-        pairs = []
-        shared = prefix + head
-        for body in bodies:
-            ids = prefix + body[:room] + suffix
-            pairs.append(
-                DecoderPair(
-                    ids=ids,
-                    truncated=len(body) > room,
-                    shared=len(ids) > len(shared) and ids[: len(shared)] == shared,
-                )
-            )
+        shared = self._fixed[0] + head
+        size = self.chunking.size(room - len(head)) if over and self.overflow == "chunk" else 0
+        pairs: list[DecoderPair | DecoderChunks] = []
+        for body, cut in zip(bodies, capped, strict=True):
+            if len(body) > room and self.overflow == "chunk":
+                lead, doc = body[: len(head)], body[len(head) :]
+                spans = chunk_spans(len(doc), size, self.chunking.chunk_overlap)
+                windows = tuple(self._pair(lead + doc[a:b], shared, False) for a, b in spans)
+                pairs.append(DecoderChunks(windows, cut, self.chunking.aggregate))
+            else:
+                pairs.append(self._pair(body[:room], shared, cut or len(body) > room))
         return shared, pairs
+
+    def _pair(self, content: list[int], shared: list[int], truncated: bool) -> DecoderPair:
+        prefix, suffix = self._fixed
+        ids = prefix + content + suffix
+        return DecoderPair(
+            ids=ids,
+            truncated=truncated,
+            shared=len(ids) > len(shared) and ids[: len(shared)] == shared,
+        )
 
     def _room(self, used: int) -> int:
         prefix, suffix = self._fixed
