@@ -158,6 +158,29 @@ class DecoderScorer(LocalScorer):
     def max_length(self) -> int:
         return self.prompt.max_length
 
+    def identity(self) -> dict[str, Any]:
+        """What changes this scorer's scores (see ``rerank_plugins.identity``): the
+        checkpoint's fingerprint, the template and default instruction, and the resolved
+        options; a resumed bulk run or a calibration file is checked against it."""
+        from rerank_plugins.local.fingerprint import local_identity
+
+        prompt = self.prompt
+        options: dict[str, object] = {
+            "dtype": self.dtype,
+            "int8": self.quantize,
+            "output": self.output,
+            "overflow": prompt.overflow,
+            "max_length": self.max_length,
+            "template": self.template.name,
+            "instruction": self.instruction,
+        }
+        if prompt.overflow == "chunk":
+            c = prompt.chunking
+            options["chunking"] = (c.chunk_tokens, c.chunk_overlap, c.aggregate)
+        if prompt.max_document_tokens is not None:
+            options["max_tokens_per_doc"] = prompt.max_document_tokens
+        return local_identity(type(self).__name__, self.directory, options)
+
     def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args, kwargs = super()._rebuild_arguments()
         # The template is fixed now: a copy from the directory must not fall back to Qwen3's.

@@ -420,3 +420,24 @@ def test_broken_or_unsupported_configs_raise_typed_errors(
     (copy / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(getattr(errors, error), match=message):
         load_scorer(copy, device="cpu", cache=False)
+
+
+def test_identity_tells_decoder_scorers_apart_by_what_changes_scores(qwen3_dir: Path) -> None:
+    # A resumed bulk run and a calibration file are checked against identity(): every option
+    # that changes a decoder's scores must show in it, the checkpoint by content.
+    from rerank_plugins.identity import scorer_identity
+    from rerank_plugins.local.decoder import DecoderScorer
+
+    base = DecoderScorer(qwen3_dir, device="cpu")
+    same = DecoderScorer(str(qwen3_dir.resolve()) + "/", device="cpu", cache=False)
+    assert scorer_identity(base) == scorer_identity(same)
+    assert scorer_identity(base)["sha256"]
+    for changed in (
+        {"instruction": "Find passages about planets"},
+        {"output": "logit"},
+        {"overflow": "chunk"},
+        {"max_tokens_per_doc": 8},
+        {"template": "mxbai-rerank-v2"},
+    ):
+        other = DecoderScorer(qwen3_dir, device="cpu", **changed)  # type: ignore[arg-type]
+        assert scorer_identity(other) != scorer_identity(base), changed
