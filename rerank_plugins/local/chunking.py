@@ -18,20 +18,35 @@ from collections.abc import Sequence
 from typing import Literal
 
 from rerank_plugins.errors import InvalidInputError
+from rerank_plugins.scoring import OverflowPolicy
 
 __all__ = [
     "AGGREGATES",
+    "OVERFLOW_POLICIES",
     "Aggregate",
     "ChunkOptions",
     "aggregate",
     "check_aggregate",
+    "check_overflow",
     "chunk_spans",
+    "past_the_window_options",
 ]
 
 Aggregate = Literal["max", "mean", "top2", "top3"]
 """How a chunked document's score comes from its chunks' scores."""
 
 AGGREGATES: tuple[str, ...] = ("max", "mean", "top2", "top3")
+
+OVERFLOW_POLICIES: tuple[str, ...] = ("truncate", "error", "chunk")
+"""What a local scorer does with a document over its window: cut it (flagged), refuse it,
+or score it in token windows."""
+
+
+def check_overflow(value: object) -> OverflowPolicy:
+    """``value`` if it is one of :data:`OVERFLOW_POLICIES`, else :class:`InvalidInputError`."""
+    if value not in OVERFLOW_POLICIES:
+        raise InvalidInputError(f"overflow must be one of {OVERFLOW_POLICIES}, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def check_aggregate(value: object) -> Aggregate:
@@ -156,3 +171,16 @@ class ChunkOptions:
             f"ChunkOptions(chunk_tokens={self.chunk_tokens}, "
             f"chunk_overlap={self.chunk_overlap}, aggregate={self.aggregate!r})"
         )
+
+
+def past_the_window_options(
+    overflow: str, chunking: ChunkOptions, max_document_tokens: int | None
+) -> dict[str, object]:
+    """The chunking and the per-document cap in force, for a scorer's ``identity()``
+    (they change scores); empty when neither is."""
+    options: dict[str, object] = {}
+    if overflow == "chunk":
+        options["chunking"] = (chunking.chunk_tokens, chunking.chunk_overlap, chunking.aggregate)
+    if max_document_tokens is not None:
+        options["max_tokens_per_doc"] = max_document_tokens
+    return options

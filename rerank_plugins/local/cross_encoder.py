@@ -12,7 +12,7 @@ from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InvalidInputError, UnsupportedModelError
 from rerank_plugins.local.base import LocalScorer
 from rerank_plugins.local.checkpoint import guard_checkpoint_init, load_tokenizer
-from rerank_plugins.local.chunking import Aggregate, aggregate
+from rerank_plugins.local.chunking import Aggregate, aggregate, past_the_window_options
 from rerank_plugins.local.engine.batching import token_budget_batches
 from rerank_plugins.local.options import LocalOptions
 from rerank_plugins.local.progress import BatchProgress
@@ -201,18 +201,10 @@ class CrossEncoderScorer(LocalScorer):
             "overflow": self.encoder.overflow,
             "max_length": self.max_length,
             "engine": self.engine,
-            **self._past_the_window_options(),
+            **past_the_window_options(
+                self.encoder.overflow, self.encoder.chunking, self.encoder.max_document_tokens
+            ),
         }
-
-    def _past_the_window_options(self) -> dict[str, object]:
-        """Chunking and the per-document cap, when set (they change scores)."""
-        options: dict[str, object] = {}
-        if self.encoder.overflow == "chunk":
-            c = self.encoder.chunking
-            options["chunking"] = (c.chunk_tokens, c.chunk_overlap, c.aggregate)
-        if self.encoder.max_document_tokens is not None:
-            options["max_tokens_per_doc"] = self.encoder.max_document_tokens
-        return options
 
     def _weights_key(self) -> tuple[Any, ...]:
         """What, beyond checkpoint, device and dtype, tells this scorer's loaded model apart."""

@@ -12,7 +12,7 @@ from rerank_plugins._options import checked_options
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.local.base import LocalScorer
 from rerank_plugins.local.checkpoint import guard_checkpoint_init, load_tokenizer
-from rerank_plugins.local.chunking import Aggregate, aggregate
+from rerank_plugins.local.chunking import Aggregate, aggregate, past_the_window_options
 from rerank_plugins.local.decoder_prompt import (
     DecoderChunks,
     DecoderPair,
@@ -173,12 +173,8 @@ class DecoderScorer(LocalScorer):
             "max_length": self.max_length,
             "template": self.template.name,
             "instruction": self.instruction,
+            **past_the_window_options(prompt.overflow, prompt.chunking, prompt.max_document_tokens),
         }
-        if prompt.overflow == "chunk":
-            c = prompt.chunking
-            options["chunking"] = (c.chunk_tokens, c.chunk_overlap, c.aggregate)
-        if prompt.max_document_tokens is not None:
-            options["max_tokens_per_doc"] = prompt.max_document_tokens
         return local_identity(type(self).__name__, self.directory, options)
 
     def _rebuild_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rerank_plugins.errors import InputTooLongError, InvalidInputError, UnsupportedModelError
-from rerank_plugins.local.chunking import Aggregate, ChunkOptions, chunk_spans
+from rerank_plugins.local.chunking import Aggregate, ChunkOptions, check_overflow, chunk_spans
 from rerank_plugins.local.tokenization import check_max_document_tokens
 from rerank_plugins.scoring import OverflowPolicy
 
@@ -53,7 +53,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_POLICIES = ("truncate", "error", "chunk")
 
 QWEN3_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the "
@@ -172,8 +171,7 @@ class DecoderPrompt:
         chunking: ChunkOptions | None = None,
         max_document_tokens: int | None = None,
     ) -> None:
-        if overflow not in _POLICIES:
-            raise InvalidInputError(f"overflow must be one of {_POLICIES}, got {overflow!r}")
+        check_overflow(overflow)
         self.chunking = ChunkOptions() if chunking is None else chunking
         self.max_document_tokens = check_max_document_tokens(max_document_tokens)
         self.tokenizer = tokenizer

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.local.checkpoint import HUB_OPTIONS
-from rerank_plugins.local.chunking import Aggregate, ChunkOptions
+from rerank_plugins.local.chunking import OVERFLOW_POLICIES, Aggregate, ChunkOptions, check_overflow
 from rerank_plugins.local.progress import check_show_progress
 from rerank_plugins.local.tokenization import check_max_document_tokens
 from rerank_plugins.scoring import OverflowPolicy
@@ -17,8 +17,6 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
 __all__ = ["OVERFLOW_POLICIES", "LocalOptions"]
-
-OVERFLOW_POLICIES = ("truncate", "error", "chunk")
 
 
 @dataclass(frozen=True)
@@ -59,10 +57,7 @@ class LocalOptions:
     token: str | SecretStr | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.overflow not in OVERFLOW_POLICIES:
-            raise InvalidInputError(
-                f"overflow must be one of {OVERFLOW_POLICIES}, got {self.overflow!r}"
-            )
+        check_overflow(self.overflow)
         self.chunking()  # checks chunk_tokens, chunk_overlap and aggregate
         check_max_document_tokens(self.max_tokens_per_doc)
         if self.batch_tokens is not None and self.batch_tokens <= 0:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rerank_plugins.errors import InputTooLongError, InvalidInputError
-from rerank_plugins.local.chunking import Aggregate, ChunkOptions, chunk_spans
+from rerank_plugins.local.chunking import Aggregate, ChunkOptions, check_overflow, chunk_spans
 from rerank_plugins.scoring import OverflowPolicy
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_POLICIES = ("truncate", "error", "chunk")
 
 CHARS_PER_TOKEN = 8
 """The first cut: ``need * CHARS_PER_TOKEN`` characters (English averages about 4 per
@@ -176,8 +175,7 @@ class PairEncoder:
         chunking: ChunkOptions | None = None,
         max_document_tokens: int | None = None,
     ) -> None:
-        if overflow not in _POLICIES:
-            raise InvalidInputError(f"overflow must be one of {_POLICIES}, got {overflow!r}")
+        check_overflow(overflow)
         if max_length < 4:
             raise InvalidInputError(f"max_length must be at least 4, got {max_length}")
         self.tokenizer = tokenizer
@@ -218,8 +216,7 @@ class PairEncoder:
         (Cohere's ``max_tokens_per_doc``), not an overflow of the window.
         """
         policy = self.overflow if overflow is None else overflow
-        if policy not in _POLICIES:
-            raise InvalidInputError(f"overflow must be one of {_POLICIES}, got {policy!r}")
+        check_overflow(policy)
         cap = check_max_document_tokens(
             self.max_document_tokens if max_document_tokens is None else max_document_tokens
         )
