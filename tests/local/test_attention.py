@@ -123,6 +123,31 @@ def test_sdpa_never_builds_a_length_squared_tensor(monkeypatch: pytest.MonkeyPat
     assert seen and max(seen) < n * n
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("banded", [True, False])
+def test_local_layers_match_the_reference_on_either_path(
+    monkeypatch: pytest.MonkeyPatch, seed: int, banded: bool
+) -> None:
+    # Short sequences (the usual rerank request) may run a local layer as bucketed attention
+    # with a band mask instead of blocked: both must give the windowed result. The lengths
+    # give padded buckets, one-sequence buckets and sequences shorter than the window.
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 60) for _ in range(rng.randint(2, 9))] + [rng.randint(80, 120)]
+    batch = pack_sequences([[1] * n for n in lengths], CPU)
+    monkeypatch.setattr(attn, "_banded_is_cheaper", lambda b, w: banded)
+    q, k, v = (torch.randn(batch.num_tokens, 2, 8, dtype=torch.float64) for _ in range(3))
+    for window in (0, 7, 30):
+        out = attention(q, k, v, batch, window=window, backend="sdpa")
+        assert (out - dense_reference(q, k, v, batch, window)).abs().max() < 1e-10
+
+
+def test_local_layers_pick_the_cheaper_path() -> None:
+    short = pack_sequences([[1] * 70] * 8, CPU)  # the band covers less than the sequence
+    assert attn._banded_is_cheaper(short, 64)
+    long = pack_sequences([[1] * 4000, [1] * 300], CPU)
+    assert not attn._banded_is_cheaper(long, 64)
+
+
 def test_global_buckets_bound_padding() -> None:
     buckets = attn._bucket_lengths([8000, 300, 290, 12, 10, 280])
     assert buckets[0] == [0]  # the long document is not padded together with short ones
