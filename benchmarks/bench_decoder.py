@@ -11,9 +11,13 @@ the Qwen3-Reranker template on every engine, fp32:
   ``AutoModelForCausalLM`` with sdpa attention, ``logits[:, -1, :]``: it computes the
   logits of every position over the whole vocabulary);
 - ``sentence-transformers``: ``CrossEncoder`` on the same checkpoint (its causal-LM path:
-  ``LogitScore`` over yes/no with ``logits_to_keep=1``). Our tiny checkpoint has no chat
-  template, so it scores its own pair formatting, not the card's prompt: its speed is
-  comparable, its scores are not (``max_abs_delta`` is left empty).
+  the pair as ``query``/``document`` messages rendered by the checkpoint's chat template,
+  tokenised at once, left-padded batches of ``--st-batch-size``, ``LogitScore`` = logit("yes")
+  - logit("no") with ``logits_to_keep=1``, no activation). The checkpoint's
+  ``chat_template.jinja`` renders the card's prompt with the default instruction
+  (``rerank_plugins.testing.QWEN3_RERANKER_CHAT_TEMPLATE``), so it scores the same prompts
+  (the same token ids, ``tests/local/test_decoder_sentence_transformers.py``): its speed and
+  its scores are comparable.
 
 Workloads: (a) 100 documents of long-tailed lengths (median ~300 tokens, the longest
 4,096), all engines; (b) 200 short documents (<= 64 tokens) behind a ~150-token
@@ -22,7 +26,8 @@ scoring one 1,024-token document against the vocabulary size (32K, 151,669, 300K
 and card.
 
 Printed per row: docs/s (wall), docs per process-CPU-second, our speed ratio on both
-clocks, max |Δ logit| to the card's scores, peak RSS growth. Engines are timed
+clocks, max |Δ logit| to the reference's scores (the card's in (a), sentence-transformers'
+row included; the prefix cache off in (b)), peak RSS growth. Engines are timed
 round-robin, ``--repeats`` rounds, best kept (``harness.py``).
 
     python benchmarks/bench_decoder.py --threads 1
@@ -180,7 +185,7 @@ def rows_for(
         if not run.error:
             n = len(workload.docs)
             delta = None
-            if ref is not None and not ref.error and name != "sentence-transformers":
+            if ref is not None and not ref.error:
                 delta = max(abs(a - b) for a, b in zip(run.value, ref.value, strict=True))
             row.update(
                 seconds=run.seconds,
@@ -312,6 +317,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             results += rows_for(w, engines, args, reference="native, prefix_cache=False")
         print(harness.format_table(results, COLUMNS, markdown=args.markdown))
+        print(
+            "max|Δ|: max |Δ logit| against (a) the card's scores (sentence-transformers "
+            "scores the card's prompt, rendered by the checkpoint's chat template), "
+            "(b) the prefix cache off"
+        )
         if "c" in args.workloads:
             vocab_rows = vocabulary_rows(tmp, shape, vocab_sizes, args)
             print(harness.format_table(vocab_rows, VOCAB_COLUMNS, markdown=args.markdown))

@@ -34,9 +34,9 @@ share of the ``--budget`` (seconds; a section that would start too late is skipp
    lengths are counted in its tokens): ``DecoderScorer`` with the prefix cache on and off
    vs sentence-transformers ``CrossEncoder`` (its causal-LM path, bf16, sdpa) on the same
    checkpoint, pairs/s on long-tailed documents (median ~300 tokens, tail to 8,192), and
-   prefix reuse on vs off on short documents behind a ~150-token query. The tiny tokenizer
-   has no chat template, so sentence-transformers formats its own prompt: its speed is
-   comparable, its scores are not.
+   prefix reuse on vs off on short documents behind a ~150-token query. The checkpoint's
+   chat template renders the card's prompt, so sentence-transformers scores the same
+   prompts (its scores are not compared here; ``bench_decoder.py`` compares them).
 """
 
 from __future__ import annotations

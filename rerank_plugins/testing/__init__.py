@@ -14,6 +14,7 @@ from rerank_plugins.testing.colbert import (
     save_colbert_word_tokenizer,
 )
 from rerank_plugins.testing.decoder import (
+    QWEN3_RERANKER_CHAT_TEMPLATE,
     TINY_MXBAI_V2,
     TINY_QWEN3_RERANKER,
     make_mxbai_v2_checkpoint,
@@ -47,6 +48,7 @@ from rerank_plugins.testing.words import (
 __all__ = [
     "COLBERT_SETTINGS",
     "EVAL_FIXTURE_SIZE",
+    "QWEN3_RERANKER_CHAT_TEMPLATE",
     "TINY_GTE_NEW",
     "TINY_MATRYOSHKA",
     "TINY_MODERNBERT",

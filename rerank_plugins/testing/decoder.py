@@ -7,6 +7,11 @@ class saves (``model.``-prefixed trunk keys, ``lm_head.weight`` unless the embed
 tied); the tokenizer is a small byte-level BPE in Qwen2's layout (NFC, the Qwen split
 regex, byte-level pieces) carrying the chat special tokens, ``<think>``/``</think>`` and
 single tokens for ``yes``, ``no``, ``0`` and ``1``.
+
+The Qwen3-Reranker checkpoint also carries a ``chat_template.jinja``
+(:data:`QWEN3_RERANKER_CHAT_TEMPLATE`) that renders the model card's prompt from a
+``query`` and a ``document`` message, which is how sentence-transformers' ``CrossEncoder``
+formats a pair for a causal LM: it then scores the card's prompt and is a second reference.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from rerank_plugins.testing.words import WORDS
 
 __all__ = [
     "QWEN2_SPECIALS",
+    "QWEN3_RERANKER_CHAT_TEMPLATE",
     "QWEN_SPLIT_PATTERN",
     "TINY_MXBAI_V2",
     "TINY_QWEN3_RERANKER",
@@ -101,6 +107,27 @@ TINY_MXBAI_V2: dict[str, Any] = {
     "use_cache": True,
     "use_sliding_window": False,
 }
+
+# The Qwen3-Reranker model card's prompt as a chat template over the two roles
+# sentence-transformers gives a pair ("query", "document"): the card's system line, the
+# user turn "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}", the
+# assistant turn with the empty think block. ``instruction`` is a template variable
+# (``apply_chat_template(..., instruction=...)``, sentence-transformers'
+# ``processing_kwargs={"chat_template": {"instruction": ...}}``), the card's by default.
+# Written out from the card, not from our own prompt code, so that it checks that code.
+# Jinja string literals carry the newlines, so no template whitespace rule can move one.
+QWEN3_RERANKER_CHAT_TEMPLATE = r"""{%- set query = messages | selectattr('role', 'eq', 'query') | map(attribute='content') | list -%}
+{%- set document = messages | selectattr('role', 'eq', 'document') | map(attribute='content') | list -%}
+{%- if query | length != 1 or document | length != 1 -%}
+{{- raise_exception('the Qwen3-Reranker template renders one query and one document message') -}}
+{%- endif -%}
+{%- if instruction is not defined or instruction is none -%}
+{%- set instruction = 'Given a web search query, retrieve relevant passages that answer the query' -%}
+{%- endif -%}
+{{- '<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n' -}}
+{{- '<Instruct>: ' ~ instruction ~ '\n<Query>: ' ~ query[0] ~ '\n<Document>: ' ~ document[0] -}}
+{{- '<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n' -}}
+"""  # noqa: E501
 
 # Text the tiny BPE is trained on: the words the tests use, the templates' words, and the
 # answer tokens alone on their lines so that "yes", "no", "0" and "1" are single tokens.
@@ -205,11 +232,20 @@ def _make_causal_lm(
 
 
 def make_qwen3_reranker_checkpoint(
-    directory: str | Path, *, config: dict[str, Any] | None = None, seed: int = 0
+    directory: str | Path,
+    *,
+    config: dict[str, Any] | None = None,
+    seed: int = 0,
+    chat_template: str | None = QWEN3_RERANKER_CHAT_TEMPLATE,
 ) -> Path:
     """Write a random-weight ``Qwen3ForCausalLM`` checkpoint (``TINY_QWEN3_RERANKER`` +
-    ``config``) with the tiny Qwen BPE tokenizer."""
-    return _make_causal_lm(directory, TINY_QWEN3_RERANKER, config, seed)
+    ``config``) with the tiny Qwen BPE tokenizer and ``chat_template`` as
+    ``chat_template.jinja`` (default: the card's prompt,
+    :data:`QWEN3_RERANKER_CHAT_TEMPLATE`; None: no template)."""
+    directory = _make_causal_lm(directory, TINY_QWEN3_RERANKER, config, seed)
+    if chat_template is not None:
+        (directory / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+    return directory
 
 
 def make_mxbai_v2_checkpoint(
