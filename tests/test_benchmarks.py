@@ -251,8 +251,10 @@ def test_decoder_benchmark_times_every_engine_and_vocabulary(smoke_runs: dict[st
     for row in rows:
         assert not row.get("error"), row
         positive(row, "seconds", "cpu_seconds")
-        if row["workload"].startswith(("a:", "b:")) and row["engine"] != "sentence-transformers":
-            # Same weights and prompts, fp32: every engine agrees with the reference.
+        if row["workload"].startswith(("a:", "b:")):
+            # Same weights and prompts (sentence-transformers renders the card's prompt
+            # through the checkpoint's chat template), fp32: every engine agrees with the
+            # reference.
             assert row["max_abs_delta"] < 1e-3, row
     assert {r["vocab"] for r in rows if r["workload"].startswith("c:")} == {1024, 4096}
 

@@ -38,7 +38,6 @@ _LOCAL_ONLY = {
     "max_tokens_per_doc": "--max-tokens-per-doc",
     "exit_layer": "--exit-layer",
     "threads": "--threads",
-    "instruction": "--instruction",
 }
 # Passed on to a local scorer as they are (when given).
 _LOCAL_PASSED = (
@@ -157,13 +156,14 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         "--instruction",
         default=default(None),
         help="decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2): the task instruction "
-        "(default: the model card's)",
+        "(default: the model card's); with an http(s) endpoint it is sent in the "
+        "dialect's field (cohere, tei: instruction; sglang: instruct; refused by the others)",
     )
     add(
         "--dialect",
         default=default(None),
-        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score; "
-        "default: cohere)",
+        help="remote endpoint API dialect (cohere, tei, voyage, mixedbread, nim, vllm-score, "
+        "sglang; default: cohere)",
     )
     add(
         "--calibration",
@@ -194,7 +194,11 @@ def model_options(
         where = "local models" if remote else "http(s) endpoints"
         verb = "applies" if len(given) == 1 else "apply"
         raise InvalidInputError(f"{', '.join(given)} only {verb} to {where}")
-    names = ("dialect",) if remote else ("device", "dtype", "max_length", "batch_tokens", "threads")
+    names = (
+        ("dialect", "instruction")
+        if remote
+        else ("device", "dtype", "max_length", "batch_tokens", "threads")
+    )
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if not remote:
         options.update(

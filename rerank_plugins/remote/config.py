@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_DEADLINE",
     "DEFAULT_TIMEOUT",
     "Endpoint",
+    "check_instruction",
     "check_positive",
     "check_positive_number",
     "configure",
@@ -91,6 +92,7 @@ class Endpoint:
     score_kind: ScoreKind
     overflow: OverflowPolicy
     retry: RetryPolicy
+    instruction: str | None
     url: httpx.URL = field(repr=False)
     options: RequestOptions = field(repr=False)
     extra_body: Mapping[str, Any] = field(repr=False)
@@ -106,9 +108,13 @@ class Endpoint:
     def name(self) -> str:
         return self.dialect.name
 
-    def body(self, query: str, documents: list[str]) -> bytes:
-        """The JSON request body for one batch."""
-        body = {**self.extra_body, **self.dialect.body(query, documents, self.options)}
+    def body(self, query: str, documents: list[str], *, instruction: str | None = None) -> bytes:
+        """The JSON request body for one batch; ``instruction`` (else the endpoint's own)
+        in the dialect's instruction field."""
+        if instruction is None:
+            instruction = self.instruction
+        request = self.dialect.request(query, documents, self.options, instruction=instruction)
+        body = {**self.extra_body, **request}
         return json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
 
     def cap(self, content: bytes, n_documents: int) -> int:
@@ -139,6 +145,7 @@ def configure(
     retry: RetryPolicy | None,
     headers: Mapping[str, str] | None,
     extra_body: Mapping[str, Any] | None,
+    instruction: str | None = None,
 ) -> tuple[Endpoint, SecretStr | None, list[str]]:
     """Check the options and build the endpoint.
 
@@ -155,7 +162,8 @@ def configure(
     check_positive("max_batch_size", max_batch_size)
     if max_response_bytes is not None:
         check_positive("max_response_bytes", max_response_bytes)
-    extra = _check_extra_body(extra_body)
+    extra = _check_extra_body(extra_body, chosen)
+    check_instruction(instruction, chosen)
     key = _resolve_key(api_key, api_key_env)
     all_headers = {
         "User-Agent": _USER_AGENT,
@@ -174,6 +182,7 @@ def configure(
         score_kind=kind,
         overflow=overflow,
         retry=retry or RetryPolicy(),
+        instruction=instruction,
         url=url,
         options=RequestOptions(model=model, truncate=overflow == "truncate", score_kind=kind),
         extra_body=extra,
@@ -210,7 +219,17 @@ def _pick_score_kind(score_kind: ScoreKind | None, dialect: Dialect) -> ScoreKin
     return score_kind
 
 
-def _check_extra_body(extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
+def check_instruction(instruction: object, dialect: Dialect) -> None:
+    """``None``, or a str that ``dialect`` has a request field for; else
+    :class:`InvalidInputError` (an instruction is never sent to be dropped)."""
+    if instruction is None:
+        return
+    if not isinstance(instruction, str):
+        raise InvalidInputError(f"instruction must be a str, got {type(instruction).__name__}")
+    dialect.check_instruction()
+
+
+def _check_extra_body(extra_body: Mapping[str, Any] | None, dialect: Dialect) -> dict[str, Any]:
     extra = dict(extra_body or {})
     try:  # NaN, infinities and non-JSON values fail here, not on the first call
         json.dumps(extra, allow_nan=False)
@@ -221,6 +240,11 @@ def _check_extra_body(extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
         raise InvalidInputError(
             f"extra_body must not set {forbidden}: a scorer returns every document; "
             "top_n is applied after scoring (rank(..., top_n=...) or the adapters' top_n)"
+        )
+    if dialect.instruction_field is not None and dialect.instruction_field in extra:
+        raise InvalidInputError(
+            f"extra_body must not set {dialect.instruction_field!r}: pass instruction=... "
+            "(it is part of the scorer's identity and may be replaced per call)"
         )
     return extra
 

@@ -5,20 +5,31 @@ send for one batch, and how to turn the answer back into one score per document 
 batch. Parsers map results by their ``index`` field only: the server's order and any
 echoed text are ignored, every index must appear exactly once and be in range.
 
-===============  =====================  ===========================  ==========  =========
-dialect          path                   documents field              max docs    score
-===============  =====================  ===========================  ==========  =========
-``cohere``       ``/rerank``            ``documents``                1000        probability
-``tei``          ``/rerank``            ``texts``                    32          probability
-``voyage``       ``/v1/rerank``         ``documents``                1000        probability
-``mixedbread``   ``/v1/reranking``      ``input``                    1000        probability
-``nim``          ``/v1/ranking``        ``passages: [{text}]``       512         logit
-``vllm-score``   ``/score``             ``text_2``                   1000        probability
-===============  =====================  ===========================  ==========  =========
+===============  =================  ======================  ========  ===========  ===============
+dialect          path               documents field         max docs  score        instruction
+===============  =================  ======================  ========  ===========  ===============
+``cohere``       ``/rerank``        ``documents``           1000      probability  ``instruction``
+``tei``          ``/rerank``        ``texts``               32        probability  ``instruction``
+``voyage``       ``/v1/rerank``     ``documents``           1000      probability  -
+``mixedbread``   ``/v1/reranking``  ``input``               1000      probability  -
+``nim``          ``/v1/ranking``    ``passages: [{text}]``  512       logit        -
+``vllm-score``   ``/score``         ``text_2``              1000      probability  -
+``sglang``       ``/v1/rerank``     ``documents``           1000      probability  ``instruct``
+===============  =================  ======================  ========  ===========  ===============
 
 ``cohere`` is also the shape of vLLM's and Infinity's ``/rerank``, Jina, LiteLLM, Together
 and llama.cpp. "max docs" is the documented per-request limit of the reference server
-(Cohere, TEI's ``--max-client-batch-size``, Voyage, Mixedbread, NIM); vLLM sets none.
+(Cohere, TEI's ``--max-client-batch-size``, Voyage, Mixedbread, NIM); vLLM and SGLang set
+none. ``sglang`` is SGLang's ``/v1/rerank`` (a bare array ``[{index, score, document?}]``).
+
+"instruction": the request field that carries a decoder reranker's task instruction
+(``RemoteScorer(instruction=...)``). ``instruction`` in the Cohere and TEI shapes is what
+``rerank-plugins serve`` reads (and hosted Cohere-shaped APIs such as Contextual AI's);
+SGLang's is ``instruct``. The other APIs have no such field (nor has vLLM's ``/score``,
+and vLLM ignores fields it does not know), so an instruction for them is refused rather
+than sent to be dropped. Servers that speak the Cohere or TEI shape without the field
+(vLLM's and Infinity's ``/rerank``, TEI itself) may ignore it: only servers that read it
+apply it.
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ __all__ = [
     "get_dialect",
 ]
 
-DialectName = Literal["cohere", "tei", "voyage", "mixedbread", "nim", "vllm-score"]
+DialectName = Literal["cohere", "tei", "voyage", "mixedbread", "nim", "vllm-score", "sglang"]
 
 # Sigmoid outputs are in [0, 1]; allow float noise, nothing more.
 _PROBABILITY_SLACK = 1e-6
@@ -69,7 +80,8 @@ class Dialect:
     ``versioned``: the API lives under ``/v1``; an unversioned base URL gets it added.
     ``refuses_overflow``: the API has a switch that makes the server reject over-length
     documents (``overflow="error"`` needs it). ``score_kinds``: the kinds this API can
-    return, the first one by default.
+    return, the first one by default. ``instruction_field``: the request field of a
+    decoder reranker's instruction (``None``: the API has none).
     """
 
     name: ClassVar[str]
@@ -80,6 +92,32 @@ class Dialect:
     max_documents: ClassVar[int]
     score_kinds: ClassVar[tuple[ScoreKind, ...]] = ("probability",)
     refuses_overflow: ClassVar[bool] = False
+    instruction_field: ClassVar[str | None] = None
+
+    def request(
+        self,
+        query: str,
+        documents: Sequence[str],
+        options: RequestOptions,
+        *,
+        instruction: str | None = None,
+    ) -> dict[str, Any]:
+        """The JSON body for one batch, ``instruction`` in the API's own field (refused
+        with :class:`InvalidInputError` by an API that has none)."""
+        body = self.body(query, documents, options)
+        if instruction is not None:
+            body[self.check_instruction()] = instruction
+        return body
+
+    def check_instruction(self) -> str:
+        """The instruction field, or :class:`InvalidInputError` saying the API has none."""
+        if self.instruction_field is None:
+            takers = sorted(n for n, d in DIALECTS.items() if d.instruction_field is not None)
+            raise InvalidInputError(
+                f"the {self.name!r} API has no instruction field, so an instruction cannot be "
+                f"sent (it would be dropped); dialects that carry one: {', '.join(takers)}"
+            )
+        return self.instruction_field
 
     def body(self, query: str, documents: Sequence[str], options: RequestOptions) -> dict[str, Any]:
         """The JSON body for one batch."""
@@ -209,6 +247,7 @@ class Cohere(Dialect):
     score_key = "relevance_score"
     max_documents = 1000
     score_kinds = ("probability", "logit")  # "logit": e.g. llama.cpp, Infinity raw_scores
+    instruction_field = "instruction"  # rerank-plugins serve; Cohere itself has none
 
     def body(self, query: str, documents: Sequence[str], options: RequestOptions) -> dict[str, Any]:
         # No top_n: the default is every document. No return_documents: texts are never
@@ -227,6 +266,7 @@ class TEI(Dialect):
     max_documents = 32
     score_kinds = ("probability", "logit")
     refuses_overflow = True
+    instruction_field = "instruction"  # rerank-plugins serve; TEI itself has none
 
     def body(self, query: str, documents: Sequence[str], options: RequestOptions) -> dict[str, Any]:
         return {
@@ -320,8 +360,30 @@ class VLLMScore(Dialect):
         return body
 
 
+class SGLang(Dialect):
+    name = "sglang"
+    path = "rerank"
+    results_key = None
+    score_key = "score"
+    versioned = True
+    max_documents = 1000
+    score_kinds = ("probability", "logit")  # decoder rerankers: P(yes); others: the model's
+    instruction_field = "instruct"
+
+    def body(self, query: str, documents: Sequence[str], options: RequestOptions) -> dict[str, Any]:
+        # No top_n: every document comes back (sorted by score; placed by index here).
+        body: dict[str, Any] = {
+            "query": query,
+            "documents": list(documents),
+            "return_documents": False,
+        }
+        if options.model is not None:
+            body["model"] = options.model
+        return body
+
+
 DIALECTS: dict[str, Dialect] = {
-    d.name: d for d in (Cohere(), TEI(), Voyage(), Mixedbread(), NIM(), VLLMScore())
+    d.name: d for d in (Cohere(), TEI(), Voyage(), Mixedbread(), NIM(), VLLMScore(), SGLang())
 }
 """Every dialect by name."""
 

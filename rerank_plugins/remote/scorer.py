@@ -28,6 +28,7 @@ from rerank_plugins.remote import redaction
 from rerank_plugins.remote.config import (
     DEFAULT_DEADLINE,
     DEFAULT_TIMEOUT,
+    check_instruction,
     check_positive,
     check_positive_number,
     configure,
@@ -82,6 +83,13 @@ class RemoteScorer(Rebuildable):
       each request (1 MiB + twice the request + 512 bytes per document). Larger bodies,
       endless ones and decompression bombs raise :class:`ResponseTooLargeError` after
       reading at most that much.
+    - ``instruction``: a decoder reranker's task instruction (Qwen3-Reranker's
+      "Given a web search query, ..." replaced), sent with every request in the dialect's
+      field: ``instruction`` (cohere, tei: what ``rerank-plugins serve`` reads),
+      ``instruct`` (sglang). A dialect without such a field refuses it here
+      (:class:`~rerank_plugins.errors.InvalidInputError`), never drops it; a server that
+      does not know the field may ignore it. ``score`` / ``ascore`` take ``instruction=``
+      per call too (the adapters' ``instruction``).
     - ``retry``: a :class:`RetryPolicy`. ``headers`` and ``extra_body`` are added to
       every request.
     - ``client`` / ``async_client``: your own ``httpx.Client`` / ``AsyncClient`` (not
@@ -121,6 +129,7 @@ class RemoteScorer(Rebuildable):
         retry: RetryPolicy | None = None,
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        instruction: str | None = None,
         client: httpx.Client | None = None,
         async_client: httpx.AsyncClient | None = None,
     ) -> None:
@@ -141,11 +150,13 @@ class RemoteScorer(Rebuildable):
             retry=retry,
             headers=headers,
             extra_body=extra_body,
+            instruction=instruction,
         )
         endpoint = self._endpoint
         self.url = endpoint.display_url
         self.dialect: str = endpoint.name
         self.model = model
+        self.instruction = endpoint.instruction
         self.overflow: OverflowPolicy = endpoint.overflow
         self.score_kind: ScoreKind = endpoint.score_kind
         self.max_batch_size = endpoint.max_batch_size
@@ -168,27 +179,45 @@ class RemoteScorer(Rebuildable):
 
     # -- public API ---------------------------------------------------------------------
 
-    def score(self, query: str, documents: Sequence[str]) -> list[Score]:
-        """One score per document, in input order (blocking)."""
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether ``score`` / ``ascore`` take ``instruction=``: the dialect has a field
+        for it (see :func:`rerank_plugins.scoring.takes_instruction`)."""
+        return self._endpoint.dialect.instruction_field is not None
+
+    def score(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None
+    ) -> list[Score]:
+        """One score per document, in input order (blocking). ``instruction`` replaces
+        the scorer's for this call."""
+        check_instruction(instruction, self._endpoint.dialect)
         docs = check_inputs(query, documents)
         if not docs:
             return []
         deadline = Deadline(self.deadline)
         batches = _chunks(list(range(len(docs))), self.max_batch_size)
         parts = self._run_all(
-            lambda positions: self._score_batch(query, docs, positions, deadline), batches
+            lambda positions: self._score_batch(query, docs, positions, deadline, instruction),
+            batches,
         )
         return self._merge(batches, parts)
 
-    async def ascore(self, query: str, documents: Sequence[str]) -> list[Score]:
-        """One score per document, in input order (native async, ``httpx.AsyncClient``)."""
+    async def ascore(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None
+    ) -> list[Score]:
+        """One score per document, in input order (native async, ``httpx.AsyncClient``).
+        ``instruction`` replaces the scorer's for this call."""
+        check_instruction(instruction, self._endpoint.dialect)
         docs = check_inputs(query, documents)
         if not docs:
             return []
         deadline = Deadline(self.deadline)
         batches = _chunks(list(range(len(docs))), self.max_batch_size)
         parts = await _gather_all(
-            [self._ascore_batch(query, docs, positions, deadline) for positions in batches]
+            [
+                self._ascore_batch(query, docs, positions, deadline, instruction)
+                for positions in batches
+            ]
         )
         return self._merge(batches, parts)
 
@@ -224,14 +253,15 @@ class RemoteScorer(Rebuildable):
 
     def identity(self) -> dict[str, Any]:
         """What changes this scorer's scores, with no secret in it: the URL without
-        credentials or query, the dialect, the model name, what is asked for (see
-        ``rerank_plugins.identity``). ``extra_body`` counts by its hash only."""
+        credentials or query, the dialect, the model name, the instruction, what is asked
+        for (see ``rerank_plugins.identity``). ``extra_body`` counts by its hash only."""
         extra = json.dumps(dict(self._endpoint.extra_body), sort_keys=True).encode()
         return {
             "kind": "RemoteScorer",
             "url": redact_url(self.url),  # no user name either
             "dialect": self.dialect,
             "model": self.model,
+            "instruction": self.instruction,
             "overflow": self.overflow,
             "score_kind": self.score_kind,
             "extra_body_sha256": hashlib.sha256(extra).hexdigest(),
@@ -291,31 +321,45 @@ class RemoteScorer(Rebuildable):
         docs: list[str],
         positions: list[int],
         deadline: Deadline,
+        instruction: str | None,
     ) -> Attempts:
-        content = self._endpoint.body(query, [docs[p] for p in positions])
+        content = self._endpoint.body(query, [docs[p] for p in positions], instruction=instruction)
         timeout = self._request_timeout(client)
         return Attempts(self._endpoint, content, positions, deadline, timeout)
 
     def _score_batch(
-        self, query: str, docs: list[str], positions: list[int], deadline: Deadline
+        self,
+        query: str,
+        docs: list[str],
+        positions: list[int],
+        deadline: Deadline,
+        instruction: str | None,
     ) -> list[Score]:
         client = self._sync_client()
-        step = post(client, self._attempts(client, query, docs, positions, deadline), self._slots)
+        attempts = self._attempts(client, query, docs, positions, deadline, instruction)
+        step = post(client, attempts, self._slots)
         if not isinstance(step, Split):
             return step
         chunks = self._log_split(step, positions)
-        return [v for c in chunks for v in self._score_batch(query, docs, c, deadline)]
+        return [v for c in chunks for v in self._score_batch(query, docs, c, deadline, instruction)]
 
     async def _ascore_batch(
-        self, query: str, docs: list[str], positions: list[int], deadline: Deadline
+        self,
+        query: str,
+        docs: list[str],
+        positions: list[int],
+        deadline: Deadline,
+        instruction: str | None,
     ) -> list[Score]:
         client = self._async_http_client()
-        attempts = self._attempts(client, query, docs, positions, deadline)
+        attempts = self._attempts(client, query, docs, positions, deadline, instruction)
         step = await apost(client, attempts, self._async_semaphore())
         if not isinstance(step, Split):
             return step
         chunks = self._log_split(step, positions)
-        parts = await _gather_all([self._ascore_batch(query, docs, c, deadline) for c in chunks])
+        parts = await _gather_all(
+            [self._ascore_batch(query, docs, c, deadline, instruction) for c in chunks]
+        )
         return [v for part in parts for v in part]
 
     def _log_split(self, split: Split, positions: list[int]) -> list[list[int]]:

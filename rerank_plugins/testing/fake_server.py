@@ -70,6 +70,10 @@ class FakeRerankServer:
     (a window in words, query included: truncated or refused per the request's flag),
     ``fail_rate`` (fraction of requests answered 429 with ``Retry-After: 0`` or 503,
     drawn from ``seed``), ``record`` (keep every request body in ``requests``).
+
+    A request's instruction, in the dialect's field (``instruction``: cohere, tei;
+    ``instruct``: sglang), is scored with the query: ``fake_logit(f"{instruction}\n{query}",
+    document)``, so a lost instruction shows in the scores; a non-string one is a 422.
     """
 
     def __init__(
@@ -164,6 +168,7 @@ class FakeRerankServer:
         try:
             body = json.loads(raw)
             query, documents, truncate, raw_scores = self._read(body)
+            instruction = self._instruction(body)
         except (ValueError, KeyError, TypeError) as exc:
             return _Reply(422, {"detail": f"invalid request: {exc}"}, {})
         if self.record:
@@ -180,8 +185,9 @@ class FakeRerankServer:
             documents = [" ".join(d.split()[:keep]) for d in documents]
         with self._lock:
             self.documents_scored += len(documents)
+        told = query if instruction is None else f"{instruction}\n{query}"
         scores = [
-            fake_logit(query, d) if raw_scores else fake_probability(query, d) for d in documents
+            fake_logit(told, d) if raw_scores else fake_probability(told, d) for d in documents
         ]
         order = sorted(range(len(documents)), key=lambda i: -scores[i])
         top = body.get("top_n") or body.get("top_k")
@@ -189,8 +195,17 @@ class FakeRerankServer:
             order = order[:top]
         return _Reply(200, self._results(order, scores, documents, body), {})
 
+    def _instruction(self, body: dict[str, Any]) -> str | None:
+        field = DIALECTS[self.dialect].instruction_field
+        value = None if field is None else body.get(field)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{field} must be a string")
+        return value
+
     def _read(self, body: dict[str, Any]) -> tuple[str, list[str], bool, bool]:
         name = self.dialect
+        if name == "sglang":  # no truncation switch, no raw-score switch
+            return body["query"], body["documents"], True, False
         if name == "cohere":
             return body["query"], body["documents"], True, bool(body.get("raw_scores"))
         if name == "tei":
@@ -241,6 +256,12 @@ class FakeRerankServer:
             return {"object": "list", "data": data, "top_k": len(order)}
         if name == "nim":
             return {"rankings": [{"index": i, "logit": scores[i]} for i in order]}
+        if name == "sglang":
+            echo = body.get("return_documents", True)
+            return [
+                {"index": i, "score": scores[i], **({"document": wrong(i)} if echo else {})}
+                for i in order
+            ]
         data = [{"index": i, "object": "score", "score": scores[i]} for i in order]
         return {"id": "score-fake", "object": "list", "data": data}
 

@@ -44,6 +44,8 @@ def results_for(dialect: str, scores: list[float], order: list[int]) -> Any:
         return {"data": [{"index": i, "score": scores[i], "input": wrong[i]} for i in order]}
     if dialect == "nim":
         return {"rankings": [{"index": i, "logit": scores[i]} for i in order]}
+    if dialect == "sglang":
+        return [{"index": i, "score": scores[i], "document": wrong[i]} for i in order]
     return {
         "object": "list",
         "data": [{"index": i, "object": "score", "score": scores[i]} for i in order],
@@ -97,6 +99,7 @@ EXPECTED_BODIES = {
         "truncate": "END",
     },
     "vllm-score": {"text_1": QUERY, "text_2": DOCS, "model": "m", "truncate_prompt_tokens": -1},
+    "sglang": {"query": QUERY, "documents": DOCS, "model": "m", "return_documents": False},
 }
 
 EXPECTED_PATHS = {
@@ -106,6 +109,7 @@ EXPECTED_PATHS = {
     "mixedbread": "/v1/reranking",
     "nim": "/v1/ranking",
     "vllm-score": "/v1/score",
+    "sglang": "/v1/rerank",
 }
 
 
@@ -153,6 +157,7 @@ def test_results_are_mapped_by_index_not_by_order_or_echoed_text(dialect: str) -
         ("mixedbread", "probability"),
         ("nim", "logit"),
         ("vllm-score", "probability"),
+        ("sglang", "probability"),
     ],
 )
 def test_each_dialect_declares_its_score_kind(dialect: str, kind: str) -> None:
@@ -295,7 +300,9 @@ def test_the_wrong_top_level_shape_is_malformed(dialect: str) -> None:
         scorer_for(dialect, answering(payload)).score(QUERY, DOCS)
 
 
-@pytest.mark.parametrize("dialect", ["cohere", "tei", "voyage", "mixedbread", "vllm-score"])
+@pytest.mark.parametrize(
+    "dialect", ["cohere", "tei", "voyage", "mixedbread", "vllm-score", "sglang"]
+)
 def test_probabilities_outside_0_1_mean_the_server_returns_raw_scores(dialect: str) -> None:
     payload = results_for(dialect, [0.2, 3.7, 0.5, 0.1], [0, 1, 2, 3])
     with pytest.raises(MalformedResponseError, match="score_kind='logit'") as info:
@@ -333,6 +340,8 @@ async def test_async_parses_like_sync(dialect: str) -> None:
         ("http://h:8000", "vllm-score", "http://h:8000/score"),
         ("http://h:8000/v1", "vllm-score", "http://h:8000/v1/score"),
         ("http://proxy/team/models/v1", "cohere", "http://proxy/team/models/v1/rerank"),
+        ("http://h:30000", "sglang", "http://h:30000/v1/rerank"),
+        ("http://h:30000/v1", "sglang", "http://h:30000/v1/rerank"),
     ],
 )
 def test_endpoint_url(base: str, dialect: str, expected: str) -> None:
