@@ -163,7 +163,8 @@ def with_instruction(scorer: Scorer, instruction: str | None, *, option: str) ->
     if not takes_instruction(scorer):
         raise InvalidInputError(
             f"{option} is set but this scorer ({type(scorer).__name__}) takes no instruction: "
-            "only decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2) do"
+            "only decoder rerankers (Qwen3-Reranker, mxbai-rerank-v2) do, and endpoints "
+            "whose API has an instruction field (dialects cohere, tei, sglang)"
         )
     return _Instructed(scorer, instruction)
 
