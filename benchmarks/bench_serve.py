@@ -329,6 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--background-load", type=int, default=0, help="busy-loop processes run meanwhile"
     )
     p.add_argument("--tiny", action="store_true", help="the tiny 22-layer shape (hidden 64)")
+    p.add_argument(
+        "--compare-preempt",
+        action="store_true",
+        help="add 'ours, no preemption' (--preempt-after-ms off: short requests wait for "
+        "a long batch's whole forward)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     workloads = set(args.workloads.split(","))
@@ -420,6 +426,12 @@ def start_servers(
                 logs,
                 n,
                 {"OMP_WAIT_POLICY": "PASSIVE"},
+            )
+        )
+    if args.compare_preempt:
+        servers.append(
+            start_ours(
+                directory, "ours, no preemption", ["--preempt-after-ms", "off"], logs, args.threads
             )
         )
     if "i" in workloads and not args.no_unmerged:  # (ii) does not compare batching on and off

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -25,6 +27,8 @@ __all__ = [
     "check_documents",
     "check_inputs",
     "check_scores",
+    "preemptible",
+    "preemption_point",
     "score_groups",
     "takes_instruction",
     "with_instruction",
@@ -134,6 +138,36 @@ class PairScorer(Scorer, Protocol):
     def padded(self) -> bool:
         """How a batch is costed: ``len(batch) * longest`` (True) or the sum of lengths."""
         ...
+
+
+_preemption = threading.local()
+
+
+def preemption_point() -> None:
+    """Where a long forward may give way: engines call it between layers.
+
+    Runs the hook that :func:`preemptible` installed on the calling thread (a batcher
+    runs the short requests that wait there, so that they need not wait for the whole
+    forward of a long one), else nothing. The hook never runs inside itself.
+    """
+    hook = getattr(_preemption, "hook", None)
+    if hook is not None:
+        _preemption.hook = None
+        try:
+            hook()
+        finally:
+            _preemption.hook = hook
+
+
+@contextmanager
+def preemptible(hook: Callable[[], None] | None) -> Iterator[None]:
+    """Install ``hook`` for :func:`preemption_point` on this thread while the block runs."""
+    previous = getattr(_preemption, "hook", None)
+    _preemption.hook = hook
+    try:
+        yield
+    finally:
+        _preemption.hook = previous
 
 
 def takes_instruction(scorer: object) -> bool:

@@ -20,6 +20,13 @@ scored; its items may span several batches.
   queued; merging happens because submissions pile up while a forward runs. So the wait
   adapts by itself: a lone request on an idle device runs at once, and the busier the
   device the fuller each batch (there is no timer to tune).
+- **Short requests never wait for a whole long forward**: while a batch has run for
+  ``preempt_after`` seconds, the engine's layer loop gives way (at
+  :func:`~rerank_plugins.scoring.preemption_point`) to a batch of the small submissions
+  queued meanwhile (at most ``small_tokens`` tokens each), run in the same worker thread
+  between two layers; the long forward goes on after it, one layer at least between two
+  such batches. One forward at a time still: a short request waits for at most
+  ``preempt_after`` and one layer, not for a long document's whole forward.
 - **Keys**: only submissions with the same ``key`` share a batch (e.g. raw logits vs
   probabilities); ``max_batch_requests`` caps the submissions per batch (1: no merging
   across submissions).
@@ -49,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from rerank_plugins.errors import RerankError, ScoringError
+from rerank_plugins.scoring import preemptible
 
 __all__ = [
     "BatchStats",
@@ -59,6 +67,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_PREEMPT_AFTER = 0.05
+"""Seconds a batch runs before short requests queued meanwhile may run between its layers."""
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -101,6 +112,7 @@ class _Submission:
     remaining: int = 0  # items not yet scored
     submitted: float = 0.0  # time.perf_counter() at submit
     started: bool = False  # some item has been in a batch
+    small: bool = False  # may run between the layers of a long batch
 
     @property
     def pending_tokens(self) -> int:
@@ -117,6 +129,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     that the batcher holds while it forms and runs a batch, for a caller that also runs
     forwards of its own on the same model (a lone caller's direct path): batches then
     form only once the device is free, with everything queued meanwhile.
+    ``preempt_after`` (seconds; ``None``: never) and ``small_tokens`` (default a quarter
+    of the budget): see "Short requests" above.
     Start with :meth:`start` inside the running loop (e.g. an ASGI lifespan); ``submit``
     also starts it on first use.
     """
@@ -132,6 +146,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         on_batch: Callable[[BatchStats], None] | None = None,
         on_wait: Callable[[float], None] | None = None,
         device: threading.Lock | None = None,
+        preempt_after: float | None = DEFAULT_PREEMPT_AFTER,
+        small_tokens: int | None = None,
     ) -> None:
         if max_batch_tokens <= 0:
             raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
@@ -147,6 +163,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._on_batch = on_batch
         self._on_wait = on_wait
         self._device = device
+        self.preempt_after = preempt_after
+        self.small_tokens = max_batch_tokens // 4 if small_tokens is None else small_tokens
+        self._small_waiting = 0  # small submissions in the queue (read by the worker)
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._queue: deque[_Submission] = deque()
         self._queued_tokens = 0
         self._wakeup: asyncio.Event | None = None
@@ -185,6 +205,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         if self._closing:
             raise BatcherClosedError("the batcher was stopped")
         self._wakeup = asyncio.Event()
+        self._loop_ref = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank-batch")
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="rerank-batcher")
 
@@ -246,7 +267,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             results=[None] * len(items),
             remaining=len(items),
             submitted=time.perf_counter(),
+            small=tokens <= self.small_tokens,
         )
+        self._small_waiting += sub.small
         self._queue.append(sub)
         self._queued_tokens += tokens
         assert self._wakeup is not None
@@ -265,10 +288,14 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         excess = self._queued_tokens + tokens - (self.max_queued_tokens or 0)
         return max(1, min(60, math.ceil(max(excess, 0) / rate)))
 
+    def _unqueue(self, sub: _Submission) -> None:
+        self._queue.remove(sub)
+        self._small_waiting -= sub.small
+
     def _drop(self, sub: _Submission) -> None:
         """Forget a submission's queued items (its caller went away)."""
         if sub in self._queue:
-            self._queue.remove(sub)
+            self._unqueue(sub)
             self._queued_tokens -= sub.pending_tokens
         sub.pending.clear()
         if not sub.future.done():
@@ -276,7 +303,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
 
     def _fail(self, sub: _Submission, exc: BaseException) -> None:
         if sub in self._queue:
-            self._queue.remove(sub)
+            self._unqueue(sub)
             self._queued_tokens -= sub.pending_tokens
         sub.pending.clear()
         if not sub.future.done():
@@ -311,18 +338,20 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                     self._queue.remove(sub)
                     self._queue.append(sub)
 
-    def _take(self) -> list[tuple[_Submission, int]]:
-        """The next batch: (submission, item position) pairs, longest first."""
-        if not self._queue:  # cancelled while the batcher waited for the device
+    def _take(self, *, small_only: bool = False) -> list[tuple[_Submission, int]]:
+        """The next batch (of small submissions only, with ``small_only``):
+        (submission, item position) pairs, longest first."""
+        eligible = [sub for sub in self._queue if sub.small or not small_only]
+        if not eligible:  # cancelled while the batcher waited for the device
             return []
-        key = self._queue[0].key
+        key = eligible[0].key
         picked: list[tuple[_Submission, int]] = []
         tokens = 0
         longest = 0
         cost = 0
         merged = 0
         full = False
-        for sub in list(self._queue):
+        for sub in eligible:
             if sub.key != key:
                 continue
             if self.max_batch_requests is not None and merged >= self.max_batch_requests:
@@ -345,7 +374,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 if self._on_wait is not None:
                     self._on_wait(time.perf_counter() - sub.submitted)
             if not sub.pending:
-                self._queue.remove(sub)
+                self._unqueue(sub)
             if full or cost >= self.max_batch_tokens:
                 break
         self._queued_tokens -= tokens
@@ -359,7 +388,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         subs = list(dict.fromkeys(sub for sub, _ in picked))
         start = time.perf_counter()
         try:
-            results = await self._forward(key, items)
+            # Only a batch holding a large submission gives way to small ones.
+            results = await self._forward(key, items, preempt=not all(s.small for s in subs))
         except Exception as exc:
             # A foreign error's message may quote the input: only ours are logged whole.
             said = f": {exc}" if isinstance(exc, RerankError) else ""
@@ -378,14 +408,75 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         if self._on_batch is not None:
             self._on_batch(BatchStats(len(items), tokens, len(subs), seconds))
 
-    async def _forward(self, key: Hashable, items: list[Any]) -> Sequence[Any]:
+    async def _forward(
+        self, key: Hashable, items: list[Any], *, preempt: bool = False
+    ) -> Sequence[Any]:
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor, self._run_batch, key, items)
-        if len(results) != len(items):
-            raise ScoringError(
-                f"the batch function returned {len(results)} results for {len(items)} items"
-            )
+        run = self._run_preemptible if preempt else self._run_batch
+        results = await loop.run_in_executor(self._executor, run, key, items)
+        _check_count(results, items)
         return results
+
+    # -- short batches between the layers of a long one (worker thread) ---------------------
+
+    def _run_preemptible(self, key: Hashable, items: list[Any]) -> Sequence[Any]:
+        if self.preempt_after is None:
+            return self._run_batch(key, items)
+        started = time.perf_counter()
+        after = self.preempt_after
+
+        def between_layers() -> None:
+            # Plain reads of the loop's counters: at worst one layer late.
+            if self._small_waiting and time.perf_counter() - started >= after:
+                self._run_small_batch()
+
+        with preemptible(between_layers):
+            return self._run_batch(key, items)
+
+    def _run_small_batch(self) -> None:
+        loop = self._loop_ref
+        assert loop is not None
+        take = asyncio.run_coroutine_threadsafe(self._take_small(), loop)
+        picked = take.result()
+        if not picked:
+            return
+        key = picked[0][0].key
+        items = [sub.items[i] for sub, i in picked]
+        start = time.perf_counter()
+        try:
+            results = self._run_batch(key, items)
+            _check_count(results, items)
+        except Exception:  # each submission's share alone: the error reaches only its own
+            subs = list(dict.fromkeys(sub for sub, _ in picked))
+            for sub in subs:
+                share = [(s, i) for s, i in picked if s is sub]
+                try:
+                    part = self._run_batch(key, [sub.items[i] for _, i in share])
+                    _check_count(part, share)
+                except Exception as exc:
+                    loop.call_soon_threadsafe(self._fail, sub, exc)
+                    continue
+                loop.call_soon_threadsafe(self._deliver, share, part)
+            return
+        stats = BatchStats(
+            len(items),
+            sum(sub.lengths[i] for sub, i in picked),
+            len({id(sub) for sub, _ in picked}),
+            time.perf_counter() - start,
+        )
+        loop.call_soon_threadsafe(self._delivered, picked, results, stats)
+
+    async def _take_small(self) -> list[tuple[_Submission, int]]:
+        if self._closing and not self._queue:
+            return []
+        return self._take(small_only=True)
+
+    def _delivered(
+        self, picked: list[tuple[_Submission, int]], results: Sequence[Any], stats: BatchStats
+    ) -> None:
+        self._deliver(picked, results)
+        if self._on_batch is not None:
+            self._on_batch(stats)
 
     async def _isolate(
         self, key: Hashable, picked: list[tuple[_Submission, int]], subs: list[_Submission]
@@ -409,3 +500,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             sub.remaining -= 1
             if sub.remaining == 0:
                 sub.future.set_result(sub.results)
+
+
+def _check_count(results: Sequence[Any], items: Sequence[Any]) -> None:
+    if len(results) != len(items):
+        raise ScoringError(
+            f"the batch function returned {len(results)} results for {len(items)} items"
+        )

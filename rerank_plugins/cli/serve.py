@@ -17,7 +17,7 @@ from typing import Any
 from rerank_plugins.cli.model_options import add_model_options, model_options
 from rerank_plugins.errors import InvalidInputError, RerankError
 from rerank_plugins.serve.connections import ConnectionLimits
-from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS, ServeOptions
+from rerank_plugins.serve.options import DEFAULT_BATCH_TOKENS, DEFAULT_PREEMPT_AFTER, ServeOptions
 from rerank_plugins.wire import API_KEY_ENV
 
 __all__ = ["add_serve_command", "run", "serve_options"]
@@ -53,6 +53,21 @@ def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     return sv
 
 
+def _preempt_after(text: str) -> float | None:
+    """``--preempt-after-ms``: milliseconds (0 or more) as seconds, or ``off``."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        ms = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a number of milliseconds or 'off': {text!r}"
+        ) from None
+    if not ms >= 0 or ms == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more milliseconds, got {text!r}")
+    return ms / 1000
+
+
 def _add_limits(limits: Any) -> None:
     limits.add_argument(
         "--max-batch-tokens",
@@ -67,6 +82,15 @@ def _add_limits(limits: Any) -> None:
         type=int,
         help="requests merged into one forward at most (default: no limit; 1 turns "
         "batching across requests off)",
+    )
+    limits.add_argument(
+        "--preempt-after-ms",
+        type=_preempt_after,
+        default=DEFAULT_PREEMPT_AFTER,
+        metavar="MS|off",
+        help="a forward holding a large request gives way, between two layers, to the small "
+        "requests queued after it has run this long: they need not wait for a long "
+        f"document's whole forward (default: {DEFAULT_PREEMPT_AFTER * 1000:g}; off: never)",
     )
     limits.add_argument(
         "--max-client-batch-size",
@@ -206,6 +230,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         port=args.port,
         served_model_name=args.served_model_name,
         max_batch_requests=args.max_batch_requests,
+        preempt_after=args.preempt_after_ms,
         max_client_batch_size=args.max_client_batch_size,
         max_body_bytes=args.max_body_bytes,
         max_queued_tokens=args.max_queued_tokens,

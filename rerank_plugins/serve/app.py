@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from rerank_plugins.batching.batcher import MicroBatcher
+from rerank_plugins.batching.batcher import DEFAULT_PREEMPT_AFTER, MicroBatcher
 from rerank_plugins.batching.strategy import strategy_for
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.scoring import Score, Scorer
@@ -62,6 +62,7 @@ def create_app(
     model_name: str | None = None,
     max_batch_tokens: int | None = None,
     max_batch_requests: int | None = None,
+    preempt_after: float | None = DEFAULT_PREEMPT_AFTER,
     max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE,
     max_queued_tokens: int | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -75,7 +76,10 @@ def create_app(
 
     ``max_batch_tokens``: token budget of one forward (default: the scorer's
     ``batch_tokens``, else :data:`DEFAULT_BATCH_TOKENS`); ``max_batch_requests``: requests
-    merged into one batch at most (1: no batching across requests); ``max_queued_tokens``
+    merged into one batch at most (1: no batching across requests); ``preempt_after``:
+    seconds a batch holding a large request runs before the small requests queued
+    meanwhile run between two of its layers (``None``: never; see
+    :class:`~rerank_plugins.batching.MicroBatcher`); ``max_queued_tokens``
     (default 32 batches' worth): tokens waiting before requests get 429;
     ``max_client_batch_size``: documents per request (over: 413); ``max_body_bytes``:
     request body limit (over: 413); ``body_timeout``: seconds a request's body may take
@@ -99,6 +103,7 @@ def create_app(
         max_batch_requests=max_batch_requests,
         max_queued_tokens=max_queued_tokens or 32 * max_batch_tokens,
         padded=strategy.padded,
+        preempt_after=preempt_after,
         on_batch=metrics.observe_batch,
         on_wait=metrics.observe_wait,
     )

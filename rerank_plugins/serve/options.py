@@ -7,12 +7,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from rerank_plugins.batching.batcher import DEFAULT_PREEMPT_AFTER
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.loading import is_remote
 from rerank_plugins.serve.connections import ConnectionLimits
 from rerank_plugins.wire import API_KEY_ENV
 
-__all__ = ["DEFAULT_BATCH_TOKENS", "LOOPBACK_HOSTS", "ServeOptions"]
+__all__ = ["DEFAULT_BATCH_TOKENS", "DEFAULT_PREEMPT_AFTER", "LOOPBACK_HOSTS", "ServeOptions"]
 
 DEFAULT_BATCH_TOKENS = 16384
 """The batcher's token budget when neither the options nor the scorer give one (TEI's);
@@ -34,6 +35,9 @@ class ServeOptions:
     port: int = 8000
     served_model_name: str | None = None
     max_batch_requests: int | None = None
+    preempt_after: float | None = DEFAULT_PREEMPT_AFTER
+    """Seconds a batch holding a large request runs before small requests queued meanwhile
+    run between its layers (``None``: never)."""
     max_client_batch_size: int = 1000
     max_body_bytes: int = 32 * 2**20
     max_queued_tokens: int | None = None
@@ -54,6 +58,10 @@ class ServeOptions:
         if key is not None and not key.strip():
             raise InvalidInputError(
                 "the API key is empty or only whitespace; give a real key or none (an open server)"
+            )
+        if self.preempt_after is not None and not self.preempt_after >= 0:
+            raise InvalidInputError(
+                f"--preempt-after-ms must be 0 or more, got {self.preempt_after * 1000:g}"
             )
         for name in ("batch_tokens", "max_batch_requests", "max_queued_tokens"):
             value = getattr(self, name)
@@ -91,6 +99,7 @@ class ServeOptions:
             "model_name": self.served_model_name or str(self.model),
             "max_batch_tokens": batch_tokens,
             "max_batch_requests": self.max_batch_requests,
+            "preempt_after": self.preempt_after,
             "max_client_batch_size": self.max_client_batch_size,
             "max_queued_tokens": self.max_queued_tokens,
             "max_body_bytes": self.max_body_bytes,

@@ -166,6 +166,25 @@ def test_model_options_before_or_after_serve_reach_the_scorer(argv: list[str]) -
     assert serve_options(args).scorer_options() == {"dtype": "bfloat16", "batch_tokens": 4096}
 
 
+@pytest.mark.parametrize(
+    ("given", "seconds"), [(None, 0.05), ("20", 0.02), ("0", 0.0), ("off", None)]
+)
+def test_preempt_after_ms_reaches_the_batcher(given: str | None, seconds: float | None) -> None:
+    flags = [] if given is None else ["--preempt-after-ms", given]
+    options = serve_options(_parser().parse_args(["serve", "--model", "DIR", *flags]))
+    assert options.preempt_after == seconds
+    assert options.app_options(batch_tokens=None)["preempt_after"] == seconds
+
+
+@pytest.mark.parametrize("given", ["-5", "soon", "inf"])
+def test_a_bad_preempt_after_ms_is_refused_by_name(
+    given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        _parser().parse_args(["serve", "--model", "DIR", "--preempt-after-ms", given])
+    assert exit_.value.code == 2 and "--preempt-after-ms" in capsys.readouterr().err
+
+
 def test_serve_defaults_to_the_rerank_model_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RERANK_MODEL", "/models/mine")
     assert _parser().parse_args(["serve"]).model == "/models/mine"

@@ -44,6 +44,7 @@ from rerank_plugins.local.engine.rope import (
     rotary_cos_sin,
 )
 from rerank_plugins.local.tokenization import EncodedPair
+from rerank_plugins.scoring import preemption_point
 
 __all__ = [
     "GteNewConfig",
@@ -273,6 +274,7 @@ class GteNewModel(nn.Module):
         x = emb.LayerNorm(x)
         cos, sin = rotary_cos_sin(self.inv_freq, batch.position_ids)
         for layer in self.new.encoder.layer:
+            preemption_point()
             x = layer(x, cos, sin, batch, backend)
         # The head (pooler + classifier) runs in fp32 whatever the trunk's dtype.
         first = x.index_select(0, batch.starts).float()  # <s> of each pair

@@ -52,6 +52,7 @@ from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.precision import PackedLinear, prepare_cpu_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.tokenization import EncodedPair
+from rerank_plugins.scoring import preemption_point
 
 __all__ = [
     "ModernBert",
@@ -306,6 +307,7 @@ class ModernBertTrunk(nn.Module):
         wanted = set(exits)
         found: dict[int, torch.Tensor] = {}
         for i in range(start, max(exits)):
+            preemption_point()
             layer: Any = self.layers[i]
             theta, window = spec.thetas[i], spec.windows[i]
             if theta not in tables:

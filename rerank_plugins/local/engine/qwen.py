@@ -39,6 +39,7 @@ from rerank_plugins.local.engine.causal import CausalBatch, causal_attention, ch
 from rerank_plugins.local.engine.modernbert import _load_module, _placed
 from rerank_plugins.local.engine.precision import quantize_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
+from rerank_plugins.scoring import preemption_point
 
 __all__ = ["Context", "QwenReranker", "QwenSpec", "QwenTrunk", "build_qwen", "load_qwen"]
 
@@ -208,6 +209,7 @@ class QwenTrunk(nn.Module):
         x = self.embed_tokens(batch.input_ids)
         kept: Context = []
         for i, module in enumerate(self.layers):
+            preemption_point()
             layer: Any = module
             attn: Any = layer.self_attn
             hidden = layer.input_layernorm(x)
