@@ -37,6 +37,7 @@ SCRIPTS = [
     "bench_bulk.py",
     "bench_chunking.py",
     "bench_decoder.py",
+    "bench_local_attention.py",
 ]
 TIMEOUT_S = 300
 
@@ -260,6 +261,16 @@ def test_decoder_benchmark_times_every_engine_and_vocabulary(smoke_runs: dict[st
 
 
 # --- the harness on its own (no timing asserted) ----------------------------------------
+
+
+def test_local_attention_benchmark_times_both_paths_with_equal_scores(
+    smoke_runs: dict[str, Any],
+) -> None:
+    rows = finished(smoke_runs, "bench_local_attention.py")["results"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["blocked_ms"] > 0 and row["auto_ms"] > 0 and row["ratio"] > 0
+        assert row["max_abs_delta"] < 1e-5  # the two paths compute the same attention
 
 
 def test_pair_workloads_subset_draws_the_same_documents_as_a_full_run() -> None:
