@@ -117,7 +117,8 @@ def load_model(
     ``cascade`` option (a second model's spec) and ``keep``, a
     :class:`~rerank_plugins.cascade.scorer.Cascade` of ``model`` and that second model,
     which gets the same options but the matryoshka exit ones and ``calibration`` (only
-    ``overflow`` when it is of the other kind, local or remote). ``load`` loads one model
+    ``overflow`` and ``instruction`` when it is of the other kind, local or remote).
+    ``load`` loads one model
     (``load_scorer``). The command line, ``serve`` and ``score`` build their scorer with it.
     """
 
@@ -131,5 +132,5 @@ def load_model(
     # A calibration file belongs to the first model (its checkpoint and mode).
     rest = {k: v for k, v in options.items() if k not in ("layer", "dim", "calibration")}
     if is_remote(second) != is_remote(model):  # the kinds take different options
-        rest = {k: v for k, v in rest.items() if k == "overflow"}
+        rest = {k: v for k, v in rest.items() if k in ("overflow", "instruction")}
     return Cascade(load(model, **options), load(second, **rest), keep=keep)

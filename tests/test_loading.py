@@ -62,3 +62,29 @@ def test_config_is_read_not_guessed(modernbert_dir: Path, tmp_path: Path) -> Non
     (other / "config.json").write_text(json.dumps({**config, "architectures": ["ModernBertModel"]}))
     with pytest.raises(UnsupportedModelError, match="not a reranker"):
         load_scorer(str(other))
+
+
+def test_a_cascade_of_two_kinds_passes_overflow_and_instruction_to_the_second() -> None:
+    from rerank_plugins.loading import load_model
+    from rerank_plugins.testing import FunctionScorer
+
+    seen: dict[str, dict[str, object]] = {}
+
+    def load(model: str, **options: object) -> FunctionScorer:
+        seen[model] = options
+        return FunctionScorer(lambda q, d: float(len(d)))
+
+    options = {
+        "cascade": "http://127.0.0.1:9/v1/rerank",
+        "keep": 2,
+        "device": "cpu",
+        "overflow": "chunk",
+        "instruction": "find the answer",
+        "calibration": "cal.json",
+    }
+    load_model("DIR", options, load=load)
+    assert seen["DIR"]["instruction"] == "find the answer"
+    assert seen["http://127.0.0.1:9/v1/rerank"] == {
+        "overflow": "chunk",
+        "instruction": "find the answer",
+    }
