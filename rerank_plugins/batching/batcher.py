@@ -167,6 +167,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self.small_tokens = max_batch_tokens // 4 if small_tokens is None else small_tokens
         self._small_waiting = 0  # small submissions in the queue (read by the worker)
         self._loop_ref: asyncio.AbstractEventLoop | None = None
+        self.handoff_timeout = 1.0  # seconds the worker waits for the loop's small batch
         self._queue: deque[_Submission] = deque()
         self._queued_tokens = 0
         self._wakeup: asyncio.Event | None = None
@@ -436,8 +437,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     def _run_small_batch(self) -> None:
         loop = self._loop_ref
         assert loop is not None
-        take = asyncio.run_coroutine_threadsafe(self._take_small(), loop)
-        picked = take.result()
+        handoff = _Handoff()
+        try:
+            loop.call_soon_threadsafe(self._take_small, handoff)
+        except RuntimeError:  # the loop is closed: nobody to answer
+            return
+        picked = handoff.wait(self.handoff_timeout)
         if not picked:
             return
         key = picked[0][0].key
@@ -466,10 +471,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         )
         loop.call_soon_threadsafe(self._delivered, picked, results, stats)
 
-    async def _take_small(self) -> list[tuple[_Submission, int]]:
-        if self._closing and not self._queue:
-            return []
-        return self._take(small_only=True)
+    def _take_small(self, handoff: _Handoff) -> None:
+        """On the loop: the small batch for the worker, unless it stopped waiting."""
+        with handoff.lock:
+            if not handoff.abandoned:
+                handoff.picked = self._take(small_only=True)
+        handoff.ready.set()
 
     def _delivered(
         self, picked: list[tuple[_Submission, int]], results: Sequence[Any], stats: BatchStats
@@ -507,3 +514,22 @@ def _check_count(results: Sequence[Any], items: Sequence[Any]) -> None:
         raise ScoringError(
             f"the batch function returned {len(results)} results for {len(items)} items"
         )
+
+
+class _Handoff:
+    """A small batch handed from the event loop to the worker between two layers. A
+    worker that stops waiting (the loop is blocked or gone) marks it abandoned under the
+    lock, so the loop never takes items nobody will run."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.picked: list[tuple[_Submission, int]] | None = None
+        self.abandoned = False
+
+    def wait(self, timeout: float) -> list[tuple[_Submission, int]] | None:
+        self.ready.wait(timeout)
+        with self.lock:
+            if self.picked is None:
+                self.abandoned = True
+            return self.picked

@@ -134,3 +134,47 @@ def test_the_hook_never_runs_inside_itself_and_is_restored() -> None:
         preemption_point()
     preemption_point()  # outside: nothing installed
     assert calls == [1, 1]
+
+
+def test_a_worker_never_waits_long_for_a_loop_that_does_not_answer() -> None:
+    # A loop that is blocked or gone must not hang the forward (nor, at exit, the
+    # interpreter); items it has not handed over stay queued, never lost.
+    run = Layered()
+    batcher: MicroBatcher[Item, str] = MicroBatcher(run, max_batch_tokens=1000)
+    idle = asyncio.new_event_loop()  # never runs: the worker's request is not answered
+    try:
+        batcher._loop_ref = idle
+        batcher.handoff_timeout = 0.05
+        started = time.perf_counter()
+        batcher._run_small_batch()
+        assert time.perf_counter() - started < 1.0
+        sub = asyncio.Future(loop=idle)  # a queued small submission, for when it runs late
+        queued = _queued(batcher, sub)
+        idle.call_soon(idle.stop)
+        idle.run_forever()  # the late callback: abandoned, so it takes nothing
+        assert list(batcher._queue) == [queued] and queued.pending
+    finally:
+        idle.close()
+    batcher._run_small_batch()  # a closed loop: returns at once
+    assert run.log == []
+
+
+def _queued(batcher: MicroBatcher[Item, str], future: asyncio.Future[list[str]]) -> object:
+    from collections import deque
+
+    from rerank_plugins.batching.batcher import _Submission
+
+    sub = _Submission(
+        key=None,
+        items=[("late", 0)],
+        lengths=[5],
+        future=future,
+        pending=deque([0]),
+        results=[None],
+        remaining=1,
+        small=True,
+    )
+    batcher._queue.append(sub)
+    batcher._small_waiting += 1
+    batcher._queued_tokens += 5
+    return sub
