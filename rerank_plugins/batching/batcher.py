@@ -155,6 +155,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             raise ValueError(f"max_batch_requests must be positive, got {max_batch_requests}")
         if max_queued_tokens is not None and max_queued_tokens <= 0:
             raise ValueError(f"max_queued_tokens must be positive, got {max_queued_tokens}")
+        if preempt_after is not None and not preempt_after >= 0:
+            raise ValueError(f"preempt_after must be 0 or more seconds, got {preempt_after}")
+        if small_tokens is not None and small_tokens < 0:
+            raise ValueError(f"small_tokens must be 0 or more, got {small_tokens}")
         self._run_batch = run_batch
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests
@@ -392,13 +396,11 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             # Only a batch holding a large submission gives way to small ones.
             results = await self._forward(key, items, preempt=not all(s.small for s in subs))
         except Exception as exc:
-            # A foreign error's message may quote the input: only ours are logged whole.
-            said = f": {exc}" if isinstance(exc, RerankError) else ""
-            logger.warning("a batch of %d items failed: %s%s", len(items), type(exc).__name__, said)
+            _log_failure(len(items), exc)
             if len(subs) == 1:
                 self._fail(subs[0], exc)
             else:  # find whose items raise: each submission's share alone
-                await self._isolate(key, picked, subs)
+                await self._isolate(key, picked)
             return
         seconds = time.perf_counter() - start
         if seconds > 0:
@@ -451,15 +453,18 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         try:
             results = self._run_batch(key, items)
             _check_count(results, items)
-        except Exception:  # each submission's share alone: the error reaches only its own
-            subs = list(dict.fromkeys(sub for sub, _ in picked))
-            for sub in subs:
-                share = [(s, i) for s, i in picked if s is sub]
+        except Exception as exc:  # as in _run: the error reaches only its own submission
+            _log_failure(len(items), exc)
+            shares = _shares(picked)
+            if len(shares) == 1:
+                loop.call_soon_threadsafe(self._fail, shares[0][0], exc)
+                return
+            for sub, share in shares:
                 try:
                     part = self._run_batch(key, [sub.items[i] for _, i in share])
                     _check_count(part, share)
-                except Exception as exc:
-                    loop.call_soon_threadsafe(self._fail, sub, exc)
+                except Exception as failure:
+                    loop.call_soon_threadsafe(self._fail, sub, failure)
                     continue
                 loop.call_soon_threadsafe(self._deliver, share, part)
             return
@@ -485,13 +490,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         if self._on_batch is not None:
             self._on_batch(stats)
 
-    async def _isolate(
-        self, key: Hashable, picked: list[tuple[_Submission, int]], subs: list[_Submission]
-    ) -> None:
-        for sub in subs:
+    async def _isolate(self, key: Hashable, picked: list[tuple[_Submission, int]]) -> None:
+        for sub, share in _shares(picked):
             if sub.future.done():
                 continue
-            share = [(s, i) for s, i in picked if s is sub]
             try:
                 results = await self._forward(key, [sub.items[i] for _, i in share])
             except Exception as exc:  # reaches only this submission
@@ -507,6 +509,20 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             sub.remaining -= 1
             if sub.remaining == 0:
                 sub.future.set_result(sub.results)
+
+
+def _shares(
+    picked: list[tuple[_Submission, int]],
+) -> list[tuple[_Submission, list[tuple[_Submission, int]]]]:
+    """Each submission of a batch with its own (submission, item) pairs, in batch order."""
+    subs = dict.fromkeys(sub for sub, _ in picked)
+    return [(sub, [(s, i) for s, i in picked if s is sub]) for sub in subs]
+
+
+def _log_failure(n_items: int, exc: BaseException) -> None:
+    # A foreign error's message may quote the input: only ours are logged whole.
+    said = f": {exc}" if isinstance(exc, RerankError) else ""
+    logger.warning("a batch of %d items failed: %s%s", n_items, type(exc).__name__, said)
 
 
 def _check_count(results: Sequence[Any], items: Sequence[Any]) -> None:

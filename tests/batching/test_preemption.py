@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Hashable
+from typing import Any
 
 import pytest
 
@@ -148,7 +149,7 @@ def test_a_worker_never_waits_long_for_a_loop_that_does_not_answer() -> None:
         started = time.perf_counter()
         batcher._run_small_batch()
         assert time.perf_counter() - started < 1.0
-        sub = asyncio.Future(loop=idle)  # a queued small submission, for when it runs late
+        sub: asyncio.Future[list[str]] = asyncio.Future(loop=idle)  # for when it runs late
         queued = _queued(batcher, sub)
         idle.call_soon(idle.stop)
         idle.run_forever()  # the late callback: abandoned, so it takes nothing
@@ -159,7 +160,7 @@ def test_a_worker_never_waits_long_for_a_loop_that_does_not_answer() -> None:
     assert run.log == []
 
 
-def _queued(batcher: MicroBatcher[Item, str], future: asyncio.Future[list[str]]) -> object:
+def _queued(batcher: MicroBatcher[Item, str], future: asyncio.Future[list[str]]) -> Any:
     from collections import deque
 
     from rerank_plugins.batching.batcher import _Submission
@@ -178,3 +179,11 @@ def _queued(batcher: MicroBatcher[Item, str], future: asyncio.Future[list[str]])
     batcher._small_waiting += 1
     batcher._queued_tokens += 5
     return sub
+
+
+@pytest.mark.parametrize(
+    "options", [{"preempt_after": -0.01}, {"preempt_after": float("nan")}, {"small_tokens": -1}]
+)
+def test_a_negative_preemption_setting_is_refused(options: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="0 or more"):
+        MicroBatcher(Layered(), max_batch_tokens=1000, **options)  # type: ignore[arg-type]
