@@ -49,7 +49,7 @@ from rerank_plugins.local.engine.attention import (
     contiguous,
 )
 from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
-from rerank_plugins.local.engine.precision import PackedLinear, prepare_cpu_linears
+from rerank_plugins.local.engine.precision import add_linear, prepare_cpu_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.local.tokenization import EncodedPair
 from rerank_plugins.scoring import preemption_point
@@ -326,22 +326,12 @@ class ModernBertTrunk(nn.Module):
                 backend=backends.for_window(window),
                 scale=head_dim**-0.5,
             )
-            x = _add_linear(x, a.reshape(t, spec.hidden_size), layer.attn.Wo)
+            x = add_linear(x, a.reshape(t, spec.hidden_size), layer.attn.Wo)
             gate_in, gate = layer.mlp.Wi(layer.mlp_norm(x)).chunk(2, dim=-1)
-            x = _add_linear(x, self._act(gate_in) * gate, layer.mlp.Wo)
+            x = add_linear(x, self._act(gate_in) * gate, layer.mlp.Wo)
             if i + 1 in wanted:
                 found[i + 1] = self.final_norm(x) if final_norm else x
         return [found[e] for e in exits]
-
-
-def _add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Module) -> torch.Tensor:
-    """``residual + linear(x)``, the add fused into the matmul when there is no bias (an
-    int8 :class:`~rerank_plugins.local.engine.precision.Int8DynamicLinear` adds after)."""
-    if isinstance(linear, nn.Linear) and linear.bias is None:
-        return torch.addmm(residual, x, linear.weight.t())
-    if isinstance(linear, PackedLinear) and x.dim() == 2 and residual.dtype == x.dtype:
-        return linear.add_to(residual, x)  # oneDNN-prepacked: the add fused as well
-    return residual + linear(x)
 
 
 class PredictionHead(nn.Module):

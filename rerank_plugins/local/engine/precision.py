@@ -44,6 +44,7 @@ __all__ = [
     "INT8_FEATURES",
     "Int8DynamicLinear",
     "PackedLinear",
+    "add_linear",
     "check_mode",
     "cpu_features",
     "has_packed_linear",
@@ -218,6 +219,16 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN"
+
+
+def add_linear(residual: torch.Tensor, x: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+    """``residual + linear(x)``, the add fused into the matmul when there is no bias (an
+    int8 :class:`Int8DynamicLinear` adds after)."""
+    if isinstance(linear, nn.Linear) and linear.bias is None:
+        return torch.addmm(residual, x, linear.weight.t())
+    if isinstance(linear, PackedLinear) and x.dim() == 2 and residual.dtype == x.dtype:
+        return linear.add_to(residual, x)  # oneDNN-prepacked: the add fused as well
+    return residual + linear(x)
 
 
 def prepack_linears(module: nn.Module) -> int:

@@ -36,8 +36,8 @@ from torch import nn
 from rerank_plugins.errors import CheckpointError, UnsupportedModelError
 from rerank_plugins.local.checkpoint import config_float, config_int, load_state_dict, read_json
 from rerank_plugins.local.engine.causal import CausalBatch, causal_attention, choose_causal_backend
-from rerank_plugins.local.engine.modernbert import _add_linear, _load_module, _placed
-from rerank_plugins.local.engine.precision import prepare_cpu_linears
+from rerank_plugins.local.engine.modernbert import _load_module, _placed
+from rerank_plugins.local.engine.precision import add_linear, prepare_cpu_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
 from rerank_plugins.scoring import preemption_point
 
@@ -230,10 +230,10 @@ class QwenTrunk(nn.Module):
                 backend=self.backend,
                 scale=d**-0.5,
             )
-            x = _add_linear(x, a.reshape(t, h * d), attn.o_proj)
+            x = add_linear(x, a.reshape(t, h * d), attn.o_proj)
             mlp: Any = layer.mlp
             hidden = layer.post_attention_layernorm(x)
-            x = _add_linear(x, F.silu(mlp.gate_proj(hidden)) * mlp.up_proj(hidden), mlp.down_proj)
+            x = add_linear(x, F.silu(mlp.gate_proj(hidden)) * mlp.up_proj(hidden), mlp.down_proj)
         return x, kept
 
 
