@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from rerank_plugins.errors import InvalidInputError
 from rerank_plugins.local.engine.flex import flex
+from rerank_plugins.local.engine.onednn_attention import sdpa
 from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 
 __all__ = [
@@ -389,7 +390,7 @@ def _one_sequence(
     path, which materialises the ``L x L`` scores (16 GiB at 32K tokens, 2 heads).
     """
     q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
-    out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=mask, scale=scale)
+    out = sdpa(q4, k4, v4, mask, scale)
     return out.select(0, 0).transpose(0, 1)
 
 
@@ -460,7 +461,7 @@ def _sdpa_global(
         qb, kb, vb = (
             x.index_select(0, bucket.index).view(n, length, h, d).transpose(1, 2) for x in (q, k, v)
         )  # [n, H, L, D]
-        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=scale)
+        o = sdpa(qb, kb, vb, mask, scale)
         rows = o.transpose(1, 2).reshape(n * length, h, d).index_select(0, bucket.valid)
         out.index_copy_(0, bucket.dest, rows)
     return out
@@ -517,5 +518,5 @@ def _sdpa_local(
         return padded.unfold(0, span, block).permute(0, 1, 3, 2)
 
     qb = F.pad(q, (0, 0, 0, 0, 0, tail)).view(n_blocks, block, h, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(qb, keys(k), keys(v), attn_mask=mask, scale=scale)
+    out = sdpa(qb, keys(k), keys(v), mask, scale)
     return out.transpose(1, 2).reshape(n_blocks * block, h, d).narrow(0, 0, t)

@@ -29,6 +29,7 @@ Reuse: :meth:`ModernBertTrunk.encode` returns token-level hidden states ``[T, hi
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from rerank_plugins.local.engine.attention import (
     choose_backends,
     contiguous,
 )
+from rerank_plugins.local.engine.fused import fusion_enabled
+from rerank_plugins.local.engine.modernbert_fused import fused_layer
 from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.precision import add_linear, prepare_cpu_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
@@ -306,6 +309,8 @@ class ModernBertTrunk(nn.Module):
         tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
         wanted = set(exits)
         found: dict[int, torch.Tensor] = {}
+        fuse = fusion_enabled(x.device)
+        act, eps = spec.hidden_activation, spec.norm_eps
         for i in range(start, max(exits)):
             preemption_point()
             layer: Any = self.layers[i]
@@ -313,22 +318,25 @@ class ModernBertTrunk(nn.Module):
             if theta not in tables:
                 tables[theta] = rotary_cos_sin(self._inv_freq[theta], batch.position_ids)
             cos, sin = tables[theta]
-            h = x if layer.attn_norm is None else layer.attn_norm(x)
-            qkv = layer.attn.Wqkv(h).view(t, 3, heads, head_dim)
-            # q and k rotate in one pass: [T, 2, H, D] viewed as [T, 2H, D].
-            qk = apply_rotary(qkv.narrow(1, 0, 2).reshape(t, 2 * heads, head_dim), cos, sin)
-            a = attention(
-                qk.narrow(1, 0, heads),
-                qk.narrow(1, heads, heads),
-                contiguous(qkv.select(1, 2)),
-                batch,
+            attend = functools.partial(
+                attention,
+                batch=batch,
                 window=window,
                 backend=backends.for_window(window),
                 scale=head_dim**-0.5,
             )
-            x = add_linear(x, a.reshape(t, spec.hidden_size), layer.attn.Wo)
-            gate_in, gate = layer.mlp.Wi(layer.mlp_norm(x)).chunk(2, dim=-1)
-            x = add_linear(x, self._act(gate_in) * gate, layer.mlp.Wo)
+            if fuse:  # the CPU: the same maths, elementwise passes fused (engine/fused.py)
+                x = fused_layer(layer, x, cos, sin, attend, heads=heads, act=act, eps=eps)
+            else:
+                h = x if layer.attn_norm is None else layer.attn_norm(x)
+                qkv = layer.attn.Wqkv(h).view(t, 3, heads, head_dim)
+                # q and k rotate in one pass: [T, 2, H, D] viewed as [T, 2H, D].
+                qk = apply_rotary(qkv.narrow(1, 0, 2).reshape(t, 2 * heads, head_dim), cos, sin)
+                v = contiguous(qkv.select(1, 2))
+                a = attend(qk.narrow(1, 0, heads), qk.narrow(1, heads, heads), v)
+                x = add_linear(x, a.reshape(t, spec.hidden_size), layer.attn.Wo)
+                gate_in, gate = layer.mlp.Wi(layer.mlp_norm(x)).chunk(2, dim=-1)
+                x = add_linear(x, self._act(gate_in) * gate, layer.mlp.Wo)
             if i + 1 in wanted:
                 found[i + 1] = self.final_norm(x) if final_norm else x
         return [found[e] for e in exits]

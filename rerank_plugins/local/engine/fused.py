@@ -1,0 +1,259 @@
+"""The CPU trunk's elementwise steps, fused into single passes by Inductor.
+
+Between two matrix products a layer runs a chain of elementwise steps: LayerNorm, RoPE,
+the GELU gate, and in the int8 mode the per-token quantization before every product and
+the rescaling after it. Run one torch op at a time, each step reads and writes the whole
+``[T, width]`` activation: on a 512-token batch these passes cost as much CPU time as the
+int8 matrix products themselves (``benchmarks/RESULTS.md``, issue 25). Each function below
+is one such chain, written in plain torch; :class:`FusedStep` compiles it once with
+``torch.compile(dynamic=True)`` (any token count, one compilation per dtype) into a
+single loop that reads its inputs once.
+
+When it runs: on the CPU, when ``RERANK_PLUGINS_COMPILE`` is unset or ``auto`` and a C++
+compiler is on the path (Inductor generates C++); ``0`` turns it off, ``1`` insists
+(a missing compiler is then an error instead of a fallback). The first call of each step
+in a process compiles it (about 2-6 CPU-seconds per step on a cold cache, under a second
+once Inductor's on-disk cache under ``$TORCHINDUCTOR_CACHE_DIR`` holds it); a step whose
+compilation fails logs one warning and runs the same function eagerly from then on, so
+the scores never depend on whether a compiler was found (the parity tests run both).
+
+Numerics: every function computes in fp32 and returns the dtype it was given (bf16 in
+the bf16 mode), as the eager trunk does; the fused loops sum in another order (parity
+within 1e-4 against transformers unchanged).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rerank_plugins.errors import UnsupportedDeviceError
+
+__all__ = [
+    "COMPILE_ENV",
+    "FusedStep",
+    "act_gate",
+    "act_gate_quantize",
+    "add_dequantize",
+    "add_norm_quantize",
+    "compile_mode",
+    "fusion_enabled",
+    "norm_quantize",
+    "quantize_rows",
+    "rope_qkv",
+    "rope_qkv_int8",
+]
+
+logger = logging.getLogger(__name__)
+
+COMPILE_ENV = "RERANK_PLUGINS_COMPILE"
+
+_ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "swish": F.silu,
+    "relu": F.relu,
+}
+
+
+def compile_mode() -> str:
+    """``"auto"``, ``"on"`` or ``"off"``, from ``$RERANK_PLUGINS_COMPILE``."""
+    raw = os.environ.get(COMPILE_ENV, "auto").strip().lower()
+    if raw in ("", "auto"):
+        return "auto"
+    if raw in ("1", "on", "true", "yes"):
+        return "on"
+    if raw in ("0", "off", "false", "no"):
+        return "off"
+    raise UnsupportedDeviceError(f"{COMPILE_ENV}={raw!r}: use auto, 1 or 0")
+
+
+@functools.cache
+def _compiler_found() -> bool:
+    return shutil.which(os.environ.get("CXX", "c++")) is not None or any(
+        shutil.which(name) is not None for name in ("g++", "clang++")
+    )
+
+
+def fusion_enabled(device: torch.device) -> bool:
+    """Whether the trunk on ``device`` runs the fused steps (the CPU, compiling allowed)."""
+    if device.type != "cpu":
+        return False
+    mode = compile_mode()
+    if mode == "off":
+        return False
+    if mode == "on":
+        return True
+    return _compiler_found()
+
+
+class FusedStep:
+    """A pure tensor function, compiled on its first call; eager if compiling fails.
+
+    >>> step = FusedStep(lambda x: x * 2 + 1)
+    >>> step.eager(torch.ones(2)).tolist()
+    [3.0, 3.0]
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.eager = fn
+        self._compiled: Callable[..., Any] | None = None
+        self._failed = False
+        self._lock = threading.Lock()
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any) -> Any:
+        if self._failed:
+            return self.eager(*args)
+        if self._compiled is None:
+            with self._lock:
+                if self._compiled is None:
+                    self._compiled = torch.compile(self.eager, dynamic=True, fullgraph=True)
+        try:
+            return self._compiled(*args)
+        except Exception as exc:
+            if compile_mode() == "on":
+                raise UnsupportedDeviceError(
+                    f"{COMPILE_ENV}=1 but Inductor could not compile "
+                    f"{self.eager.__name__}: {type(exc).__name__}: {str(exc)[:300]}"
+                ) from exc
+            self._failed = True
+            logger.warning(
+                "torch.compile of %s failed (%s: %s); running it eagerly (slower, same "
+                "scores). Set %s=0 to skip compiling.",
+                self.eager.__name__,
+                type(exc).__name__,
+                str(exc)[:200],
+                COMPILE_ENV,
+            )
+            return self.eager(*args)
+
+
+# --- the steps (plain torch; each compiles to one or two loops) -----------------------
+
+
+def _quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+    return torch.round(x / scale).to(torch.int8), scale
+
+
+def _dequantize(
+    acc: torch.Tensor, scale: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    y = acc.to(torch.float32) * scale * wscale
+    return y if bias is None else y + bias
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x [T, H, D]`` fp32 rotated by ``cos, sin [T, D]`` (both halves repeat)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x.narrow(-1, 0, half), x.narrow(-1, half, half)
+    c, s = cos.narrow(-1, 0, half).unsqueeze(1), sin.narrow(-1, 0, half).unsqueeze(1)
+    return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+
+
+def _split_rope(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t = qkv.shape[0]
+    y = qkv.view(t, 3, heads, -1)
+    q = _rotate(y.select(1, 0), cos, sin).to(dtype)
+    k = _rotate(y.select(1, 1), cos, sin).to(dtype)
+    v = y.select(1, 2).to(dtype).contiguous()
+    return q, k, v
+
+
+@FusedStep
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: ``x [T, n]`` → ``(int8 [T, n], fp32 scale [T, 1])``."""
+    return _quantize(x.to(torch.float32))
+
+
+@FusedStep
+def norm_quantize(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LayerNorm of ``x [T, n]`` quantized per row."""
+    h = F.layer_norm(x.to(torch.float32), (x.shape[-1],), weight, bias, eps)
+    return _quantize(h)
+
+
+@FusedStep
+def add_norm_quantize(
+    x: torch.Tensor,
+    acc: torch.Tensor,
+    scale: torch.Tensor,
+    wscale: torch.Tensor,
+    bias: torch.Tensor | None,
+    weight: torch.Tensor,
+    norm_bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The residual ``x + dequantize(acc)``, and its LayerNorm quantized per row."""
+    out = x + _dequantize(acc, scale, wscale, bias)
+    return (out, *_quantize(F.layer_norm(out, (out.shape[-1],), weight, norm_bias, eps)))
+
+
+@FusedStep
+def add_dequantize(
+    x: torch.Tensor,
+    acc: torch.Tensor,
+    scale: torch.Tensor,
+    wscale: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """The residual ``x + dequantize(acc)``."""
+    return x + _dequantize(acc, scale, wscale, bias)
+
+
+@FusedStep
+def act_gate(y: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(input) * gate`` of the packed ``y = [input | gate]``, in ``y``'s dtype."""
+    a, g = y.to(torch.float32).chunk(2, dim=-1)
+    return (_ACT[act](a) * g).to(y.dtype)
+
+
+@FusedStep
+def act_gate_quantize(
+    acc: torch.Tensor,
+    scale: torch.Tensor,
+    wscale: torch.Tensor,
+    bias: torch.Tensor | None,
+    act: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``act(input) * gate`` of the dequantized ``[input | gate]``, quantized per row."""
+    a, g = _dequantize(acc, scale, wscale, bias).chunk(2, dim=-1)
+    return _quantize(_ACT[act](a) * g)
+
+
+@FusedStep
+def rope_qkv(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[q | k | v]`` ``[T, 3 * H * D]`` → contiguous ``q, k, v [T, H, D]``, q and k
+    rotated (in fp32), all in ``qkv``'s dtype."""
+    return _split_rope(qkv.to(torch.float32), cos, sin, heads, qkv.dtype)
+
+
+@FusedStep
+def rope_qkv_int8(
+    acc: torch.Tensor,
+    scale: torch.Tensor,
+    wscale: torch.Tensor,
+    bias: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`rope_qkv` of the dequantized int32 product; fp32 out."""
+    return _split_rope(_dequantize(acc, scale, wscale, bias), cos, sin, heads, torch.float32)

@@ -1,0 +1,162 @@
+"""Attention on the CPU through oneDNN Graph's fused SDPA kernel, where it is faster.
+
+torch's CPU ``scaled_dot_product_attention`` (its flash kernel) does its block products
+with the BLAS of the wheel: MKL, which on AMD CPUs runs at less than half of the fp32 GEMM
+peak that oneDNN reaches (``benchmarks/cpu_peak.py``). oneDNN Graph fuses the pattern
+``softmax(q @ k^T * scale + mask) @ v`` into one kernel of its own; measured on this
+project's 512-token batches (6 heads of 64) it takes 0.45-0.5x the CPU time of torch's
+kernel in fp32 (same result within 1e-6) and about 0.25x in bf16
+(``benchmarks/RESULTS.md``, issue 25).
+
+torch exposes oneDNN Graph through TorchScript only: :func:`sdpa` traces the pattern once
+per input signature (shapes, strides, dtype, mask, scale; 10-100 ms, then two slower
+profiling calls) and keeps up to ``_CACHE_SIZE`` traced functions; the oneDNN fuser is
+switched on around each call only (TorchScript's LLGA flag, restored after). The kernel holds a
+query block's whole score row, so it runs where keys are at most ``MAX_KEYS``; longer
+sequences stay on torch's flash kernel, as does everything when
+``RERANK_PLUGINS_COMPILE=0``, when the torch build lacks the fuser, or after a trace
+fails (logged once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rerank_plugins.local.engine.fused import fusion_enabled
+
+__all__ = ["MAX_KEYS", "onednn_available", "sdpa"]
+
+logger = logging.getLogger(__name__)
+
+MAX_KEYS = 1024
+_CACHE_SIZE = 256
+_WARM_CALLS = 2
+
+_lock = threading.Lock()
+_traced: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+_state = {"failed": False}
+
+
+def onednn_available() -> bool:
+    """Whether this torch can fuse attention with oneDNN Graph (x86/arm64 CPU wheels)."""
+    return (
+        not _state["failed"]
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch._C, "_jit_set_llga_enabled")
+        and hasattr(torch._C, "_jit_llga_enabled")
+    )
+
+
+def _pattern(scale: float, masked: bool) -> Callable[..., torch.Tensor]:
+    if masked:
+
+        def attend_masked(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+        ) -> torch.Tensor:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * scale + mask
+            return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+        return attend_masked
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+    return attend
+
+
+def _signature(scale: float, *tensors: torch.Tensor) -> tuple[Any, ...]:
+    return (scale, *((t.dtype, tuple(t.shape), t.stride()) for t in tensors))
+
+
+def _call(fn: Any, args: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    before = torch._C._jit_llga_enabled()
+    torch._C._jit_set_llga_enabled(True)  # the oneDNN fuser, for this call only
+    try:
+        out: torch.Tensor = fn(*args)
+    finally:
+        torch._C._jit_set_llga_enabled(before)
+    return out
+
+
+def _get(key: tuple[Any, ...], scale: float, args: tuple[torch.Tensor, ...]) -> Any:
+    with _lock:
+        fn = _traced.get(key)
+        if fn is not None:
+            _traced.move_to_end(key)
+            return fn
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+        fn = torch.jit.trace(_pattern(scale, len(args) == 4), args, check_trace=False)
+        # The profiling executor runs the unfused graph first, then fuses: run it until
+        # it does, so that every result comes from the one kernel (same bits each call).
+        for _ in range(_WARM_CALLS):
+            _call(fn, args)
+    with _lock:
+        _traced[key] = fn
+        while len(_traced) > _CACHE_SIZE:
+            _traced.popitem(last=False)
+    return fn
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """``x [n, H, L, D]`` as a layout oneDNN can describe: contiguous, or the
+    ``[n, L, H, D]`` transpose of a contiguous tensor (the packed axis's own); anything
+    else (the overlapping windows of blocked local attention) is copied."""
+    n, h, length, d = x.shape
+    # Strides written out in full: torch calls a tensor contiguous whatever the stride of
+    # a size-1 dimension, oneDNN reads every stride as given.
+    if x.is_contiguous():
+        return x.as_strided(x.shape, (h * length * d, length * d, d, 1))
+    if x.transpose(1, 2).is_contiguous():
+        return x.as_strided(x.shape, (length * h * d, d, h * d, 1))
+    # Copied as [n, L, H, D]: whole token rows at a time, the order they lie in.
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def eligible(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether :func:`sdpa` would take the oneDNN kernel for these inputs."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.bfloat16)
+        and k.shape[-2] <= MAX_KEYS
+        and fusion_enabled(q.device)
+        and onednn_available()
+    )
+
+
+def sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """``scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)`` for 4-D
+    ``[n, H, L, D]`` inputs and a boolean ``mask`` (True: attend) or none, through oneDNN
+    Graph when :func:`eligible`, else torch's kernel. Every query row must see a key."""
+    if not eligible(q, k):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    args: tuple[torch.Tensor, ...] = tuple(_dense(x) for x in (q, k, v))
+    if mask is not None:
+        additive = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+        args = (*args, additive.masked_fill_(mask.logical_not(), float("-inf")))
+    try:
+        fn = _get(_signature(scale, *args), scale, args)
+        return _call(fn, args)
+    except Exception as exc:  # a torch whose TorchScript or oneDNN Graph cannot run this
+        _state["failed"] = True
+        logger.warning(
+            "oneDNN Graph attention failed (%s: %s); using torch's kernel from now on",
+            type(exc).__name__,
+            str(exc)[:200],
+        )
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
