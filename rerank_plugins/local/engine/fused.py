@@ -97,6 +97,19 @@ def fusion_enabled(device: torch.device) -> bool:
     return _compiler_found()
 
 
+# Each step compiles once per dtype, bias presence, activation, epsilon and 1-vs-many
+# tokens; a process holding several models needs more variants than dynamo's default 8.
+RECOMPILE_LIMIT = 64
+
+
+def _raise_recompile_limit() -> None:
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, then the older
+        if isinstance(getattr(config, name, None), int):
+            setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+            return
+
+
 class FusedStep:
     """A pure tensor function, compiled on its first call; eager if compiling fails.
 
@@ -118,6 +131,7 @@ class FusedStep:
         if self._compiled is None:
             with self._lock:
                 if self._compiled is None:
+                    _raise_recompile_limit()
                     self._compiled = torch.compile(self.eager, dynamic=True, fullgraph=True)
         try:
             return self._compiled(*args)
@@ -254,6 +268,7 @@ def rope_qkv_int8(
     cos: torch.Tensor,
     sin: torch.Tensor,
     heads: int,
+    dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`rope_qkv` of the dequantized int32 product; fp32 out."""
-    return _split_rope(_dequantize(acc, scale, wscale, bias), cos, sin, heads, torch.float32)
+    """:func:`rope_qkv` of the dequantized int32 product, ``dtype`` out."""
+    return _split_rope(_dequantize(acc, scale, wscale, bias), cos, sin, heads, dtype)

@@ -20,11 +20,23 @@ from typing import Any
 import torch
 
 from rerank_plugins.local.engine import fused
-from rerank_plugins.local.engine.precision import Int8DynamicLinear, add_linear
+from rerank_plugins.local.engine.precision import (
+    BF16_FEATURES,
+    Int8DynamicLinear,
+    add_linear,
+    cpu_features,
+)
 
-__all__ = ["fused_layer"]
+__all__ = ["fused_layer", "int8_attention_dtype"]
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def int8_attention_dtype() -> torch.dtype:
+    """The int8 mode's attention precision: bf16 where the CPU multiplies it natively
+    (oneDNN's fused bf16 kernel, about 2x its fp32 one), else fp32. Softmax is fp32 in
+    both; the fidelity bounds are measured with it (``benchmarks/RESULTS.md``)."""
+    return torch.bfloat16 if cpu_features() & BF16_FEATURES else torch.float32
 
 
 def fused_layer(
@@ -69,7 +81,9 @@ def _int8_layer(
     else:
         xq, xs = fused.norm_quantize(x, norm.weight, norm.bias, eps)
     acc = torch._int_mm(xq, wqkv.weight_t)
-    q, k, v = fused.rope_qkv_int8(acc, xs, wqkv.weight_scale, wqkv.bias, cos, sin, heads)
+    q, k, v = fused.rope_qkv_int8(
+        acc, xs, wqkv.weight_scale, wqkv.bias, cos, sin, heads, int8_attention_dtype()
+    )
     aq, as_ = fused.quantize_rows(attend(q, k, v).reshape(t, -1))
     acc = torch._int_mm(aq, wo.weight_t)
     mlp_norm = layer.mlp_norm

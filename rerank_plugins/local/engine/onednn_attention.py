@@ -9,9 +9,10 @@ kernel in fp32 (same result within 1e-6) and about 0.25x in bf16
 (``benchmarks/RESULTS.md``, issue 25).
 
 torch exposes oneDNN Graph through TorchScript only: :func:`sdpa` traces the pattern once
-per input signature (shapes, strides, dtype, mask, scale; 10-100 ms, then two slower
-profiling calls) and keeps up to ``_CACHE_SIZE`` traced functions; the oneDNN fuser is
-switched on around each call only (TorchScript's LLGA flag, restored after). The kernel holds a
+per input signature (shapes, strides, dtype, mask, scale), runs it twice on the spot so
+that TorchScript's profiling executor builds the fused plan (10-100 ms in all, the first
+time a signature is seen), and keeps up to ``_CACHE_SIZE`` traced functions. The global
+oneDNN fuser flag is switched on only while a plan is built, and restored after. The kernel holds a
 query block's whole score row, so it runs where keys are at most ``MAX_KEYS``; longer
 sequences stay on torch's flash kernel, as does everything when
 ``RERANK_PLUGINS_COMPILE=0``, when the torch build lacks the fuser, or after a trace
@@ -40,7 +41,7 @@ MAX_KEYS = 1024
 _CACHE_SIZE = 256
 _WARM_CALLS = 2
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _traced: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 _state = {"failed": False}
 
@@ -77,34 +78,31 @@ def _signature(scale: float, *tensors: torch.Tensor) -> tuple[Any, ...]:
     return (scale, *((t.dtype, tuple(t.shape), t.stride()) for t in tensors))
 
 
-def _call(fn: Any, args: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    before = torch._C._jit_llga_enabled()
-    torch._C._jit_set_llga_enabled(True)  # the oneDNN fuser, for this call only
-    try:
-        out: torch.Tensor = fn(*args)
-    finally:
-        torch._C._jit_set_llga_enabled(before)
-    return out
-
-
 def _get(key: tuple[Any, ...], scale: float, args: tuple[torch.Tensor, ...]) -> Any:
+    """The traced, warmed function for this signature. Tracing and warming hold the lock:
+    the oneDNN fuser flag is global, switched on only while TorchScript builds the plan;
+    once built, the plan runs fused whatever the flag."""
     with _lock:
         fn = _traced.get(key)
         if fn is not None:
             _traced.move_to_end(key)
             return fn
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notices
-        fn = torch.jit.trace(_pattern(scale, len(args) == 4), args, check_trace=False)
-        # The profiling executor runs the unfused graph first, then fuses: run it until
-        # it does, so that every result comes from the one kernel (same bits each call).
-        for _ in range(_WARM_CALLS):
-            _call(fn, args)
-    with _lock:
+        before = torch._C._jit_llga_enabled()
+        torch._C._jit_set_llga_enabled(True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+                fn = torch.jit.trace(_pattern(scale, len(args) == 4), args, check_trace=False)
+                # The profiling executor runs the unfused graph first, then fuses: run it
+                # until it does, so that every result comes from one kernel (same bits).
+                for _ in range(_WARM_CALLS):
+                    fn(*args)
+        finally:
+            torch._C._jit_set_llga_enabled(before)
         _traced[key] = fn
         while len(_traced) > _CACHE_SIZE:
             _traced.popitem(last=False)
-    return fn
+        return fn
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
@@ -150,8 +148,8 @@ def sdpa(
         additive = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
         args = (*args, additive.masked_fill_(mask.logical_not(), float("-inf")))
     try:
-        fn = _get(_signature(scale, *args), scale, args)
-        return _call(fn, args)
+        out: torch.Tensor = _get(_signature(scale, *args), scale, args)(*args)
+        return out
     except Exception as exc:  # a torch whose TorchScript or oneDNN Graph cannot run this
         _state["failed"] = True
         logger.warning(
