@@ -206,8 +206,12 @@ def test_onednn_attention_matches_sdpa(dtype: torch.dtype, layout: str) -> None:
 def test_long_keys_and_a_failing_trace_stay_on_torch_sdpa(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    q = k = v = torch.randn(1, 1, oa.MAX_KEYS + 1, 4)
-    assert not oa.eligible(q, k)
+    long = torch.randn(1, 1, oa.MAX_KEYS + 1, 4)
+    assert not oa.eligible(long, long)
+    assert torch.equal(
+        oa.sdpa(long, long, long, None, 0.5),
+        F.scaled_dot_product_attention(long, long, long, scale=0.5),
+    )
     small = torch.randn(1, 1, 5, 4)
     assert oa.eligible(small, small)
 

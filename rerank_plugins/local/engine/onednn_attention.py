@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 MAX_KEYS = 1024
 _CACHE_SIZE = 256
 _WARM_CALLS = 2
+_ROUND = 32  # lengths padded to a multiple of this: few signatures, few traces
 
 _lock = threading.RLock()
 _traced: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -109,7 +110,7 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     """``x [n, H, L, D]`` as a layout oneDNN can describe: contiguous, or the
     ``[n, L, H, D]`` transpose of a contiguous tensor (the packed axis's own); anything
     else (the overlapping windows of blocked local attention) is copied."""
-    n, h, length, d = x.shape
+    _, h, length, d = x.shape
     # Strides written out in full: torch calls a tensor contiguous whatever the stride of
     # a size-1 dimension, oneDNN reads every stride as given.
     if x.is_contiguous():
@@ -131,6 +132,41 @@ def eligible(q: torch.Tensor, k: torch.Tensor) -> bool:
     )
 
 
+def _pieces(n: int) -> list[tuple[int, int]]:
+    """``n`` rows as power-of-two pieces ``(start, size)``, largest first.
+
+    >>> _pieces(13)
+    [(0, 8), (8, 4), (12, 1)]
+    """
+    out, start, size = [], 0, 1 << (n.bit_length() - 1)
+    while size:
+        if size <= n - start:
+            out.append((start, size))
+            start += size
+        size >>= 1
+    return out
+
+
+def _round(length: int) -> int:
+    return -(-length // _ROUND) * _ROUND
+
+
+def _padded_mask(
+    mask: torch.Tensor | None, lq: int, lk: int, rq: int, rk: int
+) -> torch.Tensor | None:
+    """The boolean mask for queries and keys padded to ``rq`` and ``rk``: padded keys are
+    never seen, padded queries (sliced away after) see key 0."""
+    if rq == lq and rk == lk:
+        return mask
+    if mask is None:
+        mask = torch.ones(1, 1, 1, lk, dtype=torch.bool)
+    mask = F.pad(mask, (0, rk - lk), value=False)
+    if mask.shape[2] == lq and rq > lq:
+        mask = F.pad(mask, (0, 0, 0, rq - lq), value=False)
+        mask[:, :, lq:, 0] = True
+    return mask
+
+
 def sdpa(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -140,16 +176,15 @@ def sdpa(
 ) -> torch.Tensor:
     """``scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)`` for 4-D
     ``[n, H, L, D]`` inputs and a boolean ``mask`` (True: attend) or none, through oneDNN
-    Graph when :func:`eligible`, else torch's kernel. Every query row must see a key."""
+    Graph when :func:`eligible`, else torch's kernel. Every query row must see a key.
+
+    So that a few traced signatures serve every batch, lengths are padded to a multiple of
+    ``_ROUND`` (padded keys masked) and the ``n`` rows run in power-of-two pieces: the
+    same input always takes the same pieces, so the result is the same to the bit."""
     if not eligible(q, k):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    args: tuple[torch.Tensor, ...] = tuple(_dense(x) for x in (q, k, v))
-    if mask is not None:
-        additive = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
-        args = (*args, additive.masked_fill_(mask.logical_not(), float("-inf")))
     try:
-        out: torch.Tensor = _get(_signature(scale, *args), scale, args)(*args)
-        return out
+        return _onednn(q, k, v, mask, scale)
     except Exception as exc:  # a torch whose TorchScript or oneDNN Graph cannot run this
         _state["failed"] = True
         logger.warning(
@@ -158,3 +193,32 @@ def sdpa(
             str(exc)[:200],
         )
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _onednn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    n, lq, lk = q.shape[0], q.shape[2], k.shape[2]
+    rq, rk = _round(lq), _round(lk)
+    if rq != lq:
+        q = F.pad(q, (0, 0, 0, rq - lq))
+    if rk != lk:
+        k, v = F.pad(k, (0, 0, 0, rk - lk)), F.pad(v, (0, 0, 0, rk - lk))
+    mask = _padded_mask(mask, lq, lk, rq, rk)
+    additive = None
+    if mask is not None:
+        additive = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+        additive.masked_fill_(mask.logical_not(), float("-inf"))
+    outs = []
+    for start, size in _pieces(n):
+        args = tuple(_dense(x.narrow(0, start, size)) for x in (q, k, v))
+        if additive is not None:
+            m = additive if additive.shape[0] == 1 else additive.narrow(0, start, size)
+            args = (*args, m)
+        outs.append(_get(_signature(scale, *args), scale, args)(*args))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out if rq == lq else out.narrow(2, 0, lq)
