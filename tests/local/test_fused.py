@@ -53,7 +53,24 @@ LENGTHS = [3, 50, 1, 400, 17, 90, 1300, 33, 33]
 
 @pytest.fixture(autouse=True)
 def compile_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiling allowed, and the size floors at zero: the tiny test models take the fast
+    path as full-size ones do (the floors have their own test)."""
     monkeypatch.setenv(fused.COMPILE_ENV, "auto")
+    monkeypatch.setattr(fused, "FUSE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(oa, "MIN_KEYS", 1)
+
+
+def test_short_forwards_stay_eager_and_on_torch_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()
+    monkeypatch.setenv(fused.COMPILE_ENV, "auto")
+    assert not fused.worth_fusing(CPU, 100, 384)  # a short request to a small model
+    assert fused.worth_fusing(CPU, 4096, 384) == fused.fusion_enabled(CPU)
+    short, long = torch.randn(4, 2, 60, 16), torch.randn(4, 2, 512, 16)
+    assert not oa.eligible(short, short)
+    assert oa.eligible(long, long) == (fused.fusion_enabled(CPU) and oa.onednn_available())
+    before = len(oa._traced)
+    oa.sdpa(short, short, short, None, 0.25)
+    assert len(oa._traced) == before  # nothing traced for it
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +194,17 @@ def _masks(n: int, length: int) -> dict[str, torch.Tensor | None]:
 @needs_onednn
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["contiguous", "tokens-major", "one-sequence", "windows"])
-def test_onednn_attention_matches_sdpa(dtype: torch.dtype, layout: str) -> None:
+def test_onednn_attention_matches_sdpa(
+    dtype: torch.dtype, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[object] = []
+    real = oa._get
+
+    def spy(*args: object) -> object:
+        calls.append(args[0])
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(oa, "_get", spy)
     g = torch.Generator().manual_seed(1)
     n, heads, length, d = 3, 2, 24, 8
     if layout == "one-sequence":
@@ -197,7 +224,9 @@ def test_onednn_attention_matches_sdpa(dtype: torch.dtype, layout: str) -> None:
         if mask is not None and mask.shape[-2] not in (1, q.shape[2]):
             continue
         want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+        runs = len(calls)
         first = oa.sdpa(q, k, v, mask, 0.3)
+        assert len(calls) > runs, name  # the oneDNN path really ran
         assert (first.float() - want.float()).abs().max() <= tol, name
         assert torch.equal(oa.sdpa(q, k, v, mask, 0.3), first), name  # same bits each call
 

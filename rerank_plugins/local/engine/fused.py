@@ -39,6 +39,7 @@ from rerank_plugins.errors import UnsupportedDeviceError
 
 __all__ = [
     "COMPILE_ENV",
+    "FUSE_MIN_ELEMENTS",
     "FusedStep",
     "act_gate",
     "act_gate_quantize",
@@ -46,6 +47,7 @@ __all__ = [
     "add_norm_quantize",
     "compile_mode",
     "fusion_enabled",
+    "worth_fusing",
     "norm_quantize",
     "quantize_rows",
     "rope_qkv",
@@ -83,6 +85,17 @@ def _compiler_found() -> bool:
     return shutil.which(os.environ.get("CXX", "c++")) is not None or any(
         shutil.which(name) is not None for name in ("g++", "clang++")
     )
+
+
+# A forward fuses when its activations hold at least this many elements (tokens x hidden):
+# below it, dispatching a compiled step costs what the passes it saves cost (short
+# requests to small models, measured in benchmarks/RESULTS.md).
+FUSE_MIN_ELEMENTS = 1 << 17
+
+
+def worth_fusing(device: torch.device, tokens: int, width: int) -> bool:
+    """Whether a forward of ``tokens x width`` activations on ``device`` runs fused."""
+    return tokens * width >= FUSE_MIN_ELEMENTS and fusion_enabled(device)
 
 
 def fusion_enabled(device: torch.device) -> bool:

@@ -49,7 +49,7 @@ from rerank_plugins.local.engine.attention import (
     choose_backends,
     contiguous,
 )
-from rerank_plugins.local.engine.fused import fusion_enabled
+from rerank_plugins.local.engine.fused import worth_fusing
 from rerank_plugins.local.engine.modernbert_fused import fused_layer
 from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.precision import add_linear, prepare_cpu_linears
@@ -309,7 +309,7 @@ class ModernBertTrunk(nn.Module):
         tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
         wanted = set(exits)
         found: dict[int, torch.Tensor] = {}
-        fuse = fusion_enabled(x.device)
+        fuse = worth_fusing(x.device, t, spec.hidden_size)
         act, eps = spec.hidden_activation, spec.norm_eps
         for i in range(start, max(exits)):
             preemption_point()

@@ -14,7 +14,8 @@ that TorchScript's profiling executor builds the fused plan (10-100 ms in all, t
 time a signature is seen), and keeps up to ``_CACHE_SIZE`` traced functions. The global
 oneDNN fuser flag is switched on only while a plan is built, and restored after. The kernel holds a
 query block's whole score row, so it runs where keys are at most ``MAX_KEYS``; longer
-sequences stay on torch's flash kernel, as does everything when
+sequences stay on torch's flash kernel, and so do short ones (under ``MIN_KEYS`` keys,
+where the two kernels cost the same and a trace would only add latency), as does everything when
 ``RERANK_PLUGINS_COMPILE=0``, when the torch build lacks the fuser, or after a trace
 fails (logged once).
 """
@@ -33,11 +34,13 @@ import torch.nn.functional as F
 
 from rerank_plugins.local.engine.fused import fusion_enabled
 
-__all__ = ["MAX_KEYS", "onednn_available", "sdpa"]
+__all__ = ["MAX_KEYS", "MIN_KEYS", "eligible", "onednn_available", "sdpa"]
 
 logger = logging.getLogger(__name__)
 
 MAX_KEYS = 1024
+# Below this many keys torch's kernel is as fast (short passages, measured): no tracing.
+MIN_KEYS = 128
 _CACHE_SIZE = 256
 _WARM_CALLS = 2
 _ROUND = 32  # lengths padded to a multiple of this: few signatures, few traces
@@ -126,7 +129,7 @@ def eligible(q: torch.Tensor, k: torch.Tensor) -> bool:
     return (
         q.device.type == "cpu"
         and q.dtype in (torch.float32, torch.bfloat16)
-        and k.shape[-2] <= MAX_KEYS
+        and MIN_KEYS <= k.shape[-2] <= MAX_KEYS
         and fusion_enabled(q.device)
         and onednn_available()
     )
