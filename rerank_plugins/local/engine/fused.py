@@ -47,11 +47,11 @@ __all__ = [
     "add_norm_quantize",
     "compile_mode",
     "fusion_enabled",
-    "worth_fusing",
     "norm_quantize",
     "quantize_rows",
     "rope_qkv",
     "rope_qkv_int8",
+    "worth_fusing",
 ]
 
 logger = logging.getLogger(__name__)
