@@ -299,3 +299,19 @@ def test_fused_int8_matches_the_eager_int8_path(
     # rounding tie may move one int8 step).
     assert max(abs(a - b) for a, b in zip(fast, eager, strict=True)) <= 2e-3
     assert fast != [0.5] * len(fast)
+
+
+@needs_onednn
+def test_long_keys_run_in_query_blocks_and_match_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(oa, "_SCORE_BUDGET", 1 << 16)  # forces 32-query blocks
+    g = torch.Generator().manual_seed(2)
+    n, heads, length, d = 2, 2, oa.SHORT_KEYS + 77, 8
+    q, k, v = (torch.randn(n, length, heads, d, generator=g).transpose(1, 2) for _ in range(3))
+    keys = (torch.arange(length) < torch.tensor([length, 900]).unsqueeze(1)).view(n, 1, 1, -1)
+    assert oa._query_block(heads, oa._round(length, oa._LONG_ROUND), 4) == 32
+    for mask in (None, keys):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+        got = oa.sdpa(q, k, v, mask, 0.3)
+        assert got.shape == want.shape
+        assert (got - want).abs().max() <= 1e-5
+        assert torch.equal(oa.sdpa(q, k, v, mask, 0.3), got)

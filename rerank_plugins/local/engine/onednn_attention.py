@@ -12,11 +12,15 @@ torch exposes oneDNN Graph through TorchScript only: :func:`sdpa` traces the pat
 per input signature (shapes, strides, dtype, mask, scale), runs it twice on the spot so
 that TorchScript's profiling executor builds the fused plan (10-100 ms in all, the first
 time a signature is seen), and keeps up to ``_CACHE_SIZE`` traced functions. The global
-oneDNN fuser flag is switched on only while a plan is built, and restored after. The kernel holds a
-query block's whole score row, so it runs where keys are at most ``MAX_KEYS``; longer
-sequences stay on torch's flash kernel, and so do short ones (under ``MIN_KEYS`` keys,
-where the two kernels cost the same and a trace would only add latency), as does everything when
-``RERANK_PLUGINS_COMPILE=0``, when the torch build lacks the fuser, or after a trace
+oneDNN fuser flag is switched on only while a plan is built, and restored after.
+
+The kernel materialises a call's score rows, so calls are shaped to bound them: up to
+``SHORT_KEYS`` keys a call takes whole rows of queries; beyond, one sequence at a time
+with queries in blocks whose scores fit ``_SCORE_BUDGET``. Lengths are padded (padded
+keys masked) so that a few signatures serve every batch. Short sequences (under
+``MIN_KEYS`` keys, where both kernels cost the same and a trace would only add latency)
+and very long ones (over ``MAX_KEYS``) stay on torch's flash kernel, as does everything
+when ``RERANK_PLUGINS_COMPILE=0``, when the torch build lacks the fuser, or after a trace
 fails (logged once).
 """
 
@@ -38,12 +42,16 @@ __all__ = ["MAX_KEYS", "MIN_KEYS", "eligible", "onednn_available", "sdpa"]
 
 logger = logging.getLogger(__name__)
 
-MAX_KEYS = 1024
+MAX_KEYS = 32768
+# Up to this many keys a call takes whole query rows; beyond, queries go in blocks.
+SHORT_KEYS = 1024
 # Below this many keys torch's kernel is as fast (short passages, measured): no tracing.
 MIN_KEYS = 128
 _CACHE_SIZE = 256
 _WARM_CALLS = 2
 _ROUND = 32  # lengths padded to a multiple of this: few signatures, few traces
+_LONG_ROUND = 256  # the same beyond SHORT_KEYS (at most 1/4 more keys, usually 1/32)
+_SCORE_BUDGET = 64 << 20  # bytes of one call's score block for long keys
 
 _lock = threading.RLock()
 _traced: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -150,8 +158,8 @@ def _pieces(n: int) -> list[tuple[int, int]]:
     return out
 
 
-def _round(length: int) -> int:
-    return -(-length // _ROUND) * _ROUND
+def _round(length: int, step: int) -> int:
+    return -(-length // step) * step
 
 
 def _padded_mask(
@@ -198,6 +206,15 @@ def sdpa(
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
+def _query_block(heads: int, keys: int, itemsize: int) -> int:
+    """Queries per call for long keys: a power of two (32-256) whose score block
+    ``heads x block x keys`` stays within ``_SCORE_BUDGET`` bytes."""
+    block = 256
+    while block > 32 and heads * block * keys * max(itemsize, 4) > _SCORE_BUDGET:
+        block //= 2
+    return block
+
+
 def _onednn(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -205,8 +222,17 @@ def _onednn(
     mask: torch.Tensor | None,
     scale: float,
 ) -> torch.Tensor:
-    n, lq, lk = q.shape[0], q.shape[2], k.shape[2]
-    rq, rk = _round(lq), _round(lk)
+    n, heads, lq, _ = q.shape
+    lk = k.shape[2]
+    if lk <= SHORT_KEYS:  # whole rows of queries, the n rows in power-of-two pieces
+        rk = _round(lk, _ROUND)
+        rq = _round(lq, _ROUND)
+        block, pieces = rq, _pieces(n)
+    else:  # long keys: one row at a time, queries in blocks (bounded score memory)
+        rk = _round(lk, _LONG_ROUND)
+        block = _query_block(heads, rk, q.element_size())
+        rq = _round(lq, block)
+        pieces = [(row, 1) for row in range(n)]
     if rq != lq:
         q = F.pad(q, (0, 0, 0, rq - lq))
     if rk != lk:
@@ -216,12 +242,18 @@ def _onednn(
     if mask is not None:
         additive = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
         additive.masked_fill_(mask.logical_not(), float("-inf"))
-    outs = []
-    for start, size in _pieces(n):
-        args = tuple(_dense(x.narrow(0, start, size)) for x in (q, k, v))
+    rows = []
+    for start, size in pieces:
+        kv = tuple(_dense(x.narrow(0, start, size)) for x in (k, v))
+        m = None
         if additive is not None:
             m = additive if additive.shape[0] == 1 else additive.narrow(0, start, size)
-            args = (*args, m)
-        outs.append(_get(_signature(scale, *args), scale, args)(*args))
-    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        blocks = []
+        for first in range(0, rq, block):
+            args = (_dense(q.narrow(0, start, size).narrow(2, first, block)), *kv)
+            if m is not None:
+                args = (*args, m if m.shape[2] == 1 else m.narrow(2, first, block))
+            blocks.append(_get(_signature(scale, *args), scale, args)(*args))
+        rows.append(blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2))
+    out = rows[0] if len(rows) == 1 else torch.cat(rows)
     return out if rq == lq else out.narrow(2, 0, lq)
