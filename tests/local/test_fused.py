@@ -21,7 +21,7 @@ from rerank_plugins.errors import UnsupportedDeviceError
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer
 from rerank_plugins.local.engine import fused
 from rerank_plugins.local.engine import onednn_attention as oa
-from rerank_plugins.local.engine.modernbert import load_modernbert
+from rerank_plugins.local.engine.modernbert import activation, load_modernbert
 from rerank_plugins.local.engine.packing import pack_sequences
 from rerank_plugins.local.engine.precision import INT8_FEATURES, cpu_features
 from rerank_plugins.testing import make_modernbert_checkpoint, random_text
@@ -147,9 +147,9 @@ def test_every_fused_step_equals_its_eager_definition(tokens: int, with_bias: bo
         (fused.norm_quantize, (x, w, b, 1e-5)),
         (fused.add_norm_quantize, (x, acc_o, scale, r(h).abs(), b, w, b, 1e-5)),
         (fused.add_dequantize, (x, acc_o, scale, r(h).abs(), b)),
-        (fused.act_gate, (r(tokens, 2 * inter), "gelu")),
-        (fused.act_gate, (r(tokens, 2 * inter).bfloat16(), "gelu")),
-        (fused.act_gate_quantize, (acc_i, scale, r(2 * inter).abs() * 1e-3, None, "silu")),
+        (fused.act_gate, (r(tokens, 2 * inter), F.gelu)),
+        (fused.act_gate, (r(tokens, 2 * inter).bfloat16(), activation("gelu_new"))),
+        (fused.act_gate_quantize, (acc_i, scale, r(2 * inter).abs() * 1e-3, None, F.silu)),
         (fused.rope_qkv, (r(tokens, 3 * h), cos, sin, heads)),
         (fused.rope_qkv_int8, (acc, scale, r(3 * h).abs(), bias3, cos, sin, heads, torch.float32)),
         (fused.rope_qkv_int8, (acc, scale, r(3 * h).abs(), bias3, cos, sin, heads, torch.bfloat16)),

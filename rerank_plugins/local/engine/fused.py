@@ -56,16 +56,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-COMPILE_ENV = "RERANK_PLUGINS_COMPILE"
+# The activation is passed in (a torch function, or one of the engine's fixed lambdas):
+# dynamo guards on its identity, one compilation per activation.
+Activation = Callable[[torch.Tensor], torch.Tensor]
 
-_ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
-    "swish": F.silu,
-    "relu": F.relu,
-}
+COMPILE_ENV = "RERANK_PLUGINS_COMPILE"
 
 
 def compile_mode() -> str:
@@ -244,10 +239,10 @@ def add_dequantize(
 
 
 @FusedStep
-def act_gate(y: torch.Tensor, act: str) -> torch.Tensor:
+def act_gate(y: torch.Tensor, act: Activation) -> torch.Tensor:
     """``act(input) * gate`` of the packed ``y = [input | gate]``, in ``y``'s dtype."""
     a, g = y.to(torch.float32).chunk(2, dim=-1)
-    return (_ACT[act](a) * g).to(y.dtype)
+    return (act(a) * g).to(y.dtype)
 
 
 @FusedStep
@@ -256,11 +251,11 @@ def act_gate_quantize(
     scale: torch.Tensor,
     wscale: torch.Tensor,
     bias: torch.Tensor | None,
-    act: str,
+    act: Activation,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``act(input) * gate`` of the dequantized ``[input | gate]``, quantized per row."""
     a, g = _dequantize(acc, scale, wscale, bias).chunk(2, dim=-1)
-    return _quantize(_ACT[act](a) * g)
+    return _quantize(act(a) * g)
 
 
 @FusedStep

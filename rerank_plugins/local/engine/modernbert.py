@@ -310,7 +310,7 @@ class ModernBertTrunk(nn.Module):
         wanted = set(exits)
         found: dict[int, torch.Tensor] = {}
         fuse = worth_fusing(x.device, t, spec.hidden_size)
-        act, eps = spec.hidden_activation, spec.norm_eps
+        act, eps = self._act, spec.norm_eps
         for i in range(start, max(exits)):
             preemption_point()
             layer: Any = self.layers[i]

@@ -47,7 +47,7 @@ def fused_layer(
     attend: Attend,
     *,
     heads: int,
-    act: str,
+    act: fused.Activation,
     eps: float,
 ) -> torch.Tensor:
     """``x [T, hidden]`` after ``layer``; ``attend(q, k, v)`` is the layer's attention."""
@@ -69,7 +69,7 @@ def _int8_layer(
     attend: Attend,
     *,
     heads: int,
-    act: str,
+    act: fused.Activation,
     eps: float,
 ) -> torch.Tensor:
     t = x.shape[0]
