@@ -16,6 +16,7 @@ caller so that only the caller whose pairs raise gets the error.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import weakref
@@ -37,6 +38,13 @@ DEFAULT_BATCH_TOKENS = 16384
 _INLINE_CHARS = 8192  # up to this much text, ascore tokenises on the caller's event loop
 
 
+async def _cancel_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class _LoopThread:
     """A daemon thread running an event loop that only the batcher uses."""
 
@@ -50,6 +58,15 @@ class _LoopThread:
     def stop(self) -> None:
         if self.loop.is_closed():
             return
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            # Cancel the batcher's task first: a loop closed with it pending logs "Task
+            # was destroyed but it is pending!" (at interpreter exit, for a scorer never
+            # closed).
+            done = asyncio.run_coroutine_threadsafe(_cancel_tasks(), self.loop)
+            try:
+                done.result(timeout=5)
+            except (TimeoutError, concurrent.futures.TimeoutError, RuntimeError):
+                pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout=10)

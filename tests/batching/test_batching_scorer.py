@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import pickle
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -265,3 +267,20 @@ def test_the_llama_index_postprocessor_takes_batching(modernbert_dir: Path) -> N
     )
     assert isinstance(post.scorer, BatchingScorer)
     post.scorer.close()
+
+
+def test_a_batching_scorer_never_closed_exits_quietly(modernbert_dir: Path) -> None:
+    # The batching thread's loop is stopped at interpreter exit with its task cancelled:
+    # no "Task was destroyed but it is pending!" on stderr.
+    code = (
+        "from rerank_plugins import load_scorer\n"
+        f"s = load_scorer({str(modernbert_dir)!r}, device='cpu', batching=True)\n"
+        "print(len(s.score('q', ['a b c', 'd e'])))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "2"
+    assert "Task was destroyed" not in done.stderr
+    assert "Traceback" not in done.stderr
