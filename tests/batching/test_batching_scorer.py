@@ -273,14 +273,17 @@ def test_a_batching_scorer_never_closed_exits_quietly(modernbert_dir: Path) -> N
     # The batching thread's loop is stopped at interpreter exit with its task cancelled:
     # no "Task was destroyed but it is pending!" on stderr.
     code = (
+        "import asyncio\n"
         "from rerank_plugins import load_scorer\n"
         f"s = load_scorer({str(modernbert_dir)!r}, device='cpu', batching=True)\n"
-        "print(len(s.score('q', ['a b c', 'd e'])))\n"
+        "async def main():\n"
+        "    return await asyncio.gather(*(s.ascore('q', ['a b c', 'd e']) for _ in range(4)))\n"
+        "print(sum(len(r) for r in asyncio.run(main())))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "2"
+    assert done.stdout.strip() == "8"
     assert "Task was destroyed" not in done.stderr
     assert "Traceback" not in done.stderr
