@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_CLIENT_BATCH_SIZE",
     "create_app",
+    "warmup_documents",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,19 @@ DEFAULT_MAX_CLIENT_BATCH_SIZE = 1000
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20
 """Request body limit (1,000 documents of about 8K tokens of text); the token cap
 (``max_queued_tokens``) bounds a request first (docs/serving.md, "The largest request")."""
+
+
+_WARM_WORDS = 150  # a pair of about 160 tokens: every CPU attention path runs on it
+
+
+def warmup_documents(max_batch_tokens: int) -> list[str]:
+    """Documents that fill about one batch of ``max_batch_tokens`` (1 to 64 of them).
+
+    >>> len(warmup_documents(4096)), len(warmup_documents(10))
+    (24, 1)
+    """
+    count = max(1, min(64, max_batch_tokens // (_WARM_WORDS + 16)))
+    return [" ".join(["warm"] * _WARM_WORDS)] * count
 
 
 def create_app(
@@ -124,6 +138,13 @@ def create_app(
         if warmup:
             prepared = await asyncio.to_thread(
                 strategy.prepare, "warm up", ["warm up the model"], truncate=True
+            )
+            await batcher.run_one(prepared.key, prepared.items)
+            # Then one full batch: the first forward of that size compiles the CPU fast
+            # path (seconds; models page) or reserves accelerator memory, here rather
+            # than on a user's request.
+            prepared = await asyncio.to_thread(
+                strategy.prepare, "warm up", warmup_documents(max_batch_tokens), truncate=True
             )
             await batcher.run_one(prepared.key, prepared.items)
             logger.info("model %s warmed up", served.name)

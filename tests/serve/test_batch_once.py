@@ -10,7 +10,7 @@ import pytest
 
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer
 from rerank_plugins.serve import create_app
-from rerank_plugins.serve.app import DEFAULT_BATCH_TOKENS
+from rerank_plugins.serve.app import DEFAULT_BATCH_TOKENS, warmup_documents
 from rerank_plugins.testing import FunctionScorer
 
 DOCS = ["w1 w2 w3 w4 w5 w6", "w2", "w3 w4 w5", "", "w7 w8", "w1 w1 w1 w1"]
@@ -95,3 +95,14 @@ async def test_a_request_is_checked_once(
     await app.state.batcher.stop()
     assert answer.status_code == 200 and blank.status_code == 422
     assert checks == ["w1", " "]
+
+
+async def test_warm_up_runs_one_document_then_a_full_batch(
+    counted: tuple[CrossEncoderScorer, list[int]],
+) -> None:
+    # The full batch compiles the CPU fast path before traffic arrives (models page).
+    scorer, sizes = counted
+    app = create_app(scorer, max_batch_tokens=4096)
+    async with app.router.lifespan_context(app):
+        assert sizes == [1, len(warmup_documents(4096))]
+    assert len(warmup_documents(4096)) * 166 <= 4096 < (len(warmup_documents(4096)) + 1) * 166
