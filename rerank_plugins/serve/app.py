@@ -16,6 +16,7 @@ Request bodies are read by :mod:`~.body`. Middleware in :mod:`~.middleware`, err
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -85,6 +86,7 @@ def create_app(
     warmup: bool = True,
     registry: CollectorRegistry | None = None,
     docs: bool = False,
+    freeze_gc: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving ``scorer`` (already loaded; the app never loads models).
 
@@ -101,7 +103,12 @@ def create_app(
     on every path but ``/health``; ``registry``: where the Prometheus metrics live (a
     fresh one by default); ``docs``: serve the Swagger UI at ``/docs`` and ReDoc at
     ``/redoc`` (off by default: their pages load scripts from a CDN, so they do not work
-    offline; ``/openapi.json`` is always served).
+    offline; ``/openapi.json`` is always served); ``freeze_gc``: after the warm-up, move
+    every object alive then (the model, torch's and the compilers' modules) out of the
+    garbage collector's sight (``gc.freeze``), so that its full collections, which hold
+    the GIL, scan only what requests create: for a process that only serves (the
+    ``serve`` command sets it; a full collection took 87 ms here, 149 ms once the CPU
+    fast path was compiled, against a p99 target of a few hundred).
     """
     if max_client_batch_size <= 0 or max_body_bytes <= 0 or body_timeout <= 0:
         raise InvalidInputError(
@@ -148,6 +155,10 @@ def create_app(
             )
             await batcher.run_one(prepared.key, prepared.items)
             logger.info("model %s warmed up", served.name)
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
+            logger.info("%d objects frozen out of garbage collection", gc.get_freeze_count())
         yield
         await batcher.stop(drain=True)
 

@@ -108,4 +108,8 @@ def build_server(options: ServeOptions) -> Any:
     if warning:
         logger.warning("%s", warning)
     # None: the app asks the scorer for its own budget (one policy, sized for its device).
-    return create_app(scorer, **options.app_options(batch_tokens=options.batch_tokens))
+    # This process only serves: the objects alive after the warm-up stay out of the
+    # garbage collector's full collections (shorter GIL pauses, a lower p99).
+    return create_app(
+        scorer, **options.app_options(batch_tokens=options.batch_tokens), freeze_gc=True
+    )
