@@ -346,7 +346,9 @@ def test_32k_document_scores_in_one_pass_on_cpu_without_a_length_squared_tensor(
     assert result["window"] == n
     assert result["tokens"] == n and result["truncated"]
     assert abs(result["value"]) < 1e3  # finite
-    assert result["largest"] < n * n // 64, result  # no op output is L x L
+    # No op output is L x L: the largest is one block of the CPU fast path's attention,
+    # 256 queries x n keys x 2 heads (linear in n; an L x L score matrix is 64 times it).
+    assert result["largest"] <= 2 * 256 * n < n * n // 32, result
     assert result["growth"] < 256 * 2**20, result  # an L x L fp32 matrix alone is 4 GiB
 
 

@@ -51,30 +51,14 @@ def fused_layer(
     eps: float,
 ) -> torch.Tensor:
     """``x [T, hidden]`` after ``layer``; ``attend(q, k, v)`` is the layer's attention."""
-    if isinstance(layer.attn.Wqkv, Int8DynamicLinear):
-        return _int8_layer(layer, x, cos, sin, attend, heads=heads, act=act, eps=eps)
     t = x.shape[0]
-    h = x if layer.attn_norm is None else layer.attn_norm(x)
-    q, k, v = fused.rope_qkv(layer.attn.Wqkv(h), cos, sin, heads)
-    x = add_linear(x, attend(q, k, v).reshape(t, -1), layer.attn.Wo)
-    gated = fused.act_gate(layer.mlp.Wi(layer.mlp_norm(x)), act)
-    return add_linear(x, gated, layer.mlp.Wo)
-
-
-def _int8_layer(
-    layer: Any,
-    x: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    attend: Attend,
-    *,
-    heads: int,
-    act: fused.Activation,
-    eps: float,
-) -> torch.Tensor:
-    t = x.shape[0]
-    wqkv, wo = layer.attn.Wqkv, layer.attn.Wo
-    wi, wmo = layer.mlp.Wi, layer.mlp.Wo
+    wqkv, wo, wi, wmo = layer.attn.Wqkv, layer.attn.Wo, layer.mlp.Wi, layer.mlp.Wo
+    if not isinstance(wqkv, Int8DynamicLinear):  # fp32 / bf16: RoPE and the gate fused
+        h = x if layer.attn_norm is None else layer.attn_norm(x)
+        q, k, v = fused.rope_qkv(wqkv(h), cos, sin, heads)
+        x = add_linear(x, attend(q, k, v).reshape(t, -1), wo)
+        return add_linear(x, fused.act_gate(wi(layer.mlp_norm(x)), act), wmo)
+    # int8: each product reads the int8 rows its preceding pass wrote
     norm = layer.attn_norm
     if norm is None:
         xq, xs = fused.quantize_rows(x)
