@@ -104,10 +104,28 @@ def test_a_bad_compile_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_fusion_is_cpu_only_and_off_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not fused.fusion_enabled(torch.device("cuda", 0))
+    big = torch.randn(1, 1, 256, 8)
     monkeypatch.setenv(fused.COMPILE_ENV, "0")
     assert not fused.fusion_enabled(CPU)
+    assert not oa.eligible(big, big)
     monkeypatch.setenv(fused.COMPILE_ENV, "1")
     assert fused.fusion_enabled(CPU)
+
+
+@needs_onednn
+def test_without_a_compiler_the_steps_stay_eager_and_attention_still_fuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A slim container: no g++/clang++. Inductor cannot compile; oneDNN ships in torch.
+    fused._compiler_found.cache_clear()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    try:
+        assert not fused.fusion_enabled(CPU)
+        big = torch.randn(1, 1, 256, 8)
+        assert oa.eligible(big, big)
+    finally:
+        fused._compiler_found.cache_clear()
 
 
 # --- the fused steps against their eager definitions -------------------------------------
