@@ -96,10 +96,14 @@ def test_compile_mode_reads_the_environment(
     assert fused.compile_mode() == mode
 
 
-def test_a_bad_compile_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_compile_setting_is_refused_when_the_model_loads(
+    monkeypatch: pytest.MonkeyPatch, ckpt: Path
+) -> None:
     monkeypatch.setenv(fused.COMPILE_ENV, "sometimes")
     with pytest.raises(UnsupportedDeviceError, match="RERANK_PLUGINS_COMPILE"):
         fused.compile_mode()
+    with pytest.raises(UnsupportedDeviceError, match="use auto, 1 or 0"):
+        CrossEncoderScorer(ckpt, device="cpu", cache=False)
 
 
 def test_fusion_is_cpu_only_and_off_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:

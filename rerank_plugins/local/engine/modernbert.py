@@ -49,7 +49,7 @@ from rerank_plugins.local.engine.attention import (
     choose_backends,
     contiguous,
 )
-from rerank_plugins.local.engine.fused import worth_fusing
+from rerank_plugins.local.engine.fused import compile_mode, worth_fusing
 from rerank_plugins.local.engine.modernbert_fused import fused_layer
 from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.precision import add_linear, prepare_cpu_linears
@@ -477,6 +477,7 @@ def load_modernbert(
     prefix. The trunk gets ``dtype`` (bf16 on GPU, fp32 on CPU), the heads fp32. ``backend``
     is the attention backend (``"auto"`` picks it for ``device`` and ``dtype``).
     """
+    compile_mode()  # a bad $RERANK_PLUGINS_COMPILE fails here, not at the first forward
     directory = Path(directory)
     cfg = dict(config) if config is not None else read_json(directory / "config.json")
     cfg = bounded_config(directory, cfg)  # before any module is built
