@@ -24,6 +24,7 @@ from rerank_plugins.local.engine import onednn_attention as oa
 from rerank_plugins.local.engine.modernbert import activation, load_modernbert
 from rerank_plugins.local.engine.packing import pack_sequences
 from rerank_plugins.local.engine.precision import INT8_FEATURES, cpu_features
+from rerank_plugins.scoring import preemptible
 from rerank_plugins.testing import make_modernbert_checkpoint, random_text
 from tests.contract import QUERY
 
@@ -337,3 +338,17 @@ def test_long_keys_run_in_query_blocks_and_match_sdpa(monkeypatch: pytest.Monkey
         assert got.shape == want.shape
         assert (got - want).abs().max() <= 1e-5
         assert torch.equal(oa.sdpa(q, k, v, mask, 0.3), got)
+
+
+@needs_onednn
+def test_long_attention_gives_way_between_query_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A batcher's short requests may run between two blocks of a long sequence's global
+    # attention (one block is milliseconds; the whole layer, at 8K tokens, a quarter second).
+    monkeypatch.setattr(oa, "_SCORE_BUDGET", 1 << 16)  # 32-query blocks
+    x = torch.randn(1, 2, oa.SHORT_KEYS + 64, 8)
+    calls: list[int] = []
+    with preemptible(lambda: calls.append(1)):
+        got = oa.sdpa(x, x, x, None, 0.3)
+    blocks = oa._round(x.shape[2], 32) // 32
+    assert len(calls) == blocks - 1
+    assert (got - F.scaled_dot_product_attention(x, x, x, scale=0.3)).abs().max() <= 1e-5

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from rerank_plugins.local.engine.fused import compile_mode
+from rerank_plugins.scoring import preemption_point
 
 __all__ = ["MAX_KEYS", "MIN_KEYS", "eligible", "onednn_available", "sdpa"]
 
@@ -250,6 +251,8 @@ def _onednn(
             m = additive if additive.shape[0] == 1 else additive.narrow(0, start, size)
         blocks = []
         for first in range(0, rq, block):
+            if first:  # a long sequence's attention gives way between query blocks too
+                preemption_point()
             args = (_dense(q.narrow(0, start, size).narrow(2, first, block)), *kv)
             if m is not None:
                 args = (*args, m if m.shape[2] == 1 else m.narrow(2, first, block))
