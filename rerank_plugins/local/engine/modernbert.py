@@ -20,7 +20,8 @@ forward on packed variable-length batches
 
 Precision: the trunk runs in the load dtype (bf16 by default on CUDA, fp32 on CPU) with
 fp32 RoPE tables and fp32 softmax inside the attention kernels; pooling and the heads run
-in fp32.
+in fp32. Large CPU forwards run each layer with its elementwise steps fused
+(:mod:`~rerank_plugins.local.engine.modernbert_fused`): the same maths.
 
 Reuse: :meth:`ModernBertTrunk.encode` returns token-level hidden states ``[T, hidden]``
 (a ColBERT scorer projects them), and ``num_layers=L`` runs only the first ``L`` layers
