@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from rerank_plugins.errors import UnsupportedDeviceError
+from rerank_plugins.local.engine.precision import dequantize
+from rerank_plugins.local.engine.precision import quantize_rows as _rows
 
 __all__ = [
     "COMPILE_ENV",
@@ -166,18 +168,6 @@ class FusedStep:
 # --- the steps (plain torch; each compiles to one or two loops) -----------------------
 
 
-def _quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-    return torch.round(x / scale).to(torch.int8), scale
-
-
-def _dequantize(
-    acc: torch.Tensor, scale: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    y = acc.to(torch.float32) * scale * wscale
-    return y if bias is None else y + bias
-
-
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """``x [T, H, D]`` fp32 rotated by ``cos, sin [T, D]`` (both halves repeat)."""
     half = x.shape[-1] // 2
@@ -200,7 +190,7 @@ def _split_rope(
 @FusedStep
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: ``x [T, n]`` → ``(int8 [T, n], fp32 scale [T, 1])``."""
-    return _quantize(x.to(torch.float32))
+    return _rows(x.to(torch.float32))
 
 
 @FusedStep
@@ -209,7 +199,7 @@ def norm_quantize(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LayerNorm of ``x [T, n]`` quantized per row."""
     h = F.layer_norm(x.to(torch.float32), (x.shape[-1],), weight, bias, eps)
-    return _quantize(h)
+    return _rows(h)
 
 
 @FusedStep
@@ -224,8 +214,8 @@ def add_norm_quantize(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The residual ``x + dequantize(acc)``, and its LayerNorm quantized per row."""
-    out = x + _dequantize(acc, scale, wscale, bias)
-    return (out, *_quantize(F.layer_norm(out, (out.shape[-1],), weight, norm_bias, eps)))
+    out = x + dequantize(acc, scale, wscale, bias)
+    return (out, *_rows(F.layer_norm(out, (out.shape[-1],), weight, norm_bias, eps)))
 
 
 @FusedStep
@@ -237,7 +227,7 @@ def add_dequantize(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """The residual ``x + dequantize(acc)``."""
-    return x + _dequantize(acc, scale, wscale, bias)
+    return x + dequantize(acc, scale, wscale, bias)
 
 
 @FusedStep
@@ -256,8 +246,8 @@ def act_gate_quantize(
     act: Activation,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``act(input) * gate`` of the dequantized ``[input | gate]``, quantized per row."""
-    a, g = _dequantize(acc, scale, wscale, bias).chunk(2, dim=-1)
-    return _quantize(act(a) * g)
+    a, g = dequantize(acc, scale, wscale, bias).chunk(2, dim=-1)
+    return _rows(act(a) * g)
 
 
 @FusedStep
@@ -281,4 +271,4 @@ def rope_qkv_int8(
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`rope_qkv` of the dequantized int32 product, ``dtype`` out."""
-    return _split_rope(_dequantize(acc, scale, wscale, bias), cos, sin, heads, dtype)
+    return _split_rope(dequantize(acc, scale, wscale, bias), cos, sin, heads, dtype)

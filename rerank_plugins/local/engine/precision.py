@@ -47,10 +47,12 @@ __all__ = [
     "add_linear",
     "check_mode",
     "cpu_features",
+    "dequantize",
     "has_packed_linear",
     "prepack_linears",
     "prepare_cpu_linears",
     "quantize_linears",
+    "quantize_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -148,17 +150,28 @@ class Int8DynamicLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).float()
-        scale = x2.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
-        xq = torch.div(x2, scale).round_().to(torch.int8)
+        xq, scale = quantize_rows(x.reshape(-1, shape[-1]).float())
         acc = torch._int_mm(xq, self.weight_t)  # int32, exact
-        out = acc.to(torch.float32).mul_(scale).mul_(self.weight_scale)
-        if self.bias is not None:
-            out.add_(self.bias)
+        out = dequantize(acc, scale, self.weight_scale, self.bias)
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row of fp32 ``x [T, n]``: ``(int8 [T, n], scale [T, 1])``,
+    ``scale = amax / 127``. Plain torch: the fused CPU steps compile this same function."""
+    scale = x.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127.0)
+    return torch.div(x, scale).round_().to(torch.int8), scale
+
+
+def dequantize(
+    acc: torch.Tensor, scale: torch.Tensor, wscale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The fp32 product from the int32 ``acc [T, out]``, the rows' and the weight's scales."""
+    out = acc.to(torch.float32).mul_(scale).mul_(wscale)
+    return out if bias is None else out.add_(bias)
 
 
 def quantize_linears(module: nn.Module) -> int:
