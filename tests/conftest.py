@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
 
 from rerank_plugins.testing import make_modernbert_checkpoint, random_text
+
+# Large CPU forwards fuse from the first one, compiling inline (the default, "auto",
+# compiles in the background from the second one on): a test that scores twice must not
+# see a compilation finish in between. Subprocesses inherit it. The background path has
+# tests of its own (tests/local/test_fused.py).
+os.environ.setdefault("RERANK_PLUGINS_COMPILE", "inline")
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 """Real config and tokenizer files of the seed models (outside the repo; may be absent)."""

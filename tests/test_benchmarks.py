@@ -38,6 +38,7 @@ SCRIPTS = [
     "bench_chunking.py",
     "bench_decoder.py",
     "bench_local_attention.py",
+    "bench_first_call.py",
 ]
 TIMEOUT_S = 300
 
@@ -271,6 +272,22 @@ def test_local_attention_benchmark_times_both_paths_with_equal_scores(
     for row in rows:
         assert row["blocked_ms"] > 0 and row["auto_ms"] > 0 and row["ratio"] > 0
         assert row["max_abs_delta"] < 1e-5  # the two paths compute the same attention
+
+
+def test_first_call_benchmark_times_every_mode_in_fresh_processes(
+    smoke_runs: dict[str, Any],
+) -> None:
+    rows = finished(smoke_runs, "bench_first_call.py")["results"]
+    assert [(r["mode"], r["cache"]) for r in rows] == [
+        ("eager", "-"),
+        ("inline", "cold"),
+        ("inline", "warm"),
+        ("auto", "cold"),
+        ("auto", "warm"),
+    ]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["load_s"] > 0 and len(row["calls"]) == 2 and min(row["calls"]) > 0
 
 
 def test_pair_workloads_subset_draws_the_same_documents_as_a_full_run() -> None:

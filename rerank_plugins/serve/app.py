@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -154,6 +155,7 @@ def create_app(
                 strategy.prepare, "warm up", warmup_documents(max_batch_tokens), truncate=True
             )
             await batcher.run_one(prepared.key, prepared.items)
+            await asyncio.to_thread(_finish_compiling)
             logger.info("model %s warmed up", served.name)
         if freeze_gc:
             gc.collect()
@@ -190,3 +192,11 @@ def _secret(api_key: str | SecretStr | None) -> SecretStr | None:
     if api_key is None or not api_key.strip():
         return None
     return SecretStr(api_key.strip())
+
+
+def _finish_compiling() -> None:
+    """Compile the CPU fast path now rather than in the background once requests come
+    (the engine module is loaded only by a local model)."""
+    fused = sys.modules.get("rerank_plugins.local.engine.modernbert_fused")
+    if fused is not None:
+        fused.finish_compiling()

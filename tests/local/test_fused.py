@@ -54,9 +54,10 @@ LENGTHS = [3, 50, 1, 400, 17, 90, 1300, 33, 33]
 
 @pytest.fixture(autouse=True)
 def compile_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Compiling allowed, and the size floors at zero: the tiny test models take the fast
-    path as full-size ones do (the floors have their own test)."""
-    monkeypatch.setenv(fused.COMPILE_ENV, "auto")
+    """Compiling allowed (inline: from the first large forward; the background default has
+    its own tests), and the size floors at zero: the tiny test models take the fast path as
+    full-size ones do (the floors have their own test)."""
+    monkeypatch.setenv(fused.COMPILE_ENV, "inline")
     monkeypatch.setattr(fused, "FUSE_MIN_ELEMENTS", 0)
     monkeypatch.setattr(oa, "MIN_KEYS", 1)
 
@@ -88,7 +89,8 @@ def ids(lengths: list[int]) -> list[list[int]]:
 
 
 @pytest.mark.parametrize(
-    ("raw", "mode"), [("", "auto"), ("AUTO", "auto"), ("1", "on"), ("on", "on"), ("0", "off")]
+    ("raw", "mode"),
+    [("", "auto"), ("AUTO", "auto"), ("inline", "inline"), ("1", "on"), ("on", "on"), ("0", "off")],
 )
 def test_compile_mode_reads_the_environment(
     monkeypatch: pytest.MonkeyPatch, raw: str, mode: str
@@ -103,7 +105,7 @@ def test_a_bad_compile_setting_is_refused_when_the_model_loads(
     monkeypatch.setenv(fused.COMPILE_ENV, "sometimes")
     with pytest.raises(UnsupportedDeviceError, match="RERANK_PLUGINS_COMPILE"):
         fused.compile_mode()
-    with pytest.raises(UnsupportedDeviceError, match="use auto, 1 or 0"):
+    with pytest.raises(UnsupportedDeviceError, match="use auto, inline, 1 or 0"):
         CrossEncoderScorer(ckpt, device="cpu", cache=False)
 
 

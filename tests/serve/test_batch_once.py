@@ -7,8 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from rerank_plugins.local.cross_encoder import CrossEncoderScorer
+from rerank_plugins.local.engine import fused
 from rerank_plugins.serve import create_app
 from rerank_plugins.serve.app import DEFAULT_BATCH_TOKENS, warmup_documents
 from rerank_plugins.testing import FunctionScorer
@@ -106,3 +108,17 @@ async def test_warm_up_runs_one_document_then_a_full_batch(
     async with app.router.lifespan_context(app):
         assert sizes == [1, len(warmup_documents(4096))]
     assert len(warmup_documents(4096)) * 166 <= 4096 < (len(warmup_documents(4096)) + 1) * 166
+
+
+async def test_warm_up_leaves_the_cpu_fast_path_compiled(
+    modernbert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # By default the fast path compiles in the background from a model's second large
+    # forward; a server compiles it during the warm-up instead, before the port opens.
+    monkeypatch.setenv(fused.COMPILE_ENV, "auto")
+    scorer = CrossEncoderScorer(modernbert_dir, device="cpu", cache=False)
+    gate = scorer.classifier.model.trunk.fusion
+    assert not gate.ready
+    app = create_app(scorer, max_batch_tokens=4096)
+    async with app.router.lifespan_context(app):
+        assert gate.ready == fused.fusion_enabled(torch.device("cpu"))

@@ -11,11 +11,13 @@ single loop that reads its inputs once.
 
 When it runs: on the CPU, for forwards of at least ``FUSE_MIN_ELEMENTS`` activation
 elements (below, dispatching a compiled step costs what it saves), when
-``RERANK_PLUGINS_COMPILE`` is unset or ``auto`` and a C++ compiler is on the path
-(Inductor generates C++); ``0`` turns it off, ``1`` insists (a failed compilation is
-then an error instead of a fallback). The first such forward of a process compiles every
-step: 13.7 s wall on a cold cache and 3.5 s once Inductor's on-disk cache (under
-``$TORCHINDUCTOR_CACHE_DIR``) holds them (int8, 6 layers of 384, measured). A step whose
+``RERANK_PLUGINS_COMPILE`` is unset, ``auto`` or ``inline`` and a C++ compiler is on the
+path (Inductor generates C++); ``0`` turns it off, ``1`` insists (a failed compilation is
+then an error instead of a fallback). Compiling every step takes 13.7 s wall on a cold
+cache and 3.5 s once Inductor's on-disk cache (under ``$TORCHINDUCTOR_CACHE_DIR``) holds
+them (int8, 6 layers of 384, measured): ``auto`` does it in the background from a
+trunk's second large forward on, ``inline`` and ``1`` at its first (see
+:mod:`~rerank_plugins.local.engine.modernbert_fused`). A step whose
 compilation fails logs one warning and runs the same function eagerly from then on, so
 the scores never depend on whether a compiler was found (the parity tests run both).
 
@@ -68,15 +70,19 @@ COMPILE_ENV = "RERANK_PLUGINS_COMPILE"
 
 
 def compile_mode() -> str:
-    """``"auto"``, ``"on"`` or ``"off"``, from ``$RERANK_PLUGINS_COMPILE``."""
+    """``"auto"``, ``"inline"``, ``"on"`` or ``"off"``, from ``$RERANK_PLUGINS_COMPILE``
+    (``auto``: compiled in the background, :class:`~.modernbert_fused.FusionGate`;
+    ``inline``: at the first large forward; ``on``: inline, and a failure is an error)."""
     raw = os.environ.get(COMPILE_ENV, "auto").strip().lower()
     if raw in ("", "auto"):
         return "auto"
+    if raw == "inline":
+        return "inline"
     if raw in ("1", "on", "true", "yes"):
         return "on"
     if raw in ("0", "off", "false", "no"):
         return "off"
-    raise UnsupportedDeviceError(f"{COMPILE_ENV}={raw!r}: use auto, 1 or 0")
+    raise UnsupportedDeviceError(f"{COMPILE_ENV}={raw!r}: use auto, inline, 1 or 0")
 
 
 @functools.cache

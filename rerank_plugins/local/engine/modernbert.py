@@ -51,7 +51,7 @@ from rerank_plugins.local.engine.attention import (
     contiguous,
 )
 from rerank_plugins.local.engine.fused import compile_mode, worth_fusing
-from rerank_plugins.local.engine.modernbert_fused import fused_layer
+from rerank_plugins.local.engine.modernbert_fused import FusionGate, fused_layer
 from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.precision import add_linear, prepare_cpu_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
@@ -258,6 +258,7 @@ class ModernBertTrunk(nn.Module):
         self._act = activation(spec.hidden_activation)
         with torch.device("cpu"):  # fp32 host tables, even when the modules are built on "meta"
             self._inv_freq = {t: default_inv_freq(spec.head_dim, t) for t in set(spec.thetas)}
+        self.fusion = FusionGate(self)
 
     def encode(
         self,
@@ -310,7 +311,7 @@ class ModernBertTrunk(nn.Module):
         tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
         wanted = set(exits)
         found: dict[int, torch.Tensor] = {}
-        fuse = worth_fusing(x.device, t, spec.hidden_size)
+        fuse = worth_fusing(x.device, t, spec.hidden_size) and self.fusion.allows()
         act, eps = self._act, spec.norm_eps
         for i in range(start, max(exits)):
             preemption_point()

@@ -10,16 +10,30 @@ passes between the matrix products are merged:
 - int8 (:class:`~rerank_plugins.local.engine.precision.Int8DynamicLinear`): every matrix
   product reads int8 rows produced by the pass before it (LayerNorm, RoPE's dequantize,
   the gate, the residual add), so quantizing and rescaling cost no pass of their own.
+
+When a trunk starts fusing (:class:`FusionGate`): with ``RERANK_PLUGINS_COMPILE=inline``
+(or ``1``) at its first large forward, which compiles every step inline. By default
+(``auto``) its first large forward runs eagerly and the second starts compiling in a
+background thread (a small synthetic forward through every fused step); forwards run
+fused once that is done. A one-off call never waits for Inductor (seconds; tens on a cold
+cache), and a long job or a server (whose warm-up waits, :func:`finish_compiling`) gets
+the fast path.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
+import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from rerank_plugins.local.engine import fused
+from rerank_plugins.local.engine.packing import pack_sequences
 from rerank_plugins.local.engine.precision import (
     BF16_FEATURES,
     Int8DynamicLinear,
@@ -27,7 +41,15 @@ from rerank_plugins.local.engine.precision import (
     cpu_features,
 )
 
-__all__ = ["fused_layer", "int8_attention_dtype"]
+__all__ = ["FusionGate", "finish_compiling", "fused_layer", "int8_attention_dtype"]
+
+logger = logging.getLogger(__name__)
+
+# ``auto`` compiles in the background from this many large forwards of a trunk on: the
+# first runs eagerly and leaves nothing behind (a one-off rerank call or CLI run).
+BACKGROUND_AFTER = 2
+
+_gates: weakref.WeakSet[FusionGate] = weakref.WeakSet()
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -79,3 +101,94 @@ def fused_layer(
     acc = torch._int_mm(zq, wmo.weight_t)
     out: torch.Tensor = fused.add_dequantize(x, acc, zs, wmo.weight_scale, wmo.bias)
     return out
+
+
+class FusionGate:
+    """Whether a trunk's large CPU forwards take the fused steps (module docstring).
+
+    :meth:`allows` is asked once per large forward of ``trunk`` (those
+    :func:`~.fused.worth_fusing` picks); compiling runs one small synthetic forward of the
+    trunk through every fused step.
+    """
+
+    def __init__(self, trunk: Any) -> None:
+        self._trunk = weakref.ref(trunk)
+        self._lock = threading.Lock()
+        self._large = 0
+        self._thread: threading.Thread | None = None
+        self._ready = False
+        self._warming = threading.local()
+        _gates.add(self)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the steps are compiled (large forwards run fused)."""
+        return self._ready
+
+    def allows(self) -> bool:
+        if self._ready or getattr(self._warming, "active", False):
+            return True
+        if fused.compile_mode() != "auto":
+            return True  # inline or on: the steps compile on this forward
+        with self._lock:
+            self._large += 1
+            if self._large >= BACKGROUND_AFTER:
+                self._start()
+        return False
+
+    def finish(self, timeout: float | None = None) -> bool:
+        """Compile now if nothing started yet and wait (at most ``timeout`` seconds) until
+        done; whether the fused steps are ready."""
+        trunk = self._trunk()
+        if trunk is None or trunk.final_norm.weight.device.type != "cpu":
+            return True  # unloaded, or not a CPU trunk: nothing to compile
+        with self._lock:
+            self._start()
+            thread = self._thread
+        assert thread is not None
+        thread.join(timeout)
+        return self._ready
+
+    def _start(self) -> None:
+        if self._thread is None:  # under self._lock
+            self._thread = threading.Thread(target=self._run, name="rerank-compile", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        self._warming.active = True
+        start = time.perf_counter()
+        try:
+            trunk = self._trunk()
+            if trunk is None:  # unloaded meanwhile
+                return
+            half = warm_tokens(trunk.spec.hidden_size) // 2 + 1
+            with torch.inference_mode():
+                batch = pack_sequences([[0] * half] * 2, trunk.final_norm.weight.device)
+                trunk.encode_exits(batch, [trunk.spec.num_layers])
+        except Exception as exc:  # a step that fails to compile falls back by itself
+            logger.warning(
+                "compiling the CPU fast path failed (%s: %s); forwards stay eager",
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+        else:
+            self._ready = True
+            logger.info(
+                "CPU fast path compiled in %.1f s: large forwards run fused from now on",
+                time.perf_counter() - start,
+            )
+
+
+def warm_tokens(hidden: int) -> int:
+    """Tokens of the synthetic forward that compiles a trunk's steps: just over the fusing
+    floor (and past ``torch._int_mm``'s minimum of 17 rows)."""
+    return max(32, math.ceil(fused.FUSE_MIN_ELEMENTS / hidden))
+
+
+def finish_compiling(timeout: float | None = None) -> bool:
+    """Compile the fast path of every trunk loaded in this process now (if not yet done)
+    and wait; whether all are ready. For a server's warm-up and for benchmarks; a no-op
+    when the fast path is off."""
+    if not fused.fusion_enabled(torch.device("cpu")):
+        return True
+    return all([gate.finish(timeout) for gate in list(_gates)])
