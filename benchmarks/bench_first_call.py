@@ -2,7 +2,8 @@
 
 Each row is one fresh Python process (as a notebook kernel or a one-off CLI run is) that
 loads a random-weight ModernBERT checkpoint and makes ``--calls`` calls of ``--docs``
-documents (80-220 words) on the CPU, fp32, timing each call's wall clock. The rows differ
+documents (80-220 words) on the CPU (``--dtype``, fp32 by default), timing each call's
+wall clock. The rows differ
 in ``RERANK_PLUGINS_COMPILE``:
 
 - ``eager`` (``0``): no compilation at all;
@@ -12,9 +13,10 @@ in ``RERANK_PLUGINS_COMPILE``:
   compilation in a background thread, later calls run fused once it is done;
 
 each with a **cold** Inductor cache (a fresh ``TORCHINDUCTOR_CACHE_DIR``) and then a
-**warm** one (the same directory, the next process). The default shape is the
+**warm** one (the same directory, the next process). ``process s`` is the child's whole
+life, interpreter start to exit (an exit waits for a compilation still running). The default shape is the
 gte-reranker-modernbert-base one (22 layers, hidden 768; a ~600 MB checkpoint written to
-a temporary directory).
+a temporary directory); ``--shape small`` is 6 layers of 384.
 
     python benchmarks/bench_first_call.py                  # ~3 minutes here
     python benchmarks/bench_first_call.py --calls 8 --docs 40
@@ -45,6 +47,12 @@ BASE = {  # gte-reranker-modernbert-base's trunk (config.json of the real checkp
     "global_rope_theta": 160000.0,
     "local_rope_theta": 10000.0,
 }
+SMALL = {
+    "hidden_size": 384,
+    "intermediate_size": 576,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 6,
+}
 SMOKE = {
     "hidden_size": 64,
     "intermediate_size": 96,
@@ -55,7 +63,7 @@ MODES = {"eager": "0", "inline": "inline", "auto": "auto"}
 QUERY = "what is the capital of france"
 
 
-def child(directory: str, calls: int, docs: int, seed: int) -> None:
+def child(directory: str, calls: int, docs: int, seed: int, dtype: str) -> None:
     """One fresh process: load, then ``calls`` calls; JSON on stdout."""
     import random
 
@@ -63,7 +71,7 @@ def child(directory: str, calls: int, docs: int, seed: int) -> None:
     from rerank_plugins import load_scorer
     from rerank_plugins.testing import random_text
 
-    scorer = load_scorer(directory, device="cpu", cache=False)
+    scorer = load_scorer(directory, device="cpu", dtype=dtype, cache=False)
     loaded = time.perf_counter() - start
     rng = random.Random(seed)
     texts = [random_text(rng, rng.randint(80, 220)) for _ in range(docs)]
@@ -83,12 +91,16 @@ def run_child(directory: Path, mode: str, cache: Path, args: argparse.Namespace)
     }
     command = [sys.executable, __file__, "--child", str(directory)]
     command += ["--calls", str(args.calls), "--docs", str(args.docs), "--seed", str(args.seed)]
+    command += ["--dtype", args.dtype]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
     result: dict = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process"] = seconds  # start to exit (an exit waits for a running compilation)
     return result
 
 
@@ -100,13 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=6, help="calls per process")
     p.add_argument("--docs", type=int, default=20, help="documents per call")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or int8")
+    p.add_argument(
+        "--shape",
+        choices=["base", "small"],
+        default="base",
+        help="base: 22 layers, hidden 768; small: 6 layers, hidden 384",
+    )
     p.add_argument("--child", metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
         args.calls, args.docs = 2, 3
     harness.apply_threads(args)
     if args.child:
-        child(args.child, args.calls, args.docs, args.seed)
+        child(args.child, args.calls, args.docs, args.seed, args.dtype)
         return 0
     harness.print_header("bench_first_call")
     from rerank_plugins.testing import make_modernbert_checkpoint
@@ -114,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         directory = make_modernbert_checkpoint(
-            Path(tmp) / "ckpt", config={**BASE, **(SMOKE if args.smoke else {})}
+            Path(tmp) / "ckpt",
+            config={
+                **BASE,
+                **(SMALL if args.shape == "small" else {}),
+                **(SMOKE if args.smoke else {}),
+            },
         )
         for mode in MODES:
             cache = Path(tmp) / f"inductor-{mode}"
@@ -129,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     columns.append(Column("load_s", "load s", 7, ".1f"))
     columns += [Column(f"call{i + 1}", f"call {i + 1} s", 9, ".1f") for i in range(args.calls)]
     columns.append(Column("total_s", "calls total s", 14, ".1f"))
+    columns.append(Column("process", "process s", 10, ".1f"))
     print(harness.format_table(rows, columns, markdown=args.markdown))
     if args.json:
         harness.write_json(args.json, "bench_first_call", rows, args=args)

@@ -1,7 +1,8 @@
 """When a trunk starts taking the CPU fast path (``RERANK_PLUGINS_COMPILE=auto``).
 
-By default the first large forward runs eagerly, the second starts compiling every fused
-step in a background thread, and forwards fuse once that is done; ``finish_compiling``
+By default large forwards run eagerly until they have done about as much work as compiling
+costs, then a background thread compiles every fused step, and forwards fuse once that is
+done; ``finish_compiling``
 (a server's warm-up) compiles now and waits. Checked: which thread runs the fused layers,
 that the scores are the eager engine's until then (within 1e-5: attention may run
 through oneDNN either way) and after, that a failed
@@ -11,7 +12,10 @@ compilation leaves the forwards eager and correct, and that ``inline`` compiles 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,10 +32,11 @@ from rerank_plugins.local.engine.packing import pack_sequences
 from rerank_plugins.testing import make_modernbert_checkpoint
 
 CPU = torch.device("cpu")
-LAYERS = 3
+ROOT = Path(__file__).resolve().parents[2]
+LAYERS, HIDDEN = 3, 64
 CONFIG = {
     "num_hidden_layers": LAYERS,
-    "hidden_size": 64,
+    "hidden_size": HIDDEN,
     "intermediate_size": 96,
     "num_attention_heads": 4,
     "global_attn_every_n_layers": 2,
@@ -75,20 +80,22 @@ def _logits(model: mb.ModernBert) -> torch.Tensor:
 
 
 @needs_compiler
-def test_auto_compiles_in_the_background_from_the_second_large_forward(
+def test_auto_compiles_in_the_background_once_the_eager_work_adds_up(
     ckpt: Path, monkeypatch: pytest.MonkeyPatch, fused_threads: list[str]
 ) -> None:
     monkeypatch.setenv(fused.COMPILE_ENV, "0")
     eager = _logits(load_modernbert(ckpt))
     monkeypatch.setenv(fused.COMPILE_ENV, "auto")
+    work = sum(n + 2 for n in LENGTHS) * HIDDEN * LAYERS  # one forward's
+    monkeypatch.setattr(mf, "BACKGROUND_AFTER_WORK", work + work // 2)  # 1.5 forwards
     model = load_modernbert(ckpt)
     gate = model.trunk.fusion
 
     first = _logits(model)
-    assert fused_threads == [] and gate._thread is None  # a one-off call compiles nothing
+    assert fused_threads == [] and gate._thread is None  # a short job compiles nothing
     assert (first - eager).abs().max() <= 1e-5  # attention may still run through oneDNN
 
-    second = _logits(model)  # starts the compilation, runs eagerly itself
+    second = _logits(model)  # crosses the threshold: starts compiling, runs eagerly itself
     assert gate._thread is not None
     assert (second - eager).abs().max() <= 1e-5
     assert gate.finish(timeout=600)
@@ -164,3 +171,39 @@ def test_the_synthetic_forward_is_just_over_the_floor() -> None:
     assert mf.warm_tokens(768) * 768 >= fused.FUSE_MIN_ELEMENTS
     assert (mf.warm_tokens(768) - 1) * 768 < fused.FUSE_MIN_ELEMENTS
     assert mf.warm_tokens(1 << 20) == 32  # torch._int_mm needs more than 16 rows
+
+
+@needs_compiler
+@pytest.mark.slow  # a fresh interpreter that compiles (seconds)
+def test_a_process_that_exits_while_compiling_waits_for_it(ckpt: Path) -> None:
+    # A compilation thread still inside the compiler when the interpreter tears down
+    # aborted the process once in nine tries ("terminate called without an active
+    # exception", status 134): the exit now waits for it.
+    script = (
+        "import logging, sys, torch\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from rerank_plugins.local.engine import fused, modernbert_fused as mf\n"
+        "from rerank_plugins.local.engine.modernbert import load_modernbert\n"
+        "from rerank_plugins.local.engine.packing import pack_sequences\n"
+        "fused.FUSE_MIN_ELEMENTS = 0\n"
+        "mf.BACKGROUND_AFTER_WORK = 1  # the first forward starts the compilation\n"
+        "model = load_modernbert(sys.argv[1])\n"
+        "with torch.inference_mode():\n"
+        "    for _ in range(2):\n"
+        "        model.classify(pack_sequences([[2, 7, 9, 3]] * 3, torch.device('cpu')))\n"
+        "gate = model.trunk.fusion\n"
+        "print('compiling', gate._thread is not None and not gate.ready, flush=True)\n"
+    )
+    env = {**os.environ, fused.COMPILE_ENV: "auto", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(ckpt)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiling True" in done.stdout  # it did exit while compiling
+    assert "waiting for the CPU fast path's compilation to finish" in done.stderr
+    assert "CPU fast path compiled in" in done.stderr  # and the compilation completed
+    assert "terminate called" not in done.stderr

@@ -15,8 +15,8 @@ elements (below, dispatching a compiled step costs what it saves), when
 path (Inductor generates C++); ``0`` turns it off, ``1`` insists (a failed compilation is
 then an error instead of a fallback). Compiling every step takes 13.7 s wall on a cold
 cache and 3.5 s once Inductor's on-disk cache (under ``$TORCHINDUCTOR_CACHE_DIR``) holds
-them (int8, 6 layers of 384, measured): ``auto`` does it in the background from a
-trunk's second large forward on, ``inline`` and ``1`` at its first (see
+them (int8, 6 layers of 384, measured): ``auto`` does it in the background once a
+trunk's eager forwards have done about as much work, ``inline`` and ``1`` at its first (see
 :mod:`~rerank_plugins.local.engine.modernbert_fused`). A step whose
 compilation fails logs one warning and runs the same function eagerly from then on, so
 the scores never depend on whether a compiler was found (the parity tests run both).

@@ -311,7 +311,7 @@ class ModernBertTrunk(nn.Module):
         tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
         wanted = set(exits)
         found: dict[int, torch.Tensor] = {}
-        fuse = worth_fusing(x.device, t, spec.hidden_size) and self.fusion.allows()
+        fuse = worth_fusing(x.device, t, spec.hidden_size) and self.fusion.allows(t)
         act, eps = self._act, spec.norm_eps
         for i in range(start, max(exits)):
             preemption_point()

@@ -13,15 +13,17 @@ passes between the matrix products are merged:
 
 When a trunk starts fusing (:class:`FusionGate`): with ``RERANK_PLUGINS_COMPILE=inline``
 (or ``1``) at its first large forward, which compiles every step inline. By default
-(``auto``) its first large forward runs eagerly and the second starts compiling in a
-background thread (a small synthetic forward through every fused step); forwards run
-fused once that is done. A one-off call never waits for Inductor (seconds; tens on a cold
-cache), and a long job or a server (whose warm-up waits, :func:`finish_compiling`) gets
-the fast path.
+(``auto``) its large forwards run eagerly until they have done about as much work as
+compiling costs (``BACKGROUND_AFTER_WORK``, seconds of CPU), then a background thread
+compiles (a small synthetic forward through every fused step); forwards run fused once
+that is done. A short job never waits for Inductor (seconds; tens on a cold cache), a
+long one or a notebook gets the fast path after a few seconds of work, a server compiles
+in its warm-up (:func:`finish_compiling`).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import threading
@@ -45,9 +47,13 @@ __all__ = ["FusionGate", "finish_compiling", "fused_layer", "int8_attention_dtyp
 
 logger = logging.getLogger(__name__)
 
-# ``auto`` compiles in the background from this many large forwards of a trunk on: the
-# first runs eagerly and leaves nothing behind (a one-off rerank call or CLI run).
-BACKGROUND_AFTER = 2
+# ``auto`` starts compiling once a trunk's large eager forwards have done this much work
+# (tokens x hidden x layers): about 4-6 s of eager CPU time here (fp32 at 22 x 768: 2 s
+# per 88M; int8 at 6 x 384: 0.2 s per 12M), about what compiling costs. A job shorter
+# than that never compiles (nor waits for a compilation at exit); a longer one pays at
+# most about twice what the better choice in hindsight would have.
+BACKGROUND_AFTER_WORK = 1 << 28
+_EXIT_WAIT_S = 600.0  # at most this long at exit (a cold compilation takes seconds)
 
 _gates: weakref.WeakSet[FusionGate] = weakref.WeakSet()
 
@@ -108,13 +114,15 @@ class FusionGate:
 
     :meth:`allows` is asked once per large forward of ``trunk`` (those
     :func:`~.fused.worth_fusing` picks); compiling runs one small synthetic forward of the
-    trunk through every fused step.
+    trunk through every fused step, in a background thread from ``BACKGROUND_AFTER_WORK``
+    on.
     """
 
     def __init__(self, trunk: Any) -> None:
         self._trunk = weakref.ref(trunk)
         self._lock = threading.Lock()
-        self._large = 0
+        self._work = 0
+        self._unit = trunk.spec.hidden_size * trunk.spec.num_layers
         self._thread: threading.Thread | None = None
         self._ready = False
         self._warming = threading.local()
@@ -125,14 +133,15 @@ class FusionGate:
         """Whether the steps are compiled (large forwards run fused)."""
         return self._ready
 
-    def allows(self) -> bool:
+    def allows(self, tokens: int) -> bool:
+        """Whether this large forward of ``tokens`` tokens runs fused."""
         if self._ready or getattr(self._warming, "active", False):
             return True
         if fused.compile_mode() != "auto":
             return True  # inline or on: the steps compile on this forward
         with self._lock:
-            self._large += 1
-            if self._large >= BACKGROUND_AFTER:
+            self._work += tokens * self._unit
+            if self._work >= BACKGROUND_AFTER_WORK:
                 self._start()
         return False
 
@@ -177,6 +186,20 @@ class FusionGate:
                 "CPU fast path compiled in %.1f s: large forwards run fused from now on",
                 time.perf_counter() - start,
             )
+
+
+@atexit.register
+def _wait_at_exit() -> None:
+    """A compilation still running when the interpreter exits can abort the process
+    ("terminate called without an active exception", seen once in nine exits right after
+    a compilation started): the exit waits for it (seconds; the result stays in
+    Inductor's on-disk cache for the next process). Never longer than the old behaviour,
+    which compiled inline on the first large forward."""
+    running = [g._thread for g in list(_gates) if g._thread is not None and g._thread.is_alive()]
+    if running:
+        logger.info("waiting for the CPU fast path's compilation to finish before exiting")
+    for thread in running:
+        thread.join(timeout=_EXIT_WAIT_S)
 
 
 def warm_tokens(hidden: int) -> int:
