@@ -14,9 +14,9 @@ in ``RERANK_PLUGINS_COMPILE``:
 
 each with a **cold** Inductor cache (a fresh ``TORCHINDUCTOR_CACHE_DIR``) and then a
 **warm** one (the same directory, the next process). ``process s`` is the child's whole
-life, interpreter start to exit (an exit waits for a compilation still running). The default shape is the
-gte-reranker-modernbert-base one (22 layers, hidden 768; a ~600 MB checkpoint written to
-a temporary directory); ``--shape small`` is 6 layers of 384.
+life, interpreter start to exit (an exit waits for a compilation still running). The
+default shape is the gte-reranker-modernbert-base one (22 layers, hidden 768; a ~600 MB
+checkpoint written to a temporary directory); ``--shape small`` is 6 layers of 384.
 
     python benchmarks/bench_first_call.py                  # ~3 minutes here
     python benchmarks/bench_first_call.py --calls 8 --docs 40
