@@ -192,9 +192,8 @@ class FusionGate:
 def _wait_at_exit() -> None:
     """A compilation still running when the interpreter exits can abort the process
     ("terminate called without an active exception", seen once in nine exits right after
-    a compilation started): the exit waits for it (seconds; the result stays in
-    Inductor's on-disk cache for the next process). Never longer than the old behaviour,
-    which compiled inline on the first large forward."""
+    a compilation started): the exit waits for it, at most one compilation (seconds; the
+    result stays in Inductor's on-disk cache for the next process)."""
     running = [g._thread for g in list(_gates) if g._thread is not None and g._thread.is_alive()]
     if running:
         logger.info("waiting for the CPU fast path's compilation to finish before exiting")
