@@ -125,7 +125,6 @@ class FusionGate:
         self._unit = trunk.spec.hidden_size * trunk.spec.num_layers
         self._thread: threading.Thread | None = None
         self._ready = False
-        self._warming = threading.local()
         _gates.add(self)
 
     @property
@@ -135,8 +134,8 @@ class FusionGate:
 
     def allows(self, tokens: int) -> bool:
         """Whether this large forward of ``tokens`` tokens runs fused."""
-        if self._ready or getattr(self._warming, "active", False):
-            return True
+        if self._ready or threading.current_thread() is self._thread:
+            return True  # compiled, or the compiling forward itself
         if fused.compile_mode() != "auto":
             return True  # inline or on: the steps compile on this forward
         with self._lock:
@@ -164,7 +163,6 @@ class FusionGate:
             self._thread.start()
 
     def _run(self) -> None:
-        self._warming.active = True
         start = time.perf_counter()
         try:
             trunk = self._trunk()
