@@ -39,18 +39,15 @@ from bench_serve import (
     stop,
 )
 from harness import Column
+from prometheus_client.parser import text_string_to_metric_families
 
 from rerank_plugins.testing import make_modernbert_checkpoint
 
 
 def forwards(metrics_url: str) -> tuple[float, float]:
     """(documents, forwards) the server has scored so far, from its Prometheus page."""
-    text = httpx.get(metrics_url, timeout=10).text
-    values = {}
-    for line in text.splitlines():
-        if line.startswith(("rerank_batch_pairs_sum ", "rerank_batch_pairs_count ")):
-            name, value = line.split()
-            values[name] = float(value)
+    families = text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text)
+    values = {s.name: s.value for f in families for s in f.samples if not s.labels}
     return values.get("rerank_batch_pairs_sum", 0.0), values.get("rerank_batch_pairs_count", 0.0)
 
 
