@@ -15,8 +15,9 @@ in ``RERANK_PLUGINS_COMPILE``:
 each with a **cold** Inductor cache (a fresh ``TORCHINDUCTOR_CACHE_DIR``) and then a
 **warm** one (the same directory, the next process). ``process s`` is the child's whole
 life, interpreter start to exit (an exit waits for a compilation still running). The
-default shape is the gte-reranker-modernbert-base one (22 layers, hidden 768; a ~600 MB
-checkpoint written to a temporary directory); ``--shape small`` is 6 layers of 384.
+default shape is the gte-reranker-modernbert-base one (22 layers, hidden 768, its
+vocabulary; a ~750 MB checkpoint written to a temporary directory); ``--shape small`` is
+6 layers of 384.
 
     python benchmarks/bench_first_call.py                  # ~3 minutes here
     python benchmarks/bench_first_call.py --calls 8 --docs 40
@@ -34,30 +35,12 @@ import time
 from pathlib import Path
 
 import harness
+from bench_cross_encoder import SMOKE_SHAPE, Shape
 from harness import Column
 
-BASE = {  # gte-reranker-modernbert-base's trunk (config.json of the real checkpoint)
-    "hidden_size": 768,
-    "intermediate_size": 1152,
-    "num_hidden_layers": 22,
-    "num_attention_heads": 12,
-    "global_attn_every_n_layers": 3,
-    "local_attention": 128,
-    "max_position_embeddings": 8192,
-    "global_rope_theta": 160000.0,
-    "local_rope_theta": 10000.0,
-}
-SMALL = {
-    "hidden_size": 384,
-    "intermediate_size": 576,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 6,
-}
-SMOKE = {
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
+SHAPES = {  # the real checkpoints' trunks: gte-reranker-modernbert-base, and a small one
+    "base": Shape(layers=22, hidden=768, heads=12, intermediate=1152, vocab=50368),
+    "small": Shape(layers=6, hidden=384, heads=6, intermediate=576, vocab=50368),
 }
 MODES = {"eager": "0", "inline": "inline", "auto": "auto"}
 QUERY = "what is the capital of france"
@@ -134,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         directory = make_modernbert_checkpoint(
             Path(tmp) / "ckpt",
-            config={
-                **BASE,
-                **(SMALL if args.shape == "small" else {}),
-                **(SMOKE if args.smoke else {}),
-            },
+            config=(SMOKE_SHAPE if args.smoke else SHAPES[args.shape]).config(8192),
         )
         for mode in MODES:
             cache = Path(tmp) / f"inductor-{mode}"
