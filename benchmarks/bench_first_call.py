@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--child", metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.calls < 1 or args.docs < 1:
+        p.error("--calls and --docs take positive integers")
     if args.smoke:
         args.calls, args.docs = 2, 3
     harness.apply_threads(args)

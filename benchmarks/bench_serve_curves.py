@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.budgets = [int(x) for x in args.budgets.split(",")]
     args.clients = [int(x) for x in args.clients.split(",")]
+    if min(args.budgets + args.clients) < 1 or args.rounds < 1 or not args.seconds > 0:
+        p.error("--budgets, --clients and --rounds take positive integers, --seconds > 0")
     if args.smoke:
         args.budgets, args.clients, args.seconds, args.rounds = [1024], [1, 4], 1.0, 1
     shape = SMALL_SHAPE if args.small else TINY_SHAPE
