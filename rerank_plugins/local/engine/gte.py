@@ -43,6 +43,7 @@ from rerank_plugins.local.engine.rope import (
     ntk_inv_freq,
     rotary_cos_sin,
 )
+from rerank_plugins.local.engine.threads import forward_threads, layer_work
 from rerank_plugins.local.tokenization import EncodedPair
 from rerank_plugins.scoring import preemption_point
 
@@ -273,9 +274,11 @@ class GteNewModel(nn.Module):
             x = x + emb.token_type_embeddings(type_ids)
         x = emb.LayerNorm(x)
         cos, sin = rotary_cos_sin(self.inv_freq, batch.position_ids)
-        for layer in self.new.encoder.layer:
-            preemption_point()
-            x = layer(x, cos, sin, batch, backend)
+        c = self.config
+        with forward_threads(layer_work(batch.num_tokens, c.hidden_size, c.intermediate_size)):
+            for layer in self.new.encoder.layer:
+                preemption_point()
+                x = layer(x, cos, sin, batch, backend)
         # The head (pooler + classifier) runs in fp32 whatever the trunk's dtype.
         first = x.index_select(0, batch.starts).float()  # <s> of each pair
         pooled = torch.tanh(self.new.pooler.dense(first))

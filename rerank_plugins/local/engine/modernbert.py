@@ -1,10 +1,8 @@
 """Native ModernBERT: the trunk, its heads and a packed cross-encoder classifier.
 
-Loads Hugging Face ModernBERT checkpoints straight from safetensors, in any of the three
-layouts (``ModernBertForSequenceClassification``, ``ModernBertForMaskedLM`` with
-``model.``-prefixed keys, bare ``ModernBertModel`` without), and reproduces transformers'
-forward on packed variable-length batches
-(:class:`~rerank_plugins.local.engine.packing.PackedBatch`):
+Loads Hugging Face ModernBERT checkpoints (``ModernBertForSequenceClassification``,
+``ModernBertForMaskedLM``, bare ``ModernBertModel``) straight from safetensors and
+reproduces transformers' forward on packed variable-length batches (``PackedBatch``):
 
 - pre-norm layers without biases (unless the config asks for them), LayerNorm eps
   ``norm_eps``; layer 0 has no ``attn_norm``;
@@ -14,18 +12,17 @@ forward on packed variable-length batches
   ``layer_types`` says), else local with keys ``|i - j| <= local_attention // 2``;
 - RoPE with ``global_rope_theta`` on global and ``local_rope_theta`` on local layers,
   positions restarting at 0 for each sequence;
-- ``final_norm`` after the last layer run; pooling ``mean`` (over every real token,
-  CLS and SEP included) or ``cls``; head ``dense → act → norm`` then ``classifier`` (or
-  the tied ``decoder`` with its bias for masked LM).
+- ``final_norm`` after the last layer run; pooling ``mean`` (every real token, CLS and
+  SEP included) or ``cls``; head ``dense → act → norm``, then ``classifier`` (masked LM:
+  the tied ``decoder`` with its bias).
 
-Precision: the trunk runs in the load dtype (bf16 by default on CUDA, fp32 on CPU) with
-fp32 RoPE tables and fp32 softmax inside the attention kernels; pooling and the heads run
-in fp32. Large CPU forwards run each layer with its elementwise steps fused
-(:mod:`~rerank_plugins.local.engine.modernbert_fused`): the same maths.
+Precision: the load dtype (bf16 by default on CUDA, fp32 on CPU) with fp32 RoPE tables
+and softmax; pooling and heads in fp32. Large CPU forwards fuse each layer's elementwise
+steps (:mod:`~rerank_plugins.local.engine.modernbert_fused`, the same maths); short eager
+ones run on one intra-op thread (:func:`~rerank_plugins.local.engine.threads.forward_threads`).
 
-Reuse: :meth:`ModernBertTrunk.encode` returns token-level hidden states ``[T, hidden]``
-(a ColBERT scorer projects them), and ``num_layers=L`` runs only the first ``L`` layers
-(a real early exit, for Matryoshka rerankers that put heads on intermediate layers).
+Reuse: :meth:`ModernBertTrunk.encode` returns hidden states ``[T, hidden]`` (ColBERT
+projects them); ``num_layers=L`` runs only the first ``L`` layers (Matryoshka early exit).
 """
 
 from __future__ import annotations
@@ -55,6 +52,7 @@ from rerank_plugins.local.engine.modernbert_fused import FusionGate, fused_layer
 from rerank_plugins.local.engine.packing import PackedBatch, pack_sequences
 from rerank_plugins.local.engine.precision import add_linear, prepare_cpu_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
+from rerank_plugins.local.engine.threads import SERIAL_WORK, forward_threads, layer_work
 from rerank_plugins.local.tokenization import EncodedPair
 from rerank_plugins.scoring import preemption_point
 
@@ -313,34 +311,36 @@ class ModernBertTrunk(nn.Module):
         found: dict[int, torch.Tensor] = {}
         fuse = worth_fusing(x.device, t, spec.hidden_size) and self.fusion.allows(t)
         act, eps = self._act, spec.norm_eps
-        for i in range(start, max(exits)):
-            preemption_point()
-            layer: Any = self.layers[i]
-            theta, window = spec.thetas[i], spec.windows[i]
-            if theta not in tables:
-                tables[theta] = rotary_cos_sin(self._inv_freq[theta], batch.position_ids)
-            cos, sin = tables[theta]
-            attend = functools.partial(
-                attention,
-                batch=batch,
-                window=window,
-                backend=backends.for_window(window),
-                scale=head_dim**-0.5,
-            )
-            if fuse:  # the CPU: the same maths, elementwise passes fused (engine/fused.py)
-                x = fused_layer(layer, x, cos, sin, attend, heads=heads, act=act, eps=eps)
-            else:
-                h = x if layer.attn_norm is None else layer.attn_norm(x)
-                qkv = layer.attn.Wqkv(h).view(t, 3, heads, head_dim)
-                # q and k rotate in one pass: [T, 2, H, D] viewed as [T, 2H, D].
-                qk = apply_rotary(qkv.narrow(1, 0, 2).reshape(t, 2 * heads, head_dim), cos, sin)
-                v = contiguous(qkv.select(1, 2))
-                a = attend(qk.narrow(1, 0, heads), qk.narrow(1, heads, heads), v)
-                x = add_linear(x, a.reshape(t, spec.hidden_size), layer.attn.Wo)
-                gate_in, gate = layer.mlp.Wi(layer.mlp_norm(x)).chunk(2, dim=-1)
-                x = add_linear(x, self._act(gate_in) * gate, layer.mlp.Wo)
-            if i + 1 in wanted:
-                found[i + 1] = self.final_norm(x) if final_norm else x
+        work = layer_work(t, spec.hidden_size, spec.intermediate_size)
+        with forward_threads(SERIAL_WORK if fuse else work):  # fused: the count compiled for
+            for i in range(start, max(exits)):
+                preemption_point()
+                layer: Any = self.layers[i]
+                theta, window = spec.thetas[i], spec.windows[i]
+                if theta not in tables:
+                    tables[theta] = rotary_cos_sin(self._inv_freq[theta], batch.position_ids)
+                cos, sin = tables[theta]
+                attend = functools.partial(
+                    attention,
+                    batch=batch,
+                    window=window,
+                    backend=backends.for_window(window),
+                    scale=head_dim**-0.5,
+                )
+                if fuse:  # the CPU: the same maths, elementwise passes fused (engine/fused.py)
+                    x = fused_layer(layer, x, cos, sin, attend, heads=heads, act=act, eps=eps)
+                else:
+                    h = x if layer.attn_norm is None else layer.attn_norm(x)
+                    qkv = layer.attn.Wqkv(h).view(t, 3, heads, head_dim)
+                    # q and k rotate in one pass: [T, 2, H, D] viewed as [T, 2H, D].
+                    qk = apply_rotary(qkv.narrow(1, 0, 2).reshape(t, 2 * heads, head_dim), cos, sin)
+                    v = contiguous(qkv.select(1, 2))
+                    a = attend(qk.narrow(1, 0, heads), qk.narrow(1, heads, heads), v)
+                    x = add_linear(x, a.reshape(t, spec.hidden_size), layer.attn.Wo)
+                    gate_in, gate = layer.mlp.Wi(layer.mlp_norm(x)).chunk(2, dim=-1)
+                    x = add_linear(x, self._act(gate_in) * gate, layer.mlp.Wo)
+                if i + 1 in wanted:
+                    found[i + 1] = self.final_norm(x) if final_norm else x
         return [found[e] for e in exits]
 
 

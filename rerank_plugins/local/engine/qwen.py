@@ -39,6 +39,7 @@ from rerank_plugins.local.engine.causal import CausalBatch, causal_attention, ch
 from rerank_plugins.local.engine.modernbert import _load_module, _placed
 from rerank_plugins.local.engine.precision import add_linear, prepare_cpu_linears
 from rerank_plugins.local.engine.rope import apply_rotary, default_inv_freq, rotary_cos_sin
+from rerank_plugins.local.engine.threads import forward_threads, layer_work
 from rerank_plugins.scoring import preemption_point
 
 __all__ = ["Context", "QwenReranker", "QwenSpec", "QwenTrunk", "build_qwen", "load_qwen"]
@@ -280,10 +281,14 @@ class QwenReranker:
     def device(self) -> torch.device:
         return self.head.device
 
+    def _work(self, batch: CausalBatch) -> int:
+        spec = self.trunk.spec  # the linear maps per layer; q, k, v, out counted as hidden wide
+        return layer_work(batch.packed.num_tokens, spec.hidden_size, spec.intermediate_size)
+
     def context(self, ids: Sequence[int]) -> Context:
         """Run the prompt prefix ``ids`` once; its keys and values for :meth:`answer_logits`."""
         batch = CausalBatch.pack([list(ids)], self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), forward_threads(self._work(batch)):
             _, kept = self.trunk.forward_packed(batch, past=None, keep=True)
         return kept
 
@@ -296,7 +301,7 @@ class QwenReranker:
         that prefix: their tokens sit at positions ``context, context + 1, ...``.
         """
         batch = CausalBatch.pack(sequences, self.device, context=context if past else 0)
-        with torch.inference_mode():
+        with torch.inference_mode(), forward_threads(self._work(batch)):
             hidden, _ = self.trunk.forward_packed(batch, past=past, keep=False)
             last = self.trunk.norm(hidden.index_select(0, batch.ends)).float()
             return last @ self.head.t()

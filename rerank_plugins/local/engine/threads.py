@@ -25,12 +25,14 @@ process (``torch.set_num_threads``), before the first forward. An explicit count
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,8 @@ __all__ = [
     "choose_threads",
     "configure_threads",
     "configured_threads",
+    "forward_threads",
+    "layer_work",
     "passive_openmp_wait",
     "physical_cores",
     "usable_cpus",
@@ -58,6 +62,11 @@ _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _PROC = Path("/proc")
 _SYS_CPU = Path("/sys/devices/system/cpu")
 _SAMPLE_SECONDS = 0.1
+
+SERIAL_WORK = 2**28
+"""Multiply-adds per layer (tokens x per-token work) below which a forward runs on one
+intra-op thread: with idle OpenMP threads asleep, waking one costs more than it saves on
+a short forward (benchmarks/RESULTS.md, "Threads by forward size")."""
 
 _lock = threading.Lock()
 _configured: ThreadChoice | None = None
@@ -318,3 +327,38 @@ def configure_threads(threads: int | str | None = None) -> ThreadChoice:
 def configured_threads() -> ThreadChoice | None:
     """The choice :func:`configure_threads` applied, or ``None`` before the first."""
     return _configured
+
+
+def layer_work(tokens: int, hidden: int, intermediate: int) -> int:
+    """Multiply-adds of one encoder layer's linear maps (q, k, v, out: ``4 h^2``; a gated
+    MLP: ``3 h i``) over ``tokens`` tokens."""
+    return tokens * hidden * (4 * hidden + 3 * intermediate)
+
+
+@contextlib.contextmanager
+def forward_threads(work: float) -> Iterator[int]:
+    """Run one forward of ``work`` multiply-adds per layer at a fitting intra-op count.
+
+    Below :data:`SERIAL_WORK` the calling thread runs it on one thread and restores its
+    count after; from it on, at the configured count. OpenMP keeps the count per thread,
+    so forwards in other threads are not affected. Yields the count in force.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if work >= SERIAL_WORK:
+        # A thread whose OpenMP state was first set while another thread ran a short
+        # forward inherited a count of 1: give it back the configured count.
+        wanted = before if _configured is None else max(before, _configured.threads)
+        if wanted != before:
+            torch.set_num_threads(wanted)
+        yield wanted
+        return
+    if before == 1:
+        yield 1
+        return
+    torch.set_num_threads(1)
+    try:
+        yield 1
+    finally:
+        torch.set_num_threads(before)
