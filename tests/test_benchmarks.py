@@ -39,6 +39,7 @@ SCRIPTS = [
     "bench_decoder.py",
     "bench_local_attention.py",
     "bench_first_call.py",
+    "bench_threads.py",
 ]
 TIMEOUT_S = 300
 
@@ -288,6 +289,23 @@ def test_first_call_benchmark_times_every_mode_in_fresh_processes(
     for row in rows:
         assert "error" not in row, row
         assert row["load_s"] > 0 and len(row["calls"]) == 2 and min(row["calls"]) > 0
+
+
+@pytest.mark.slow  # a smoke run of the benchmark scripts (minutes, shared)
+def test_threads_benchmark_times_every_mode_of_every_call(smoke_runs: dict[str, Any]) -> None:
+    rows = finished(smoke_runs, "bench_threads.py")["results"]
+    assert [(r["shape"].split()[0], r["docs"]) for r in rows] == [
+        ("tiny", 1),
+        ("tiny", 12),
+        ("small", 1),
+        ("small", 4),
+        ("base", 1),
+        ("base", 4),
+    ]
+    for row in rows:
+        for mode in ("one thread", "by size", "all threads"):
+            assert row[f"{mode} ms"] > 0 and row[f"{mode} cpu ms"] >= 0
+        assert row["all ÷ by size"] > 0 and row["one ÷ by size"] > 0
 
 
 def test_pair_workloads_subset_draws_the_same_documents_as_a_full_run() -> None:

@@ -253,7 +253,7 @@ def test_a_short_forward_runs_on_one_thread_and_restores_the_count(
         torch.set_num_threads(before)
 
 
-def test_a_thread_left_at_one_gets_the_configured_count_back_for_a_large_forward(
+def test_a_large_forward_runs_at_the_configured_count_whatever_the_thread_holds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     torch = pytest.importorskip("torch")
@@ -263,6 +263,10 @@ def test_a_thread_left_at_one_gets_the_configured_count_back_for_a_large_forward
         torch.set_num_threads(1)  # as a thread first run while another ran a short forward
         with th.forward_threads(th.SERIAL_WORK) as inside:
             assert inside == 2 and torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1  # the thread's own count, restored
+        monkeypatch.setattr(th, "_configured", None)  # nothing configured: the thread's count
+        with th.forward_threads(th.SERIAL_WORK) as inside:
+            assert inside == 1
     finally:
         torch.set_num_threads(before)
 

@@ -339,26 +339,24 @@ def layer_work(tokens: int, hidden: int, intermediate: int) -> int:
 def forward_threads(work: float) -> Iterator[int]:
     """Run one forward of ``work`` multiply-adds per layer at a fitting intra-op count.
 
-    Below :data:`SERIAL_WORK` the calling thread runs it on one thread and restores its
-    count after; from it on, at the configured count. OpenMP keeps the count per thread,
-    so forwards in other threads are not affected. Yields the count in force.
+    Below :data:`SERIAL_WORK`, one thread; from it on, the configured count
+    (:func:`configure_threads`; before any, the calling thread's). The count is set in
+    the calling thread only (OpenMP keeps one per thread) and restored after, so forwards
+    in other threads, and a thread that first ran while another ran a short forward
+    (torch starts a new thread at the last count set), are not affected. Yields the count.
     """
     import torch
 
     before = torch.get_num_threads()
-    if work >= SERIAL_WORK:
-        # A thread whose OpenMP state was first set while another thread ran a short
-        # forward inherited a count of 1: give it back the configured count.
-        wanted = before if _configured is None else max(before, _configured.threads)
-        if wanted != before:
-            torch.set_num_threads(wanted)
+    if work < SERIAL_WORK:
+        wanted = 1
+    else:
+        wanted = before if _configured is None else _configured.threads
+    if wanted == before:
         yield wanted
         return
-    if before == 1:
-        yield 1
-        return
-    torch.set_num_threads(1)
+    torch.set_num_threads(wanted)
     try:
-        yield 1
+        yield wanted
     finally:
         torch.set_num_threads(before)
