@@ -115,14 +115,13 @@ class Server:
 
     def stop(self) -> int:
         """Stop the server; return how many requests it served."""
-        self.process.send_signal(signal.SIGINT)
+        self.process.send_signal(signal.SIGTERM)
         try:
-            # Generous: in CI every benchmark's smoke run shares the two cores at once.
-            out, _ = self.process.communicate(timeout=120)
+            out, _ = self.process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.communicate()
-            raise RuntimeError("the fake server did not stop within 120 s of SIGINT") from None
+            raise RuntimeError("the fake server did not stop within 60 s of SIGTERM") from None
         served = out.strip().splitlines()[-1] if out.strip() else ""
         return int(served.split()[1]) if served.startswith("served ") else -1
 

@@ -3,6 +3,7 @@ the Infinity integration tests share to start server processes."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -62,3 +63,28 @@ def test_the_fake_rerank_server_runs_with_python_dash_m() -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_the_fake_rerank_server_stops_on_a_signal_even_started_in_the_background(
+    stop: signal.Signals,
+) -> None:
+    # A non-interactive shell starts a background job with SIGINT ignored; the server's
+    # children inherit that. It must stop anyway, and say what it served.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rerank_plugins.testing.fake_server"],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        process.send_signal(stop)
+        out, _ = process.communicate(timeout=30)
+        assert out.strip().splitlines()[-1].startswith("served 0 requests")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import math
 import random
+import signal
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -331,11 +332,18 @@ def main(argv: list[str] | None = None) -> None:
         record=False,
     )
     httpd = serve(fake, args.host, args.port)
+
+    def stop(signum: int, frame: Any) -> None:
+        # shutdown() waits for serve_forever(), which runs in this (the main) thread
+        threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    # Installed, not inherited: a shell starts background jobs with SIGINT ignored, and
+    # a server that ignores it never stops (the load test's smoke run hung so in CI).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
     print(f"listening on http://{args.host}:{httpd.server_address[1]}", flush=True)
     try:
         httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         httpd.server_close()
         print(
