@@ -46,10 +46,10 @@ SHAPES = {
     "small": Shape(layers=6, hidden=384, heads=6, intermediate=1152, vocab=50368),
     "base": Shape(layers=22, hidden=768, heads=12, intermediate=1152, vocab=50368),
 }
-CALLS = {  # (documents, words each) per shape: from one short pair to a merged batch
-    "tiny": [(1, 20), (12, 30), (45, 35), (128, 40)],
-    "small": [(1, 20), (4, 30), (12, 30), (48, 40)],
-    "base": [(1, 20), (4, 30), (12, 30)],
+CALLS = {  # (documents, words each) per shape: short pairs to a merged batch, long documents
+    "tiny": [(1, 20), (12, 30), (45, 35), (128, 40), (4, 400), (1, 1500)],
+    "small": [(1, 20), (4, 30), (12, 30), (48, 40), (1, 400)],
+    "base": [(1, 20), (4, 30), (12, 30), (1, 400)],
 }
 MODES = ("one thread", "by size", "all threads")
 WORDS = "the of and to in is was for on that with as by at from an were are which this".split()

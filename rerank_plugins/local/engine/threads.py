@@ -63,10 +63,12 @@ _PROC = Path("/proc")
 _SYS_CPU = Path("/sys/devices/system/cpu")
 _SAMPLE_SECONDS = 0.1
 
-SERIAL_WORK = 2**28
-"""Multiply-adds per layer (tokens x per-token work) below which a forward runs on one
-intra-op thread: with idle OpenMP threads asleep, waking one costs more than it saves on
-a short forward (benchmarks/RESULTS.md, "Threads by forward size")."""
+SERIAL_WORK = 2**26
+"""Multiply-adds of the linear maps per layer (:func:`layer_work`) below which a forward
+runs on one intra-op thread: with idle OpenMP threads asleep, waking one costs more than
+it saves on a short forward. Attention is left out: on short sequences it is small, and
+on a long one at a small hidden size it did not gain from a second thread either
+(benchmarks/RESULTS.md, "Threads by forward size")."""
 
 _lock = threading.Lock()
 _configured: ThreadChoice | None = None
