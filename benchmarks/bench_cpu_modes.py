@@ -228,8 +228,8 @@ def _convert_openvino(directory: Path, target: Path, *, int8: bool) -> None:
     openvino.save_model(ov_model, str(target / "openvino" / "openvino_model.xml"))
 
 
-def build_ours(directory: Path, dtype: str) -> Engine:
-    scorer = CrossEncoderScorer(directory, device="cpu", dtype=dtype)
+def build_ours(directory: Path, dtype: str, batch_tokens: int | None = None) -> Engine:
+    scorer = CrossEncoderScorer(directory, device="cpu", dtype=dtype, batch_tokens=batch_tokens)
     return lambda q, d: [s.value for s in scorer.score(q, d)]
 
 
@@ -294,9 +294,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--baselines", default="torch,onnx,onnx-int8")
     p.add_argument("--st-batch-size", type=int, default=32)
     p.add_argument("--docs", type=int, default=100, help="documents per workload")
+    p.add_argument(
+        "--batch-tokens",
+        default="",
+        help="our token budget per forward, or several comma-separated (one engine each, "
+        "named '@N'); default: the engine's (4,096 on the CPU)",
+    )
     p.add_argument("--peak-size", type=int, default=1024, help="m = k = n of the peak GEMMs")
     harness.add_common_args(p, repeats=2, clock=True)
     args = p.parse_args(argv)
+    try:
+        budgets: list[int | None] = [int(b) for b in args.batch_tokens.split(",") if b] or [None]
+    except ValueError:
+        p.error(f"--batch-tokens: integers, got {args.batch_tokens!r}")
+    if any(b is not None and b <= 0 for b in budgets):
+        p.error("--batch-tokens must be positive")
     harness.apply_threads(args)
     sizes: dict[str, int] = {"docs": args.docs}
     if args.smoke:
@@ -329,7 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         engines: dict[str, Engine] = {}
         failed: dict[str, str] = {}
         for mode in args.modes.split(","):
-            engines[f"ours {mode}"] = build_ours(directory, mode)
+            for budget in budgets:  # one engine per token budget ("@N" when several)
+                name = f"ours {mode}" if len(budgets) == 1 else f"ours {mode} @{budget}"
+                engines[name] = build_ours(directory, mode, budget)
         for kind in args.baselines.split(","):
             try:
                 engines[f"st {kind}"] = build_st(directory, kind, args.st_batch_size, Path(tmp))
@@ -358,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # record it as that engine's failure (dense 8,192-token attention) and go on.
                 catch=(Exception,),
             )
-            ref = runs.get("ours float32")
+            ref = next((r for n, r in runs.items() if n.split(" @")[0] == "ours float32"), None)
             want = ref.value if ref is not None and not ref.error else None
             if want is not None:
                 ordered = sorted(want)
@@ -401,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "peak_mib": run.peak_bytes / 2**20,
                     "gops_per_cpu_s": flops / run.cpu_seconds / 1e9,
                 }
-                precision = PRECISION.get(name)
+                precision = PRECISION.get(name.split(" @")[0])
                 if precision in peaks:
                     row["precision"] = precision
                     row["fraction_of_peak"] = row["gops_per_cpu_s"] / peaks[precision].gops

@@ -87,7 +87,7 @@ def add_model_options(parser: argparse._ActionsContainer, *, defaults: bool) -> 
         type=int,
         default=default(None),
         help="token budget per forward pass (local models; default: the model's own, "
-        "sized for its device: 4096 on CPU, 16384 on GPU)",
+        "sized for its device: 2048 on CPU, 16384 on GPU)",
     )
     add(
         "--layer",

@@ -81,7 +81,7 @@ class CrossEncoderScorer(LocalScorer):
     "mean", "top2" or "top3"; ``Score.chunks`` says how many windows), ``max_tokens_per_doc``
     (cut every document to its first N tokens, flagged ``truncated``; with "chunk" the cap
     comes first), ``batch_tokens`` (token budget per forward; default
-    :func:`~rerank_plugins.local.engine.device.default_batch_tokens`: 4,096 on CPU, 16,384
+    :func:`~rerank_plugins.local.engine.device.default_batch_tokens`: 2,048 on CPU, 16,384
     per 10 GiB of a CUDA card up to 131,072; read it back as ``scorer.batch_tokens``),
     ``backend`` (the native engine's attention: "auto", "varlen", "flex" or "sdpa"),
     ``show_progress`` (a tqdm bar: False by default, True, or None for "when

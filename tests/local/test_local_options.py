@@ -90,7 +90,7 @@ def _build(kind: str, directory: Path, **options: Any) -> LocalScorer:
 def test_every_local_scorer_reports_its_token_budget(kind: str, scorers: dict[str, Path]) -> None:
     default = _build(kind, scorers[kind])
     assert isinstance(default, LocalScorer)
-    assert default.batch_tokens == default_batch_tokens(torch.device("cpu")) == 4096
+    assert default.batch_tokens == default_batch_tokens(torch.device("cpu")) == 2048
     assert _build(kind, scorers[kind], batch_tokens=777).batch_tokens == 777
     with pytest.raises(InvalidInputError, match="batch_tokens"):
         _build(kind, scorers[kind], batch_tokens=0)

@@ -224,7 +224,7 @@ def test_cpu_features_are_the_ones_the_modes_ask_for() -> None:
 
 
 def test_default_token_budget_is_smaller_on_cpu_than_on_gpu(ckpt: Path) -> None:
-    assert CrossEncoderScorer(ckpt, device="cpu").batch_tokens == CPU_BATCH_TOKENS == 4096
+    assert CrossEncoderScorer(ckpt, device="cpu").batch_tokens == CPU_BATCH_TOKENS == 2048
     assert default_batch_tokens(torch.device("cuda")) == GPU_BATCH_TOKENS == 16384
     assert CrossEncoderScorer(ckpt, device="cpu", batch_tokens=999).batch_tokens == 999
     with pytest.raises(InvalidInputError):

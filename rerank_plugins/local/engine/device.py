@@ -32,13 +32,14 @@ _DTYPES = {
 _QUANTIZED = {"int8": "int8", "qint8": "int8"}
 
 # Token budget of one forward. On a GPU a large budget fills the device; on a CPU the
-# matmuls are already efficient at a few thousand rows, and the activations of a budget
-# (about 40 KB per token at hidden 384 in fp32) are the process's peak memory: 4,096
-# tokens keeps it under sentence-transformers' fp32 peak on 512-token documents
-# (benchmarks/RESULTS.md, "CPU modes"). CUDA budgets grow with the card's memory:
+# matmuls are already efficient at a few thousand rows, and what a forward writes between
+# them (int8 products' int32 outputs: 4 x 2 x intermediate bytes per token) should stay
+# in the last-level cache: 2,048 tokens ran long documents 1.1-1.4x faster than 4,096
+# (22 x 768 int8 at two threads: 1.39x) with half the peak memory, short ones the same
+# (benchmarks/RESULTS.md, "CPU token budget"). CUDA budgets grow with the card's memory:
 # GPU_BATCH_TOKENS per GIB_PER_STEP GiB, at most MAX_GPU_BATCH_TOKENS (131,072 on 80 GiB).
 GPU_BATCH_TOKENS = 16384
-CPU_BATCH_TOKENS = 4096
+CPU_BATCH_TOKENS = 2048
 MAX_GPU_BATCH_TOKENS = 8 * GPU_BATCH_TOKENS
 GIB_PER_STEP = 10
 
@@ -128,13 +129,13 @@ def pick_mode(
 def default_batch_tokens(device: torch.device, *, memory_bytes: int | None = None) -> int:
     """The token budget of one forward when the caller gives none (the one policy).
 
-    CPU: 4,096. CUDA: 16,384 per 10 GiB of the device's memory (``memory_bytes``, read
+    CPU: 2,048. CUDA: 16,384 per 10 GiB of the device's memory (``memory_bytes``, read
     from the device when not given), between 16,384 and 131,072; a CUDA device whose
     memory cannot be read, MPS and other accelerators: 16,384.
 
     >>> import torch
     >>> default_batch_tokens(torch.device("cpu"))
-    4096
+    2048
     >>> default_batch_tokens(torch.device("cuda", 0), memory_bytes=80 * 2**30)
     131072
     >>> default_batch_tokens(torch.device("cuda", 0), memory_bytes=24 * 2**30)
