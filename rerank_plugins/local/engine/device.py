@@ -32,10 +32,12 @@ _DTYPES = {
 _QUANTIZED = {"int8": "int8", "qint8": "int8"}
 
 # Token budget of one forward. On a GPU a large budget fills the device; on a CPU the
-# matmuls are already efficient at a few thousand rows, and what a forward writes between
-# them (int8 products' int32 outputs: 4 x 2 x intermediate bytes per token) should stay
-# in the last-level cache: 2,048 tokens ran long documents 1.1-1.4x faster than 4,096
-# (22 x 768 int8 at two threads: 1.39x) with half the peak memory, short ones the same
+# matmuls are already efficient at a few thousand rows, and the largest buffers of a
+# forward (4 x 2 x intermediate bytes per token out of the MLP's first product: 19 MB at
+# 2,048 tokens on a 768-wide ModernBERT) then stay under glibc's 32 MB mmap ceiling. Above
+# it, they are mapped and page-faulted in on every forward (70,000-120,000 faults per
+# pass where 2,048 had none), whenever the allocator's history puts them there: 4,096 ran
+# long documents 1.0-1.4x slower, 2,048 never slower, at half the peak memory
 # (benchmarks/RESULTS.md, "CPU token budget"). CUDA budgets grow with the card's memory:
 # GPU_BATCH_TOKENS per GIB_PER_STEP GiB, at most MAX_GPU_BATCH_TOKENS (131,072 on 80 GiB).
 GPU_BATCH_TOKENS = 16384
