@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,72 +233,65 @@ def test_openmp_threads_wait_passively_unless_told_otherwise() -> None:
     assert _fresh("import torch; " + show, {}) == "None"
 
 
-def test_a_short_forward_runs_on_one_thread_and_restores_the_count(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def torch_two_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """torch, with two intra-op threads configured; its thread count restored after."""
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
     monkeypatch.setattr(th, "_configured", th.ThreadChoice(2, "option", 2))
-    try:
-        torch.set_num_threads(2)
-        with th.forward_threads(th.SERIAL_WORK - 1) as inside:
-            assert inside == 1 and torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        with th.forward_threads(th.SERIAL_WORK) as inside:
-            assert inside == 2 and torch.get_num_threads() == 2
-        # the count is restored when the forward raises, too
-        with pytest.raises(RuntimeError), th.forward_threads(0):
-            raise RuntimeError("forward failed")
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    yield torch
+    torch.set_num_threads(before)
+
+
+def test_a_short_forward_runs_on_one_thread_and_restores_the_count(torch_two_threads: Any) -> None:
+    torch = torch_two_threads
+    torch.set_num_threads(2)
+    with th.forward_threads(th.SERIAL_WORK - 1) as inside:
+        assert inside == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with th.forward_threads(th.SERIAL_WORK) as inside:
+        assert inside == 2 and torch.get_num_threads() == 2
+    # the count is restored when the forward raises, too
+    with pytest.raises(RuntimeError), th.forward_threads(0):
+        raise RuntimeError("forward failed")
+    assert torch.get_num_threads() == 2
 
 
 def test_a_large_forward_runs_at_the_configured_count_whatever_the_thread_holds(
-    monkeypatch: pytest.MonkeyPatch,
+    torch_two_threads: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    monkeypatch.setattr(th, "_configured", th.ThreadChoice(2, "option", 2))
-    try:
-        torch.set_num_threads(1)  # as a thread first run while another ran a short forward
-        with th.forward_threads(th.SERIAL_WORK) as inside:
-            assert inside == 2 and torch.get_num_threads() == 2
-        assert torch.get_num_threads() == 1  # the thread's own count, restored
-        monkeypatch.setattr(th, "_configured", None)  # nothing configured: the thread's count
-        with th.forward_threads(th.SERIAL_WORK) as inside:
-            assert inside == 1
-    finally:
-        torch.set_num_threads(before)
+    torch = torch_two_threads
+    torch.set_num_threads(1)  # as a thread first run while another ran a short forward
+    with th.forward_threads(th.SERIAL_WORK) as inside:
+        assert inside == 2 and torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 1  # the thread's own count, restored
+    monkeypatch.setattr(th, "_configured", None)  # nothing configured: the thread's count
+    with th.forward_threads(th.SERIAL_WORK) as inside:
+        assert inside == 1
 
 
-def test_the_serial_choice_stays_in_the_forward_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    monkeypatch.setattr(th, "_configured", th.ThreadChoice(2, "option", 2))
-    try:
-        torch.set_num_threads(2)
-        inside = threading.Event()
-        release = threading.Event()
-        seen: list[int] = []
+def test_the_serial_choice_stays_in_the_forward_thread(torch_two_threads: Any) -> None:
+    torch = torch_two_threads
+    torch.set_num_threads(2)
+    inside = threading.Event()
+    release = threading.Event()
+    seen: list[int] = []
 
-        def short_forward() -> None:
-            torch.get_num_threads()  # this thread's OpenMP state exists before the forward
-            with th.forward_threads(1):
-                seen.append(torch.get_num_threads())
-                inside.set()
-                release.wait(10)
+    def short_forward() -> None:
+        torch.get_num_threads()  # this thread's OpenMP state exists before the forward
+        with th.forward_threads(1):
+            seen.append(torch.get_num_threads())
+            inside.set()
+            release.wait(10)
 
-        worker = threading.Thread(target=short_forward)
-        worker.start()
-        assert inside.wait(10)
-        main_during = torch.get_num_threads()
-        release.set()
-        worker.join()
-        assert seen == [1]
-        assert main_during == 2
-    finally:
-        torch.set_num_threads(before)
+    worker = threading.Thread(target=short_forward)
+    worker.start()
+    assert inside.wait(10)
+    main_during = torch.get_num_threads()
+    release.set()
+    worker.join()
+    assert seen == [1]
+    assert main_during == 2
 
 
 def test_layer_work_counts_the_linear_maps() -> None:
@@ -306,32 +300,26 @@ def test_layer_work_counts_the_linear_maps() -> None:
 
 
 def test_the_engine_runs_short_forwards_serial_and_long_ones_at_the_configured_count(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torch_two_threads: Any
 ) -> None:
-    torch = pytest.importorskip("torch")
     from rerank_plugins import load_scorer
     from rerank_plugins.testing import make_modernbert_checkpoint
 
-    before = torch.get_num_threads()
-    monkeypatch.setattr(th, "_configured", None)
+    torch = torch_two_threads
+    monkeypatch.setattr(th, "_configured", None)  # load_scorer configures
     monkeypatch.setenv("RERANK_PLUGINS_COMPILE", "0")  # eager: every size takes the same path
-    try:
-        scorer: Any = load_scorer(
-            make_modernbert_checkpoint(tmp_path / "m"), device="cpu", threads=2
-        )
-        trunk = scorer.classifier.model.trunk
-        seen: list[int] = []
-        trunk.layers[0].attn.Wqkv.register_forward_pre_hook(
-            lambda *_: seen.append(torch.get_num_threads())
-        )
-        spec = trunk.spec
-        # a floor of 40 tokens' work, so that a tiny model's forward can pass it
-        monkeypatch.setattr(
-            th, "SERIAL_WORK", 40 * th.layer_work(1, spec.hidden_size, spec.intermediate_size)
-        )
-        scorer.score("q", ["short"])  # under 10 tokens
-        scorer.score("q", [" ".join(["word"] * 60)])  # over 60 tokens, one forward
-        assert seen == [1, 2]
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+    scorer: Any = load_scorer(make_modernbert_checkpoint(tmp_path / "m"), device="cpu", threads=2)
+    trunk = scorer.classifier.model.trunk
+    seen: list[int] = []
+    trunk.layers[0].attn.Wqkv.register_forward_pre_hook(
+        lambda *_: seen.append(torch.get_num_threads())
+    )
+    spec = trunk.spec
+    # a floor of 40 tokens' work, so that a tiny model's forward can pass it
+    monkeypatch.setattr(
+        th, "SERIAL_WORK", 40 * th.layer_work(1, spec.hidden_size, spec.intermediate_size)
+    )
+    scorer.score("q", ["short"])  # under 10 tokens
+    scorer.score("q", [" ".join(["word"] * 60)])  # over 60 tokens, one forward
+    assert seen == [1, 2]
+    assert torch.get_num_threads() == 2
